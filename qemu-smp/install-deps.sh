@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs the host packages Flotilla needs to boot and test: QEMU 10 from bookworm-backports
+# (bookworm's own QEMU 7.2 has no igb NIC), OVMF, GRUB BIOS and EFI modules, xorriso and mtools.
+# Used by `qemu-smp` (which embeds this file) and by `.ci/run`. Debian bookworm, as root.
+set -euo pipefail
+
+need=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 && qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"' || need+=(qemu)
+[ -f /usr/share/OVMF/OVMF_CODE.fd ] || [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
+[ -d /usr/lib/grub/i386-pc ] || need+=(grub-pc-bin)
+[ -d /usr/lib/grub/x86_64-efi ] || need+=(grub-efi-amd64-bin)
+command -v grub-mkrescue >/dev/null 2>&1 || need+=(grub-common)
+command -v xorriso >/dev/null 2>&1 || need+=(xorriso)
+command -v mformat >/dev/null 2>&1 || need+=(mtools)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+
+if [ ${#need[@]} -eq 0 ]; then
+  echo "install-deps: QEMU (with igb), OVMF and GRUB tools are present"
+  exit 0
+fi
+
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || ! grep -q bookworm /etc/os-release 2>/dev/null; then
+  echo "install-deps: missing: ${need[*]}" >&2
+  echo "install-deps: on Debian bookworm, as root, run:" >&2
+  echo "  echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/backports.list" >&2
+  echo "  apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86 && apt-get install -y ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2" >&2
+  echo "install-deps: elsewhere, install QEMU >= 8.0 (for the igb NIC), OVMF, grub-mkrescue with BIOS and EFI modules, xorriso and mtools" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+echo "install-deps: missing: ${need[*]}; installing with apt-get (Debian bookworm, root)"
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/debian.sources | head -1 | awk '{print $2}')
+  [ -n "$uri" ] || uri=$(grep -hs '^deb ' /etc/apt/sources.list | grep -v security | head -1 | awk '{print $2}')
+  [ -n "$uri" ] || uri=http://deb.debian.org/debian
+  echo "install-deps: adding bookworm-backports from $uri to /etc/apt/sources.list.d/flotilla-backports.list"
+  echo "deb $uri bookworm-backports main" > /etc/apt/sources.list.d/flotilla-backports.list
+fi
+echo "install-deps: apt-get update"
+apt-get update -qq
+echo "install-deps: apt-get install -t bookworm-backports qemu-system-x86"
+apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
+echo "install-deps: apt-get install ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2"
+apt-get install -y -qq ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2 >/dev/null
+echo "install-deps: done: $(qemu-system-x86_64 --version | head -1)"
