@@ -1,0 +1,216 @@
+//! The kernel command line: `key=value` words separated by spaces.
+//!
+//! The CPU driver reads its own options ([`KernelOptions`]); other subsystems read theirs with
+//! [`Cmdline::get`]. An option the kernel does not know, or a value it cannot parse, is reported
+//! by name and the default is used: a typo never stops the machine.
+#![forbid(unsafe_code)]
+
+/// A borrowed command line.
+#[derive(Clone, Copy, Debug)]
+pub struct Cmdline<'a>(pub &'a str);
+
+impl<'a> Cmdline<'a> {
+    /// All `(key, value)` pairs; a word without `=` has an empty value.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.0.split_ascii_whitespace().map(|word| word.split_once('=').unwrap_or((word, "")))
+    }
+
+    /// The value of the last `key=...` word.
+    pub fn get(&self, key: &str) -> Option<&'a str> {
+        self.pairs().filter(|(k, _)| *k == key).map(|(_, v)| v).last()
+    }
+}
+
+/// The log level option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Only errors.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// The default.
+    Info,
+    /// Debugging detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// A deliberate fault, for testing that a fault on one core is contained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Invalid opcode (`ud2`): vector 6.
+    InvalidOpcode,
+    /// Page fault on an unmapped address: vector 14.
+    PageFault,
+    /// Divide error: vector 0.
+    DivideError,
+    /// Breakpoint (`int3`): vector 3.
+    Breakpoint,
+}
+
+/// A fault to inject: which core, what kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultInjection {
+    /// The core that faults.
+    pub core: u32,
+    /// What it does.
+    pub kind: FaultKind,
+}
+
+/// A hang to inject: the core stops answering (interrupts off, halted) after `after_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HangInjection {
+    /// The core that hangs.
+    pub core: u32,
+    /// Milliseconds after it came online.
+    pub after_ms: u32,
+}
+
+/// Options the CPU driver itself reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOptions {
+    /// `log=error|warn|info|debug|trace` (default info).
+    pub log: LogLevel,
+    /// `fault=CORE:ud|pf|de|bp`: make one core fault after it comes online.
+    pub fault: Option<FaultInjection>,
+    /// `hang=CORE@MS`: make one core hang MS milliseconds after it comes online.
+    pub hang: Option<HangInjection>,
+    /// `tick_hz=N`: the per-core timer frequency (default 100, 1..=10000).
+    pub tick_hz: u32,
+    /// `exit=ready`: end QEMU through isa-debug-exit once every core is online.
+    pub exit_when_ready: bool,
+}
+
+impl Default for KernelOptions {
+    fn default() -> Self {
+        Self { log: LogLevel::Info, fault: None, hang: None, tick_hz: 100, exit_when_ready: false }
+    }
+}
+
+/// A problem with one command-line word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionError<'a> {
+    /// The option's key.
+    pub key: &'a str,
+    /// Its value.
+    pub value: &'a str,
+    /// What was wrong.
+    pub problem: OptionProblem,
+}
+
+/// What was wrong with an option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionProblem {
+    /// The value cannot be parsed; the default stays.
+    BadValue,
+    /// No subsystem knows this key.
+    UnknownOption,
+}
+
+/// Keys other subsystems own; the CPU driver does not warn about them.
+pub const FOREIGN_KEYS: &[&str] = &["ip", "gw", "mac", "monitor.heartbeat_ms", "monitor.miss", "netd.batch", "urpc"];
+
+impl KernelOptions {
+    /// Parses the CPU driver's options; every problem is passed to `report`.
+    pub fn parse<'a>(cmdline: Cmdline<'a>, mut report: impl FnMut(OptionError<'a>)) -> Self {
+        let mut options = Self::default();
+        for (key, value) in cmdline.pairs() {
+            let ok = match key {
+                "log" => parse_level(value).map(|level| options.log = level).is_some(),
+                "fault" => parse_fault(value).map(|fault| options.fault = Some(fault)).is_some(),
+                "hang" => parse_hang(value).map(|hang| options.hang = Some(hang)).is_some(),
+                "tick_hz" => value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|hz| (1..=10_000).contains(hz))
+                    .map(|hz| options.tick_hz = hz)
+                    .is_some(),
+                "exit" => (value == "ready").then(|| options.exit_when_ready = true).is_some(),
+                _ if FOREIGN_KEYS.contains(&key) => true,
+                _ => {
+                    report(OptionError { key, value, problem: OptionProblem::UnknownOption });
+                    continue;
+                }
+            };
+            if !ok {
+                report(OptionError { key, value, problem: OptionProblem::BadValue });
+            }
+        }
+        options
+    }
+}
+
+fn parse_level(value: &str) -> Option<LogLevel> {
+    Some(match value {
+        "error" => LogLevel::Error,
+        "warn" => LogLevel::Warn,
+        "info" => LogLevel::Info,
+        "debug" => LogLevel::Debug,
+        "trace" => LogLevel::Trace,
+        _ => return None,
+    })
+}
+
+fn parse_fault(value: &str) -> Option<FaultInjection> {
+    let (core, kind) = value.split_once(':')?;
+    let kind = match kind {
+        "ud" => FaultKind::InvalidOpcode,
+        "pf" => FaultKind::PageFault,
+        "de" => FaultKind::DivideError,
+        "bp" => FaultKind::Breakpoint,
+        _ => return None,
+    };
+    Some(FaultInjection { core: core.parse().ok()?, kind })
+}
+
+fn parse_hang(value: &str) -> Option<HangInjection> {
+    let (core, after) = value.split_once('@')?;
+    Some(HangInjection { core: core.parse().ok()?, after_ms: after.parse().ok()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_defaults_hold() {
+        let mut errors = std::vec::Vec::new();
+        let options = KernelOptions::parse(
+            Cmdline("log=debug fault=2:ud hang=3@500 tick_hz=250 ip=10.0.0.2/24 exit=ready"),
+            |e| errors.push(e),
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(options.log, LogLevel::Debug);
+        assert_eq!(options.fault, Some(FaultInjection { core: 2, kind: FaultKind::InvalidOpcode }));
+        assert_eq!(options.hang, Some(HangInjection { core: 3, after_ms: 500 }));
+        assert_eq!(options.tick_hz, 250);
+        assert!(options.exit_when_ready);
+        assert_eq!(KernelOptions::parse(Cmdline(""), |_| panic!()), KernelOptions::default());
+    }
+
+    #[test]
+    fn bad_and_unknown_options_are_named_and_defaults_kept() {
+        let mut errors = std::vec::Vec::new();
+        let options = KernelOptions::parse(Cmdline("log=loud tick_hz=0 fault=x:ud colour=red"), |e| errors.push(e));
+        assert_eq!(options, KernelOptions::default());
+        let keys: std::vec::Vec<_> = errors.iter().map(|e| (e.key, e.problem)).collect();
+        assert_eq!(
+            keys,
+            [
+                ("log", OptionProblem::BadValue),
+                ("tick_hz", OptionProblem::BadValue),
+                ("fault", OptionProblem::BadValue),
+                ("colour", OptionProblem::UnknownOption)
+            ]
+        );
+    }
+
+    #[test]
+    fn get_returns_last_value() {
+        let line = Cmdline("ip=1.2.3.4/8 flag ip=5.6.7.8/16");
+        assert_eq!(line.get("ip"), Some("5.6.7.8/16"));
+        assert_eq!(line.get("flag"), Some(""));
+        assert_eq!(line.get("gw"), None);
+    }
+}
