@@ -8,6 +8,9 @@
 //! loop. `boot/` links both into the kernel image.
 #![cfg_attr(not(test), no_std)]
 
+#[cfg(target_os = "none")]
+extern crate alloc;
+
 pub mod boot_info;
 pub mod cmdline;
 pub mod memory;

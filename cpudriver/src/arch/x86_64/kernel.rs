@@ -1,0 +1,382 @@
+//! Bringing the machine up and each core's loop.
+//!
+//! The bootstrap core (core 0) reads the boot information and ACPI, splits memory into per-core
+//! slices, prepares the read-only [`BootShared`] record and starts the other cores. Every core
+//! then sets itself up from its own slice (per-core block, heap, GDT/TSS, IDT, x2APIC timer) and
+//! enters its loop.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use x2apic::lapic::LocalApic;
+
+use super::{acpi, apic, console, gdt, heap, interrupts, percore, port, smp, tsc};
+use crate::boot_info::BootInfo;
+use crate::cmdline::{Cmdline, FaultKind, KernelOptions, LogLevel, OptionProblem};
+use crate::memory::{split_per_core, CoreMemory, FrameAllocator, PhysicalRange};
+use crate::topology::{CoreDescription, MAX_CORES};
+
+/// Size of each application processor's boot stack (its only stack).
+const AP_STACK_SIZE: u64 = 256 * 1024;
+/// Size of each core's fault (IST) stack.
+const FAULT_STACK_SIZE: u64 = 16 * 1024;
+/// Largest per-core heap.
+const MAX_HEAP: u64 = 32 << 20;
+
+/// Where the kernel image lies, and when it started.
+#[derive(Clone, Copy, Debug)]
+pub struct BootImage {
+    /// TSC when the first instruction of the kernel ran.
+    pub entry_tsc: u64,
+    /// Physical start of the image.
+    pub start: u64,
+    /// Physical end of the image (bss included).
+    pub end: u64,
+    /// The page-table root every core uses.
+    pub page_table_root: u64,
+}
+
+/// A core's boot state, as the bootstrap core sees it.
+const NOT_STARTED: u32 = 0;
+const ONLINE: u32 = 1;
+const START_FAILED: u32 = 2;
+
+/// What the bootstrap core prepares for every core: written before the other cores start, read
+/// only afterwards — except `online`, the one boot-time mutable field (docs/cpudriver.md).
+pub struct BootShared {
+    /// Kernel options from the command line.
+    pub options: KernelOptions,
+    /// The command line itself.
+    pub cmdline: heapless::String<512>,
+    /// The cores, core 0 first.
+    pub cores: heapless::Vec<CoreDescription, MAX_CORES>,
+    /// Each core's memory slice (an AP's excludes its boot stack).
+    pub memory: [CoreMemory; MAX_CORES],
+    /// TSC ticks per millisecond.
+    pub tsc_per_ms: u64,
+    /// APIC timer ticks (divide by 16) per millisecond.
+    pub apic_ticks_per_ms: u32,
+    /// The image, with its entry time.
+    pub image: BootImage,
+    /// ACPI facts (ECAM windows, I/O APICs, NUMA).
+    pub platform: acpi::Platform,
+    /// Each core's state: NOT_STARTED, ONLINE or START_FAILED. Written once by the core itself
+    /// (Release) or by core 0 on a failed start; read by core 0 (Acquire).
+    online: [AtomicU32; MAX_CORES],
+}
+
+fn fatal(message: core::fmt::Arguments<'_>) -> ! {
+    crate::kprintln!("flotilla: fatal: {}", message);
+    port::halt_forever()
+}
+
+/// Reads physical memory through the identity map.
+struct IdentityMemory;
+
+impl crate::boot_info::PhysicalMemory for IdentityMemory {
+    fn read(&self, address: u64, len: usize) -> Option<&[u8]> {
+        if address == 0 || address.checked_add(len as u64)? > 64 << 30 {
+            return None;
+        }
+        // SAFETY: the boot page tables identity-map the first 64 GiB, and the loader's
+        // structures are in RAM; the bytes are only read.
+        Some(unsafe { core::slice::from_raw_parts(address as *const u8, len) })
+    }
+}
+
+/// Parses the loader's information: `protocol` 1 = PVH, 2 = Multiboot2.
+pub fn read_boot_info(protocol: u32, address: u64) -> BootInfo {
+    let parsed = match protocol {
+        1 => crate::boot_info::parse_pvh(&IdentityMemory, address),
+        _ => crate::boot_info::parse_multiboot2(&IdentityMemory, address),
+    };
+    parsed.unwrap_or_else(|error| fatal(format_args!("boot information at {address:#x}: {error:?}")))
+}
+
+fn level_filter(level: LogLevel) -> log::LevelFilter {
+    match level {
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+    }
+}
+
+/// Allocates `bytes` from `frames` as a `&'static mut T` initialised with `value`.
+fn allocate_static<T>(frames: &mut FrameAllocator, value: T) -> &'static mut T {
+    let address = frames
+        .allocate(core::mem::size_of::<T>() as u64, core::mem::align_of::<T>() as u64)
+        .unwrap_or_else(|error| fatal(format_args!("core memory: {error:?}")));
+    let pointer = address as *mut T;
+    // SAFETY: the frames are fresh, identity-mapped, owned by this core, aligned for T and large
+    // enough; they are never freed, so the reference is valid forever.
+    unsafe {
+        pointer.write(value);
+        &mut *pointer
+    }
+}
+
+/// The bootstrap core's path: never returns.
+pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
+    console::init();
+    port::disable_legacy_pic();
+    let cmdline = Cmdline(info.cmdline.as_str());
+    let options = KernelOptions::parse(cmdline, |error| {
+        let problem = match error.problem {
+            OptionProblem::BadValue => "bad value, default kept",
+            OptionProblem::UnknownOption => "unknown option, ignored",
+        };
+        crate::kprintln!("flotilla: command line: '{}={}': {}", error.key, error.value, problem);
+    });
+    console::init_logging(level_filter(options.log));
+    log::info!("Flotilla booting ({:?}), command line '{}'", info.protocol, info.cmdline);
+    let tsc_per_ms = tsc::calibrate_with_pit(10);
+    log::debug!("TSC {} kHz", tsc_per_ms);
+
+    let rsdp = info.rsdp.unwrap_or_else(|| fatal(format_args!("the loader gave no ACPI RSDP")));
+    // SAFETY: the RSDP address came from the loader and ACPI tables are identity-mapped.
+    let platform = unsafe { acpi::read_platform(rsdp) }
+        .unwrap_or_else(|error| fatal(format_args!("ACPI: {error:?}")));
+
+    let mut bsp_apic = apic::enable()
+        .unwrap_or_else(|error| fatal(format_args!("{error:?}: Flotilla needs x2APIC")));
+    let bsp_apic_id = apic::id();
+    let node_of = |apic_id| platform.numa.as_ref().and_then(|numa| numa.node_of(apic_id));
+    let mut cores: heapless::Vec<CoreDescription, MAX_CORES> = heapless::Vec::new();
+    let _ = cores.push(CoreDescription { index: 0, apic_id: bsp_apic_id, node: node_of(bsp_apic_id) });
+    for &apic_id in platform.apic_ids.iter().filter(|&&id| id != bsp_apic_id) {
+        let index = cores.len() as u32;
+        let _ = cores.push(CoreDescription { index, apic_id, node: node_of(apic_id) });
+    }
+    log::info!(
+        "ACPI: {} cores ({} skipped), {} I/O APICs, {} ECAM windows, NUMA: {}",
+        cores.len(),
+        platform.skipped_processors,
+        platform.io_apics.len(),
+        platform.ecam.len(),
+        platform.numa.as_ref().map_or(0, |numa| numa.memory.len())
+    );
+
+    // Memory: cut out the first MiB (trampoline, firmware), the image and the loader's data.
+    let reserved = [
+        PhysicalRange { start: 0, end: 0x10_0000 },
+        PhysicalRange { start: image.start, end: image.end },
+        PhysicalRange { start: info.info_range.0, end: info.info_range.1 },
+    ];
+    let core_nodes: heapless::Vec<Option<u32>, MAX_CORES> = cores.iter().map(|c| c.node).collect();
+    let node_ranges: heapless::Vec<(PhysicalRange, u32), 32> =
+        platform.numa.as_ref().map(|numa| numa.memory.iter().copied().collect()).unwrap_or_default();
+    let mut memory: [CoreMemory; MAX_CORES] = core::array::from_fn(|_| CoreMemory::default());
+    split_per_core(&info.memory, &reserved, &core_nodes, &node_ranges, &mut memory)
+        .unwrap_or_else(|error| fatal(format_args!("memory split: {error:?}")));
+
+    // Each AP's boot stack is the top of its own slice's first range.
+    let mut stacks = [0u64; MAX_CORES];
+    for (index, slice) in memory.iter_mut().enumerate().skip(1).take(cores.len() - 1) {
+        let Some(first) = slice.ranges.first_mut() else { continue };
+        stacks[index] = first.end;
+        first.end -= AP_STACK_SIZE;
+    }
+    let mut frames = FrameAllocator::new(memory[0].clone());
+    let apic_ticks_per_ms = apic::calibrate_timer(&mut bsp_apic, tsc_per_ms);
+    let shared: &'static BootShared = allocate_static(
+        &mut frames,
+        BootShared {
+            options,
+            cmdline: info.cmdline.clone(),
+            cores,
+            memory,
+            tsc_per_ms,
+            apic_ticks_per_ms,
+            image,
+            platform,
+            online: core::array::from_fn(|_| AtomicU32::new(NOT_STARTED)),
+        },
+    );
+    let core = set_up_core(shared, 0, frames, bsp_apic);
+
+    // The trampoline page: the highest free page below the EBDA that the map calls usable.
+    let page = info
+        .memory
+        .iter()
+        .filter(|r| r.kind == crate::memory::MemoryKind::Usable && r.start < 0x9_F000)
+        .map(|r| (r.end.min(0x9_F000) & !0xFFF).saturating_sub(0x1000))
+        .filter(|&p| p >= 0x1000)
+        .max()
+        .unwrap_or_else(|| fatal(format_args!("no free page below 1 MiB for the AP trampoline")));
+    // SAFETY: the page is usable RAM below 1 MiB, reserved from the frame allocators above,
+    // and the loader's structures have been copied out.
+    let trampoline = unsafe { smp::Trampoline::install(page, image.page_table_root) };
+    for description in shared.cores.iter().skip(1) {
+        let index = description.index as usize;
+        let started = trampoline.start(
+            description.apic_id,
+            stacks[index],
+            ap_entry,
+            shared as *const BootShared as u64,
+            index as u64,
+            tsc_per_ms,
+        );
+        if let Err(error) = started {
+            log::error!("core {} (apic {}) did not start: {:?}", index, description.apic_id, error);
+            shared.online[index].store(START_FAILED, Ordering::Release);
+        }
+    }
+    wait_for_cores(shared);
+    core.run()
+}
+
+fn wait_for_cores(shared: &BootShared) {
+    let count = shared.cores.len();
+    let deadline = tsc::now() + 5_000 * shared.tsc_per_ms;
+    loop {
+        // Acquire: pairs with each core's Release store of ONLINE after its set-up.
+        let states: heapless::Vec<u32, MAX_CORES> =
+            shared.online.iter().take(count).map(|s| s.load(Ordering::Acquire)).collect();
+        let online = states.iter().filter(|&&s| s == ONLINE).count();
+        let settled = states.iter().all(|&s| s != NOT_STARTED);
+        if online == count {
+            let elapsed = tsc::now() - shared.image.entry_tsc;
+            let ms = elapsed / shared.tsc_per_ms;
+            let tenths = elapsed * 10 / shared.tsc_per_ms % 10;
+            crate::kprintln!("flotilla: all {} cores online in {}.{} ms", count, ms, tenths);
+            if shared.options.exit_when_ready {
+                port::qemu_exit(0);
+            }
+            return;
+        }
+        if settled || tsc::now() > deadline {
+            crate::kprintln!("flotilla: only {} of {} cores online", online, count);
+            return;
+        }
+        x86_64::instructions::hlt();
+    }
+}
+
+extern "C" fn ap_entry(shared: u64, index: u64) -> ! {
+    // SAFETY: the bootstrap core passed the address of the BootShared record, which lives
+    // forever and is no longer written except through its atomics.
+    let shared = unsafe { &*(shared as *const BootShared) };
+    let frames = FrameAllocator::new(shared.memory[index as usize].clone());
+    let apic = apic::enable().unwrap_or_else(|error| fatal(format_args!("{error:?}")));
+    set_up_core(shared, index as usize, frames, apic).run()
+}
+
+/// A core's private tables, allocated together from its own memory.
+struct CoreBlock {
+    percore: percore::PerCore,
+    tables: gdt::CoreTables,
+    interrupts: interrupts::InterruptTable,
+}
+
+/// One core after set-up: what its loop owns.
+pub struct Core {
+    shared: &'static BootShared,
+    index: usize,
+    frames: FrameAllocator,
+    apic: LocalApic,
+    online_tsc: u64,
+}
+
+fn set_up_core(shared: &'static BootShared, index: usize, mut frames: FrameAllocator, mut apic: LocalApic) -> Core {
+    let apic_id = apic::id();
+    let fault_stack = frames
+        .allocate(FAULT_STACK_SIZE, 4096)
+        .unwrap_or_else(|error| fatal(format_args!("fault stack: {error:?}")));
+    let block = allocate_static(
+        &mut frames,
+        CoreBlock {
+            percore: percore::PerCore::new(index as u32, apic_id),
+            tables: gdt::CoreTables::new(fault_stack + FAULT_STACK_SIZE),
+            interrupts: interrupts::InterruptTable::new(0),
+        },
+    );
+    let CoreBlock { percore: block_percore, tables, interrupts: idt } = block;
+    // SAFETY: the block is this core's, in its own memory, never freed; installed once.
+    unsafe { percore::PerCore::install(block_percore) };
+    let heap_size = (frames.available() / 2).min(MAX_HEAP) & !0xFFF;
+    let heap_start = frames
+        .allocate(heap_size, 4096)
+        .unwrap_or_else(|error| fatal(format_args!("heap: {error:?}")));
+    // SAFETY: fresh frames of this core's slice, identity-mapped, never freed; once per core.
+    unsafe { heap::init(heap_start, heap_size as usize) };
+    // SAFETY: the tables live in this core's block forever.
+    unsafe {
+        let code = tables.load();
+        *idt = interrupts::InterruptTable::new(code.0);
+        idt.load();
+    }
+    apic::start_periodic_timer(&mut apic, shared.apic_ticks_per_ms, shared.options.tick_hz);
+    x86_64::instructions::interrupts::enable();
+    let description = shared.cores[index];
+    crate::kprintln!(
+        "flotilla: core {} online apic={} node={} memory={} MiB",
+        index,
+        apic_id,
+        description.node.map_or(-1, |n| n as i64),
+        shared.memory[index].total() >> 20
+    );
+    if apic_id != description.apic_id {
+        log::warn!("core {} expected apic {} but runs on apic {}", index, description.apic_id, apic_id);
+    }
+    // Release: this core's set-up happens-before core 0 reads ONLINE.
+    shared.online[index].store(ONLINE, Ordering::Release);
+    Core { shared, index, frames, apic, online_tsc: tsc::now() }
+}
+
+impl Core {
+    /// The core's loop: wait for an interrupt, then do what is due. Never returns.
+    pub fn run(self) -> ! {
+        let options = self.shared.options;
+        let injection = options.fault.is_some() || options.hang.is_some();
+        let mut alive_reported = false;
+        let _ = (&self.frames, &self.apic);
+        loop {
+            let elapsed_ms = (tsc::now() - self.online_tsc) / self.shared.tsc_per_ms;
+            if let Some(fault) = options.fault {
+                if fault.core as usize == self.index && elapsed_ms >= 50 {
+                    inject_fault(fault.kind);
+                }
+            }
+            if let Some(hang) = options.hang {
+                if hang.core as usize == self.index && elapsed_ms >= hang.after_ms as u64 {
+                    crate::kprintln!("flotilla: core {} hangs now (hang= option)", self.index);
+                    port::halt_forever();
+                }
+            }
+            if injection && !alive_reported && elapsed_ms >= 500 {
+                alive_reported = true;
+                crate::kprintln!(
+                    "flotilla: core {} alive after {} ms, ticks={}",
+                    self.index,
+                    elapsed_ms,
+                    percore::ticks()
+                );
+            }
+            x86_64::instructions::hlt();
+        }
+    }
+}
+
+fn inject_fault(kind: FaultKind) {
+    log::warn!("injecting {:?} as the fault= option asks", kind);
+    match kind {
+        // SAFETY (all arms): each instruction raises the exception it names, which the
+        // dispatcher reports before halting this core; no memory is touched.
+        FaultKind::InvalidOpcode => unsafe { core::arch::asm!("ud2") },
+        FaultKind::Breakpoint => unsafe { core::arch::asm!("int3") },
+        FaultKind::PageFault => unsafe {
+            // Above the 64 GiB identity map: not present.
+            core::arch::asm!("mov rax, [{}]", in(reg) 0x0000_7000_0000_0000u64, out("rax") _)
+        },
+        FaultKind::DivideError => unsafe {
+            core::arch::asm!("xor edx, edx", "xor ecx, ecx", "mov eax, 1", "div ecx", out("eax") _, out("ecx") _, out("edx") _)
+        },
+    }
+}
+
+/// Called by the panic handler: reports the panic with the core.
+pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    crate::kprintln!("flotilla: panic core={}: {}", percore::current_core_index(), info);
+    port::halt_forever()
+}
