@@ -84,11 +84,16 @@ fn read_c_string<M: PhysicalMemory>(
     out: &mut heapless::String<MAX_CMDLINE>,
 ) -> Result<(), BootInfoError> {
     for i in 0..MAX_CMDLINE as u64 {
-        let byte = memory.read(address + i, 1).ok_or(BootInfoError::Unreadable(address + i))?[0];
+        let byte = memory
+            .read(address + i, 1)
+            .ok_or(BootInfoError::Unreadable(address + i))?[0];
         if byte == 0 {
             return Ok(());
         }
-        if out.push(if byte.is_ascii() { byte as char } else { '?' }).is_err() {
+        if out
+            .push(if byte.is_ascii() { byte as char } else { '?' })
+            .is_err()
+        {
             return Ok(());
         }
     }
@@ -105,7 +110,11 @@ fn push_region(
         return;
     }
     // Past MAX_REGIONS entries the map is truncated; real firmware maps are far shorter.
-    let _ = regions.push(MemoryRegion { start, end: start.saturating_add(length), kind });
+    let _ = regions.push(MemoryRegion {
+        start,
+        end: start.saturating_add(length),
+        kind,
+    });
 }
 
 /// Parses the PVH `hvm_start_info` at physical address `address`.
@@ -113,7 +122,9 @@ pub fn parse_pvh<M: PhysicalMemory>(memory: &M, address: u64) -> Result<BootInfo
     // hvm_start_info: magic, version, flags, nr_modules (u32 each), modlist_paddr,
     // cmdline_paddr, rsdp_paddr (u64 each), then in version 1: memmap_paddr (u64),
     // memmap_entries (u32), reserved (u32). 56 bytes.
-    let header = memory.read(address, 56).ok_or(BootInfoError::Unreadable(address))?;
+    let header = memory
+        .read(address, 56)
+        .ok_or(BootInfoError::Unreadable(address))?;
     let magic = u32_at(header, 0);
     if magic != PVH_MAGIC {
         return Err(BootInfoError::BadMagic(magic));
@@ -143,9 +154,16 @@ pub fn parse_pvh<M: PhysicalMemory>(memory: &M, address: u64) -> Result<BootInfo
         return Err(BootInfoError::Malformed(map_address));
     }
     // Each entry: addr u64, size u64, type u32, reserved u32.
-    let map = memory.read(map_address, entries * 24).ok_or(BootInfoError::Unreadable(map_address))?;
+    let map = memory
+        .read(map_address, entries * 24)
+        .ok_or(BootInfoError::Unreadable(map_address))?;
     for entry in map.chunks_exact(24) {
-        push_region(&mut info.memory, u64_at(entry, 0), u64_at(entry, 8), kind_from_e820(u32_at(entry, 16)));
+        push_region(
+            &mut info.memory,
+            u64_at(entry, 0),
+            u64_at(entry, 8),
+            kind_from_e820(u32_at(entry, 16)),
+        );
     }
     Ok(info)
 }
@@ -155,12 +173,16 @@ pub fn parse_multiboot2<M: PhysicalMemory>(
     memory: &M,
     address: u64,
 ) -> Result<BootInfo, BootInfoError> {
-    let fixed = memory.read(address, 8).ok_or(BootInfoError::Unreadable(address))?;
+    let fixed = memory
+        .read(address, 8)
+        .ok_or(BootInfoError::Unreadable(address))?;
     let total = u32_at(fixed, 0) as usize;
     if !(16..=1 << 20).contains(&total) {
         return Err(BootInfoError::Malformed(address));
     }
-    let all = memory.read(address, total).ok_or(BootInfoError::Unreadable(address))?;
+    let all = memory
+        .read(address, total)
+        .ok_or(BootInfoError::Unreadable(address))?;
     let mut info = BootInfo {
         protocol: BootProtocol::Multiboot2,
         memory: heapless::Vec::new(),
@@ -181,7 +203,11 @@ pub fn parse_multiboot2<M: PhysicalMemory>(
             0 => break,
             1 => {
                 for &byte in body.iter().take_while(|&&b| b != 0) {
-                    if info.cmdline.push(if byte.is_ascii() { byte as char } else { '?' }).is_err() {
+                    if info
+                        .cmdline
+                        .push(if byte.is_ascii() { byte as char } else { '?' })
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -197,7 +223,12 @@ pub fn parse_multiboot2<M: PhysicalMemory>(
                     return Err(BootInfoError::Malformed(address + offset as u64));
                 }
                 for entry in body[8..].chunks_exact(entry_size) {
-                    push_region(&mut info.memory, u64_at(entry, 0), u64_at(entry, 8), kind_from_e820(u32_at(entry, 16)));
+                    push_region(
+                        &mut info.memory,
+                        u64_at(entry, 0),
+                        u64_at(entry, 8),
+                        kind_from_e820(u32_at(entry, 16)),
+                    );
                 }
                 have_map = true;
             }
@@ -260,15 +291,28 @@ mod tests {
         assert_eq!(info.cmdline.as_str(), "log=debug cores=2");
         assert_eq!(info.rsdp, Some(0xF_5A40));
         assert_eq!(info.memory.len(), 2);
-        assert_eq!(info.memory[0], MemoryRegion { start: 0, end: 0x9_fc00, kind: MemoryKind::Usable });
+        assert_eq!(
+            info.memory[0],
+            MemoryRegion {
+                start: 0,
+                end: 0x9_fc00,
+                kind: MemoryKind::Usable
+            }
+        );
         assert_eq!(info.memory[1].kind, MemoryKind::Reserved);
     }
 
     #[test]
     fn pvh_bad_magic_and_unreadable_are_errors() {
-        let fake = Fake { base: 0, bytes: std::vec![0u8; 64] };
+        let fake = Fake {
+            base: 0,
+            bytes: std::vec![0u8; 64],
+        };
         assert_eq!(parse_pvh(&fake, 0), Err(BootInfoError::BadMagic(0)));
-        assert_eq!(parse_pvh(&fake, 0x1000), Err(BootInfoError::Unreadable(0x1000)));
+        assert_eq!(
+            parse_pvh(&fake, 0x1000),
+            Err(BootInfoError::Unreadable(0x1000))
+        );
     }
 
     fn multiboot2_image() -> std::vec::Vec<u8> {
@@ -285,7 +329,11 @@ mod tests {
         let mut map = std::vec::Vec::new();
         map.extend_from_slice(&24u32.to_le_bytes());
         map.extend_from_slice(&0u32.to_le_bytes());
-        for (start, len, kind) in [(0u64, 0x9fc00u64, 1u32), (0x100000, 0x3ff0_0000, 1), (0xfec0_0000, 0x1000, 2)] {
+        for (start, len, kind) in [
+            (0u64, 0x9fc00u64, 1u32),
+            (0x100000, 0x3ff0_0000, 1),
+            (0xfec0_0000, 0x1000, 2),
+        ] {
             map.extend_from_slice(&start.to_le_bytes());
             map.extend_from_slice(&len.to_le_bytes());
             map.extend_from_slice(&kind.to_le_bytes());
@@ -304,7 +352,10 @@ mod tests {
     #[test]
     fn multiboot2_tags_are_parsed() {
         let base = 0x2000;
-        let fake = Fake { base, bytes: multiboot2_image() };
+        let fake = Fake {
+            base,
+            bytes: multiboot2_image(),
+        };
         let info = parse_multiboot2(&fake, base).unwrap();
         assert_eq!(info.protocol, BootProtocol::Multiboot2);
         assert_eq!(info.cmdline.as_str(), "log=info");
@@ -319,8 +370,14 @@ mod tests {
     fn multiboot2_malformed_tag_is_an_error_not_a_panic() {
         let mut image = multiboot2_image();
         image[12] = 200; // first tag claims to run past the end
-        let fake = Fake { base: 0, bytes: image.clone() };
-        assert!(matches!(parse_multiboot2(&fake, 0), Err(BootInfoError::Malformed(_))));
+        let fake = Fake {
+            base: 0,
+            bytes: image.clone(),
+        };
+        assert!(matches!(
+            parse_multiboot2(&fake, 0),
+            Err(BootInfoError::Malformed(_))
+        ));
         for cut in 0..image.len() {
             let mut bytes = image.clone();
             bytes.truncate(cut);

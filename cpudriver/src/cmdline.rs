@@ -12,12 +12,17 @@ pub struct Cmdline<'a>(pub &'a str);
 impl<'a> Cmdline<'a> {
     /// All `(key, value)` pairs; a word without `=` has an empty value.
     pub fn pairs(&self) -> impl Iterator<Item = (&'a str, &'a str)> {
-        self.0.split_ascii_whitespace().map(|word| word.split_once('=').unwrap_or((word, "")))
+        self.0
+            .split_ascii_whitespace()
+            .map(|word| word.split_once('=').unwrap_or((word, "")))
     }
 
     /// The value of the last `key=...` word.
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        self.pairs().filter(|(k, _)| *k == key).map(|(_, v)| v).last()
+        self.pairs()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+            .last()
     }
 }
 
@@ -84,7 +89,13 @@ pub struct KernelOptions {
 
 impl Default for KernelOptions {
     fn default() -> Self {
-        Self { log: LogLevel::Info, fault: None, hang: None, tick_hz: 100, exit_when_ready: false }
+        Self {
+            log: LogLevel::Info,
+            fault: None,
+            hang: None,
+            tick_hz: 100,
+            exit_when_ready: false,
+        }
     }
 }
 
@@ -109,7 +120,15 @@ pub enum OptionProblem {
 }
 
 /// Keys other subsystems own; the CPU driver does not warn about them.
-pub const FOREIGN_KEYS: &[&str] = &["ip", "gw", "mac", "monitor.heartbeat_ms", "monitor.miss", "netd.batch", "urpc"];
+pub const FOREIGN_KEYS: &[&str] = &[
+    "ip",
+    "gw",
+    "mac",
+    "monitor.heartbeat_ms",
+    "monitor.miss",
+    "netd.batch",
+    "urpc",
+];
 
 impl KernelOptions {
     /// Parses the CPU driver's options; every problem is passed to `report`.
@@ -117,24 +136,40 @@ impl KernelOptions {
         let mut options = Self::default();
         for (key, value) in cmdline.pairs() {
             let ok = match key {
-                "log" => parse_level(value).map(|level| options.log = level).is_some(),
-                "fault" => parse_fault(value).map(|fault| options.fault = Some(fault)).is_some(),
-                "hang" => parse_hang(value).map(|hang| options.hang = Some(hang)).is_some(),
+                "log" => parse_level(value)
+                    .map(|level| options.log = level)
+                    .is_some(),
+                "fault" => parse_fault(value)
+                    .map(|fault| options.fault = Some(fault))
+                    .is_some(),
+                "hang" => parse_hang(value)
+                    .map(|hang| options.hang = Some(hang))
+                    .is_some(),
                 "tick_hz" => value
                     .parse::<u32>()
                     .ok()
                     .filter(|hz| (1..=10_000).contains(hz))
                     .map(|hz| options.tick_hz = hz)
                     .is_some(),
-                "exit" => (value == "ready").then(|| options.exit_when_ready = true).is_some(),
+                "exit" => (value == "ready")
+                    .then(|| options.exit_when_ready = true)
+                    .is_some(),
                 _ if FOREIGN_KEYS.contains(&key) => true,
                 _ => {
-                    report(OptionError { key, value, problem: OptionProblem::UnknownOption });
+                    report(OptionError {
+                        key,
+                        value,
+                        problem: OptionProblem::UnknownOption,
+                    });
                     continue;
                 }
             };
             if !ok {
-                report(OptionError { key, value, problem: OptionProblem::BadValue });
+                report(OptionError {
+                    key,
+                    value,
+                    problem: OptionProblem::BadValue,
+                });
             }
         }
         options
@@ -161,12 +196,18 @@ fn parse_fault(value: &str) -> Option<FaultInjection> {
         "bp" => FaultKind::Breakpoint,
         _ => return None,
     };
-    Some(FaultInjection { core: core.parse().ok()?, kind })
+    Some(FaultInjection {
+        core: core.parse().ok()?,
+        kind,
+    })
 }
 
 fn parse_hang(value: &str) -> Option<HangInjection> {
     let (core, after) = value.split_once('@')?;
-    Some(HangInjection { core: core.parse().ok()?, after_ms: after.parse().ok()? })
+    Some(HangInjection {
+        core: core.parse().ok()?,
+        after_ms: after.parse().ok()?,
+    })
 }
 
 #[cfg(test)]
@@ -182,17 +223,35 @@ mod tests {
         );
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(options.log, LogLevel::Debug);
-        assert_eq!(options.fault, Some(FaultInjection { core: 2, kind: FaultKind::InvalidOpcode }));
-        assert_eq!(options.hang, Some(HangInjection { core: 3, after_ms: 500 }));
+        assert_eq!(
+            options.fault,
+            Some(FaultInjection {
+                core: 2,
+                kind: FaultKind::InvalidOpcode
+            })
+        );
+        assert_eq!(
+            options.hang,
+            Some(HangInjection {
+                core: 3,
+                after_ms: 500
+            })
+        );
         assert_eq!(options.tick_hz, 250);
         assert!(options.exit_when_ready);
-        assert_eq!(KernelOptions::parse(Cmdline(""), |_| panic!()), KernelOptions::default());
+        assert_eq!(
+            KernelOptions::parse(Cmdline(""), |_| panic!()),
+            KernelOptions::default()
+        );
     }
 
     #[test]
     fn bad_and_unknown_options_are_named_and_defaults_kept() {
         let mut errors = std::vec::Vec::new();
-        let options = KernelOptions::parse(Cmdline("log=loud tick_hz=0 fault=x:ud colour=red"), |e| errors.push(e));
+        let options =
+            KernelOptions::parse(Cmdline("log=loud tick_hz=0 fault=x:ud colour=red"), |e| {
+                errors.push(e)
+            });
         assert_eq!(options, KernelOptions::default());
         let keys: std::vec::Vec<_> = errors.iter().map(|e| (e.key, e.problem)).collect();
         assert_eq!(

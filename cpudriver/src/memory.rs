@@ -59,7 +59,10 @@ impl PhysicalRange {
     }
 
     fn intersect(&self, other: &PhysicalRange) -> PhysicalRange {
-        PhysicalRange { start: self.start.max(other.start), end: self.end.min(other.end) }
+        PhysicalRange {
+            start: self.start.max(other.start),
+            end: self.end.min(other.end),
+        }
     }
 }
 
@@ -126,10 +129,16 @@ fn usable_pieces(
                 continue;
             }
             if hole.start > piece.start {
-                let _ = next.push(PhysicalRange { start: piece.start, end: hole.start });
+                let _ = next.push(PhysicalRange {
+                    start: piece.start,
+                    end: hole.start,
+                });
             }
             if hole.end < piece.end {
-                let _ = next.push(PhysicalRange { start: hole.end, end: piece.end });
+                let _ = next.push(PhysicalRange {
+                    start: hole.end,
+                    end: piece.end,
+                });
             }
         }
         pieces = next;
@@ -148,7 +157,10 @@ fn split_equally(pieces: &[PhysicalRange], shares: usize, out: &mut [CoreMemory]
         let mut start = piece.start;
         while start < piece.end && core < shares {
             let take = remaining.min(piece.end - start);
-            let _ = out[core].ranges.push(PhysicalRange { start, end: start + take });
+            let _ = out[core].ranges.push(PhysicalRange {
+                start,
+                end: start + take,
+            });
             start += take;
             remaining -= take;
             if remaining == 0 {
@@ -227,7 +239,10 @@ pub fn split_per_core(
         }
         split_equally(&node_pieces, members.len(), &mut slices);
         for (slice, &core) in slices.into_iter().zip(members.iter()) {
-            out[core] = CoreMemory { node: Some(node), ..slice };
+            out[core] = CoreMemory {
+                node: Some(node),
+                ..slice
+            };
         }
     }
     Ok(())
@@ -246,7 +261,12 @@ impl FrameAllocator {
     /// An allocator over `memory`.
     pub fn new(memory: CoreMemory) -> Self {
         let next = memory.ranges.first().map_or(0, |r| r.start);
-        Self { memory, range: 0, next, free: heapless::Vec::new() }
+        Self {
+            memory,
+            range: 0,
+            next,
+            free: heapless::Vec::new(),
+        }
     }
 
     /// The slice this allocator serves.
@@ -262,7 +282,13 @@ impl FrameAllocator {
             .iter()
             .enumerate()
             .skip(self.range)
-            .map(|(i, r)| if i == self.range { r.end - self.next } else { r.len() })
+            .map(|(i, r)| {
+                if i == self.range {
+                    r.end - self.next
+                } else {
+                    r.len()
+                }
+            })
             .sum();
         bump + self.free.iter().map(PhysicalRange::len).sum::<u64>()
     }
@@ -278,8 +304,14 @@ impl FrameAllocator {
             let start = block.start.div_ceil(align) * align;
             if start + bytes <= block.end {
                 self.free.swap_remove(index);
-                self.give_back(PhysicalRange { start: block.start, end: start });
-                self.give_back(PhysicalRange { start: start + bytes, end: block.end });
+                self.give_back(PhysicalRange {
+                    start: block.start,
+                    end: start,
+                });
+                self.give_back(PhysicalRange {
+                    start: start + bytes,
+                    end: block.end,
+                });
                 return Ok(start);
             }
         }
@@ -287,11 +319,17 @@ impl FrameAllocator {
             let range = self.memory.ranges[self.range];
             let start = self.next.div_ceil(align) * align;
             if start + bytes <= range.end {
-                self.give_back(PhysicalRange { start: self.next, end: start });
+                self.give_back(PhysicalRange {
+                    start: self.next,
+                    end: start,
+                });
                 self.next = start + bytes;
                 return Ok(start);
             }
-            self.give_back(PhysicalRange { start: self.next, end: range.end });
+            self.give_back(PhysicalRange {
+                start: self.next,
+                end: range.end,
+            });
             self.range += 1;
             self.next = self.memory.ranges.get(self.range).map_or(0, |r| r.start);
         }
@@ -301,7 +339,10 @@ impl FrameAllocator {
     /// Returns a block from [`FrameAllocator::allocate`] of `bytes` at `start`.
     pub fn free(&mut self, start: u64, bytes: u64) {
         let bytes = bytes.max(1).div_ceil(FRAME_SIZE) * FRAME_SIZE;
-        self.give_back(PhysicalRange { start, end: start + bytes });
+        self.give_back(PhysicalRange {
+            start,
+            end: start + bytes,
+        });
     }
 
     fn give_back(&mut self, block: PhysicalRange) {
@@ -332,14 +373,32 @@ mod tests {
 
     fn map() -> [MemoryRegion; 3] {
         [
-            MemoryRegion { start: 0, end: 0x9_fc00, kind: MemoryKind::Usable },
-            MemoryRegion { start: MIB, end: 512 * MIB, kind: MemoryKind::Usable },
-            MemoryRegion { start: 512 * MIB, end: 513 * MIB, kind: MemoryKind::Reserved },
+            MemoryRegion {
+                start: 0,
+                end: 0x9_fc00,
+                kind: MemoryKind::Usable,
+            },
+            MemoryRegion {
+                start: MIB,
+                end: 512 * MIB,
+                kind: MemoryKind::Usable,
+            },
+            MemoryRegion {
+                start: 512 * MIB,
+                end: 513 * MIB,
+                kind: MemoryKind::Reserved,
+            },
         ]
     }
 
     fn reserved() -> [PhysicalRange; 2] {
-        [PhysicalRange { start: 0, end: MIB }, PhysicalRange { start: MIB, end: 3 * MIB }]
+        [
+            PhysicalRange { start: 0, end: MIB },
+            PhysicalRange {
+                start: MIB,
+                end: 3 * MIB,
+            },
+        ]
     }
 
     #[test]
@@ -347,14 +406,18 @@ mod tests {
         let mut out: [CoreMemory; 4] = Default::default();
         split_per_core(&map(), &reserved(), &[None; 4], &[], &mut out).unwrap();
         let total: u64 = out.iter().map(CoreMemory::total).sum();
-        assert!(509 * MIB - total < 4 * FRAME_SIZE, "lost more than rounding: {total}");
+        assert!(
+            509 * MIB - total < 4 * FRAME_SIZE,
+            "lost more than rounding: {total}"
+        );
         for core in &out {
             assert!(core.total() >= 127 * MIB);
             for range in &core.ranges {
                 assert!(range.start >= 3 * MIB && range.end <= 512 * MIB);
             }
         }
-        let mut all: std::vec::Vec<PhysicalRange> = out.iter().flat_map(|c| c.ranges.clone()).collect();
+        let mut all: std::vec::Vec<PhysicalRange> =
+            out.iter().flat_map(|c| c.ranges.clone()).collect();
         all.sort();
         for pair in all.windows(2) {
             assert!(pair[0].end <= pair[1].start, "overlap {:?}", pair);
@@ -364,8 +427,20 @@ mod tests {
     #[test]
     fn numa_split_keeps_each_core_on_its_node() {
         let nodes = [
-            (PhysicalRange { start: 0, end: 256 * MIB }, 0),
-            (PhysicalRange { start: 256 * MIB, end: 512 * MIB }, 1),
+            (
+                PhysicalRange {
+                    start: 0,
+                    end: 256 * MIB,
+                },
+                0,
+            ),
+            (
+                PhysicalRange {
+                    start: 256 * MIB,
+                    end: 512 * MIB,
+                },
+                1,
+            ),
         ];
         let mut out: [CoreMemory; 4] = Default::default();
         let core_nodes = [Some(0), Some(1), Some(0), Some(1)];
@@ -374,7 +449,10 @@ mod tests {
             let (range, _) = nodes[node.unwrap() as usize];
             assert_eq!(out[core].node, *node);
             for part in &out[core].ranges {
-                assert!(part.start >= range.start && part.end <= range.end, "core {core}: {part:?}");
+                assert!(
+                    part.start >= range.start && part.end <= range.end,
+                    "core {core}: {part:?}"
+                );
             }
             assert!(out[core].total() > 100 * MIB);
         }
@@ -382,7 +460,13 @@ mod tests {
 
     #[test]
     fn numa_without_memory_on_a_node_falls_back_to_equal_split() {
-        let nodes = [(PhysicalRange { start: 0, end: 512 * MIB }, 0)];
+        let nodes = [(
+            PhysicalRange {
+                start: 0,
+                end: 512 * MIB,
+            },
+            0,
+        )];
         let mut out: [CoreMemory; 2] = Default::default();
         split_per_core(&map(), &reserved(), &[Some(0), Some(1)], &nodes, &mut out).unwrap();
         assert_eq!(out[1].node, None);
@@ -391,7 +475,11 @@ mod tests {
 
     #[test]
     fn too_little_memory_or_too_many_cores_is_an_error() {
-        let tiny = [MemoryRegion { start: MIB, end: 5 * MIB, kind: MemoryKind::Usable }];
+        let tiny = [MemoryRegion {
+            start: MIB,
+            end: 5 * MIB,
+            kind: MemoryKind::Usable,
+        }];
         let mut out: [CoreMemory; 2] = Default::default();
         assert!(matches!(
             split_per_core(&tiny, &[], &[None, None], &[], &mut out),
@@ -406,8 +494,20 @@ mod tests {
     #[test]
     fn frame_allocator_aligns_reuses_and_runs_out() {
         let mut memory = CoreMemory::default();
-        memory.ranges.push(PhysicalRange { start: 0x10_0000, end: 0x10_4000 }).unwrap();
-        memory.ranges.push(PhysicalRange { start: 0x20_0000, end: 0x20_8000 }).unwrap();
+        memory
+            .ranges
+            .push(PhysicalRange {
+                start: 0x10_0000,
+                end: 0x10_4000,
+            })
+            .unwrap();
+        memory
+            .ranges
+            .push(PhysicalRange {
+                start: 0x20_0000,
+                end: 0x20_8000,
+            })
+            .unwrap();
         let mut frames = FrameAllocator::new(memory);
         assert_eq!(frames.available(), 0xC000);
         let a = frames.allocate(100, FRAME_SIZE).unwrap();
@@ -415,7 +515,11 @@ mod tests {
         let b = frames.allocate(0x4000, 0x4000).unwrap();
         assert_eq!(b, 0x20_0000, "did not fit in the first range, moved on");
         frames.free(a, 100);
-        assert_eq!(frames.allocate(FRAME_SIZE, FRAME_SIZE).unwrap(), a, "freed frame reused");
+        assert_eq!(
+            frames.allocate(FRAME_SIZE, FRAME_SIZE).unwrap(),
+            a,
+            "freed frame reused"
+        );
         assert!(frames.allocate(0x1_0000, FRAME_SIZE).is_err());
         let before = frames.available();
         frames.allocate(0x3000, FRAME_SIZE).unwrap();

@@ -35,7 +35,10 @@ pub struct NumaInfo {
 impl NumaInfo {
     /// The node of the core with `apic_id`.
     pub fn node_of(&self, apic_id: u32) -> Option<u32> {
-        self.cores.iter().find(|(id, _)| *id == apic_id).map(|(_, node)| *node)
+        self.cores
+            .iter()
+            .find(|(id, _)| *id == apic_id)
+            .map(|(_, node)| *node)
     }
 }
 
@@ -49,11 +52,15 @@ pub enum SratError {
 }
 
 fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-    bytes.get(offset..offset + 4).map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+    bytes
+        .get(offset..offset + 4)
+        .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
 }
 
 fn u64_at(bytes: &[u8], offset: usize) -> u64 {
-    bytes.get(offset..offset + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    bytes
+        .get(offset..offset + 8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
 }
 
 /// Parses a whole SRAT (header included), as found in memory.
@@ -90,7 +97,10 @@ pub fn parse_srat(table: &[u8]) -> Result<NumaInfo, SratError> {
                 let base = u64_at(entry, 8);
                 let len = u64_at(entry, 16);
                 if enabled && len > 0 {
-                    let range = PhysicalRange { start: base, end: base.saturating_add(len) };
+                    let range = PhysicalRange {
+                        start: base,
+                        end: base.saturating_add(len),
+                    };
                     let _ = info.memory.push((range, u32_at(entry, 2)));
                 }
             }
@@ -167,7 +177,16 @@ mod tests {
         assert_eq!(info.node_of(1), Some(1));
         assert_eq!(info.node_of(7), None);
         assert_eq!(info.memory.len(), 2);
-        assert_eq!(info.memory[1], (PhysicalRange { start: 0x4000_0000, end: 0x8000_0000 }, 1));
+        assert_eq!(
+            info.memory[1],
+            (
+                PhysicalRange {
+                    start: 0x4000_0000,
+                    end: 0x8000_0000
+                },
+                1
+            )
+        );
     }
 
     #[test]

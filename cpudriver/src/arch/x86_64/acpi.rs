@@ -3,10 +3,10 @@
 
 use core::ptr::NonNull;
 
-use acpi::{AcpiHandler, AcpiTable, AcpiTables, PhysicalMapping};
 use acpi::madt::{Madt, MadtEntry};
 use acpi::mcfg::Mcfg;
 use acpi::sdt::{SdtHeader, Signature};
+use acpi::{AcpiHandler, AcpiTable, AcpiTables, PhysicalMapping};
 
 use crate::topology::{parse_srat, NumaInfo, MAX_CORES};
 
@@ -15,7 +15,11 @@ use crate::topology::{parse_srat, NumaInfo, MAX_CORES};
 struct IdentityMapped;
 
 impl AcpiHandler for IdentityMapped {
-    unsafe fn map_physical_region<T>(&self, physical_address: usize, size: usize) -> PhysicalMapping<Self, T> {
+    unsafe fn map_physical_region<T>(
+        &self,
+        physical_address: usize,
+        size: usize,
+    ) -> PhysicalMapping<Self, T> {
         // SAFETY: physical memory below 64 GiB is identity-mapped by the boot page tables, and
         // the crate passes addresses of ACPI tables found through the RSDP (its safety contract).
         unsafe {
@@ -100,7 +104,8 @@ pub enum AcpiReadError {
 /// 1. `rsdp` is the physical address of the firmware's RSDP, and ACPI tables are identity-mapped.
 pub unsafe fn read_platform(rsdp: u64) -> Result<Platform, AcpiReadError> {
     // SAFETY: condition 1.
-    let tables = unsafe { AcpiTables::from_rsdp(IdentityMapped, rsdp as usize) }.map_err(AcpiReadError::Tables)?;
+    let tables = unsafe { AcpiTables::from_rsdp(IdentityMapped, rsdp as usize) }
+        .map_err(AcpiReadError::Tables)?;
     let mut platform = Platform::default();
     let madt = tables.find_table::<Madt>().map_err(AcpiReadError::Tables)?;
     for entry in madt.get().entries() {
@@ -118,7 +123,10 @@ pub unsafe fn read_platform(rsdp: u64) -> Result<Platform, AcpiReadError> {
             _ => continue,
         };
         // Flags bit 0: enabled; bit 1: online capable (may be hot-added; not started here).
-        if flags & 1 == 0 || platform.apic_ids.contains(&apic_id) || platform.apic_ids.push(apic_id).is_err() {
+        if flags & 1 == 0
+            || platform.apic_ids.contains(&apic_id)
+            || platform.apic_ids.push(apic_id).is_err()
+        {
             platform.skipped_processors += 1;
         }
     }
@@ -135,7 +143,8 @@ pub unsafe fn read_platform(rsdp: u64) -> Result<Platform, AcpiReadError> {
     if let Ok(srat) = tables.find_table::<RawSrat>() {
         let length = { srat.header.length } as usize;
         // SAFETY: the table is identity-mapped and its header says it is `length` bytes long.
-        let bytes = unsafe { core::slice::from_raw_parts(srat.physical_start() as *const u8, length) };
+        let bytes =
+            unsafe { core::slice::from_raw_parts(srat.physical_start() as *const u8, length) };
         platform.numa = parse_srat(bytes).ok();
     }
     Ok(platform)

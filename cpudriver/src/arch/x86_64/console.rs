@@ -65,7 +65,10 @@ pub fn write_line(args: fmt::Arguments<'_>) {
     x86_64::instructions::interrupts::disable();
     let mut spins = 0u64;
     // Acquire: pairs with the Release store below on the previous holder's side.
-    while LOCK.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    while LOCK
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         core::hint::spin_loop();
         spins += 1;
         if spins > 200_000_000 {

@@ -22,7 +22,10 @@ impl CoreTables {
     pub fn new(fault_stack_top: u64) -> Self {
         let mut tss = TaskStateSegment::new();
         tss.interrupt_stack_table[FAULT_IST_INDEX as usize] = VirtAddr::new(fault_stack_top);
-        Self { gdt: GlobalDescriptorTable::new(), tss }
+        Self {
+            gdt: GlobalDescriptorTable::new(),
+            tss,
+        }
     }
 
     /// Fills the GDT and loads it, the segment registers and the TSS on this core; returns the

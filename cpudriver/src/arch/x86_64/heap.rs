@@ -17,17 +17,24 @@ pub struct PerCoreAllocator;
 // executions ever touch one heap at once; `Heap` upholds the GlobalAlloc contract itself.
 unsafe impl GlobalAlloc for PerCoreAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some(block) = percore::current() else { return core::ptr::null_mut() };
+        let Some(block) = percore::current() else {
+            return core::ptr::null_mut();
+        };
         x86_64::instructions::interrupts::without_interrupts(|| {
             // SAFETY: only this core uses its heap, and interrupts are off (see the impl's note).
             let heap = unsafe { &mut *block.heap.get() };
-            heap.allocate_first_fit(layout).map_or(core::ptr::null_mut(), |p| p.as_ptr())
+            heap.allocate_first_fit(layout)
+                .map_or(core::ptr::null_mut(), |p| p.as_ptr())
         })
     }
 
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-        let Some(block) = percore::current() else { return };
-        let Some(pointer) = NonNull::new(pointer) else { return };
+        let Some(block) = percore::current() else {
+            return;
+        };
+        let Some(pointer) = NonNull::new(pointer) else {
+            return;
+        };
         x86_64::instructions::interrupts::without_interrupts(|| {
             // SAFETY: as in `alloc`; the caller guarantees `pointer` came from this allocator with
             // `layout`, and Flotilla frees on the allocating core (module doc).

@@ -89,7 +89,8 @@ pub fn read_boot_info(protocol: u32, address: u64) -> BootInfo {
         1 => crate::boot_info::parse_pvh(&IdentityMemory, address),
         _ => crate::boot_info::parse_multiboot2(&IdentityMemory, address),
     };
-    parsed.unwrap_or_else(|error| fatal(format_args!("boot information at {address:#x}: {error:?}")))
+    parsed
+        .unwrap_or_else(|error| fatal(format_args!("boot information at {address:#x}: {error:?}")))
 }
 
 fn level_filter(level: LogLevel) -> log::LevelFilter {
@@ -105,7 +106,10 @@ fn level_filter(level: LogLevel) -> log::LevelFilter {
 /// Allocates `bytes` from `frames` as a `&'static mut T` initialised with `value`.
 fn allocate_static<T>(frames: &mut FrameAllocator, value: T) -> &'static mut T {
     let address = frames
-        .allocate(core::mem::size_of::<T>() as u64, core::mem::align_of::<T>() as u64)
+        .allocate(
+            core::mem::size_of::<T>() as u64,
+            core::mem::align_of::<T>() as u64,
+        )
         .unwrap_or_else(|error| fatal(format_args!("core memory: {error:?}")));
     let pointer = address as *mut T;
     // SAFETY: the frames are fresh, identity-mapped, owned by this core, aligned for T and large
@@ -126,14 +130,25 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
             OptionProblem::BadValue => "bad value, default kept",
             OptionProblem::UnknownOption => "unknown option, ignored",
         };
-        crate::kprintln!("flotilla: command line: '{}={}': {}", error.key, error.value, problem);
+        crate::kprintln!(
+            "flotilla: command line: '{}={}': {}",
+            error.key,
+            error.value,
+            problem
+        );
     });
     console::init_logging(level_filter(options.log));
-    log::info!("Flotilla booting ({:?}), command line '{}'", info.protocol, info.cmdline);
+    log::info!(
+        "Flotilla booting ({:?}), command line '{}'",
+        info.protocol,
+        info.cmdline
+    );
     let tsc_per_ms = tsc::calibrate_with_pit(10);
     log::debug!("TSC {} kHz", tsc_per_ms);
 
-    let rsdp = info.rsdp.unwrap_or_else(|| fatal(format_args!("the loader gave no ACPI RSDP")));
+    let rsdp = info
+        .rsdp
+        .unwrap_or_else(|| fatal(format_args!("the loader gave no ACPI RSDP")));
     // SAFETY: the RSDP address came from the loader and ACPI tables are identity-mapped.
     let platform = unsafe { acpi::read_platform(rsdp) }
         .unwrap_or_else(|error| fatal(format_args!("ACPI: {error:?}")));
@@ -141,12 +156,25 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
     let mut bsp_apic = apic::enable()
         .unwrap_or_else(|error| fatal(format_args!("{error:?}: Flotilla needs x2APIC")));
     let bsp_apic_id = apic::id();
-    let node_of = |apic_id| platform.numa.as_ref().and_then(|numa| numa.node_of(apic_id));
+    let node_of = |apic_id| {
+        platform
+            .numa
+            .as_ref()
+            .and_then(|numa| numa.node_of(apic_id))
+    };
     let mut cores: heapless::Vec<CoreDescription, MAX_CORES> = heapless::Vec::new();
-    let _ = cores.push(CoreDescription { index: 0, apic_id: bsp_apic_id, node: node_of(bsp_apic_id) });
+    let _ = cores.push(CoreDescription {
+        index: 0,
+        apic_id: bsp_apic_id,
+        node: node_of(bsp_apic_id),
+    });
     for &apic_id in platform.apic_ids.iter().filter(|&&id| id != bsp_apic_id) {
         let index = cores.len() as u32;
-        let _ = cores.push(CoreDescription { index, apic_id, node: node_of(apic_id) });
+        let _ = cores.push(CoreDescription {
+            index,
+            apic_id,
+            node: node_of(apic_id),
+        });
     }
     log::info!(
         "ACPI: {} cores ({} skipped), {} I/O APICs, {} ECAM windows, NUMA: {}",
@@ -159,21 +187,41 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
 
     // Memory: cut out the first MiB (trampoline, firmware), the image and the loader's data.
     let reserved = [
-        PhysicalRange { start: 0, end: 0x10_0000 },
-        PhysicalRange { start: image.start, end: image.end },
-        PhysicalRange { start: info.info_range.0, end: info.info_range.1 },
+        PhysicalRange {
+            start: 0,
+            end: 0x10_0000,
+        },
+        PhysicalRange {
+            start: image.start,
+            end: image.end,
+        },
+        PhysicalRange {
+            start: info.info_range.0,
+            end: info.info_range.1,
+        },
     ];
     let core_nodes: heapless::Vec<Option<u32>, MAX_CORES> = cores.iter().map(|c| c.node).collect();
-    let node_ranges: heapless::Vec<(PhysicalRange, u32), 32> =
-        platform.numa.as_ref().map(|numa| numa.memory.iter().copied().collect()).unwrap_or_default();
+    let node_ranges: heapless::Vec<(PhysicalRange, u32), 32> = platform
+        .numa
+        .as_ref()
+        .map(|numa| numa.memory.iter().copied().collect())
+        .unwrap_or_default();
     let mut memory: [CoreMemory; MAX_CORES] = core::array::from_fn(|_| CoreMemory::default());
-    split_per_core(&info.memory, &reserved, &core_nodes, &node_ranges, &mut memory)
-        .unwrap_or_else(|error| fatal(format_args!("memory split: {error:?}")));
+    split_per_core(
+        &info.memory,
+        &reserved,
+        &core_nodes,
+        &node_ranges,
+        &mut memory,
+    )
+    .unwrap_or_else(|error| fatal(format_args!("memory split: {error:?}")));
 
     // Each AP's boot stack is the top of its own slice's first range.
     let mut stacks = [0u64; MAX_CORES];
     for (index, slice) in memory.iter_mut().enumerate().skip(1).take(cores.len() - 1) {
-        let Some(first) = slice.ranges.first_mut() else { continue };
+        let Some(first) = slice.ranges.first_mut() else {
+            continue;
+        };
         stacks[index] = first.end;
         first.end -= AP_STACK_SIZE;
     }
@@ -203,7 +251,11 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
         .map(|r| (r.end.min(0x9_F000) & !0xFFF).saturating_sub(0x1000))
         .filter(|&p| p >= 0x1000)
         .max()
-        .unwrap_or_else(|| fatal(format_args!("no free page below 1 MiB for the AP trampoline")));
+        .unwrap_or_else(|| {
+            fatal(format_args!(
+                "no free page below 1 MiB for the AP trampoline"
+            ))
+        });
     // SAFETY: the page is usable RAM below 1 MiB, reserved from the frame allocators above,
     // and the loader's structures have been copied out.
     let trampoline = unsafe { smp::Trampoline::install(page, image.page_table_root) };
@@ -218,7 +270,12 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
             tsc_per_ms,
         );
         if let Err(error) = started {
-            log::error!("core {} (apic {}) did not start: {:?}", index, description.apic_id, error);
+            log::error!(
+                "core {} (apic {}) did not start: {:?}",
+                index,
+                description.apic_id,
+                error
+            );
             shared.online[index].store(START_FAILED, Ordering::Release);
         }
     }
@@ -231,15 +288,24 @@ fn wait_for_cores(shared: &BootShared) {
     let deadline = tsc::now() + 5_000 * shared.tsc_per_ms;
     loop {
         // Acquire: pairs with each core's Release store of ONLINE after its set-up.
-        let states: heapless::Vec<u32, MAX_CORES> =
-            shared.online.iter().take(count).map(|s| s.load(Ordering::Acquire)).collect();
+        let states: heapless::Vec<u32, MAX_CORES> = shared
+            .online
+            .iter()
+            .take(count)
+            .map(|s| s.load(Ordering::Acquire))
+            .collect();
         let online = states.iter().filter(|&&s| s == ONLINE).count();
         let settled = states.iter().all(|&s| s != NOT_STARTED);
         if online == count {
             let elapsed = tsc::now() - shared.image.entry_tsc;
             let ms = elapsed / shared.tsc_per_ms;
             let tenths = elapsed * 10 / shared.tsc_per_ms % 10;
-            crate::kprintln!("flotilla: all {} cores online in {}.{} ms", count, ms, tenths);
+            crate::kprintln!(
+                "flotilla: all {} cores online in {}.{} ms",
+                count,
+                ms,
+                tenths
+            );
             if shared.options.exit_when_ready {
                 port::qemu_exit(0);
             }
@@ -278,7 +344,12 @@ pub struct Core {
     online_tsc: u64,
 }
 
-fn set_up_core(shared: &'static BootShared, index: usize, mut frames: FrameAllocator, mut apic: LocalApic) -> Core {
+fn set_up_core(
+    shared: &'static BootShared,
+    index: usize,
+    mut frames: FrameAllocator,
+    mut apic: LocalApic,
+) -> Core {
     let apic_id = apic::id();
     let fault_stack = frames
         .allocate(FAULT_STACK_SIZE, 4096)
@@ -291,7 +362,11 @@ fn set_up_core(shared: &'static BootShared, index: usize, mut frames: FrameAlloc
             interrupts: interrupts::InterruptTable::new(0),
         },
     );
-    let CoreBlock { percore: block_percore, tables, interrupts: idt } = block;
+    let CoreBlock {
+        percore: block_percore,
+        tables,
+        interrupts: idt,
+    } = block;
     // SAFETY: the block is this core's, in its own memory, never freed; installed once.
     unsafe { percore::PerCore::install(block_percore) };
     let heap_size = (frames.available() / 2).min(MAX_HEAP) & !0xFFF;
@@ -317,11 +392,22 @@ fn set_up_core(shared: &'static BootShared, index: usize, mut frames: FrameAlloc
         shared.memory[index].total() >> 20
     );
     if apic_id != description.apic_id {
-        log::warn!("core {} expected apic {} but runs on apic {}", index, description.apic_id, apic_id);
+        log::warn!(
+            "core {} expected apic {} but runs on apic {}",
+            index,
+            description.apic_id,
+            apic_id
+        );
     }
     // Release: this core's set-up happens-before core 0 reads ONLINE.
     shared.online[index].store(ONLINE, Ordering::Release);
-    Core { shared, index, frames, apic, online_tsc: tsc::now() }
+    Core {
+        shared,
+        index,
+        frames,
+        apic,
+        online_tsc: tsc::now(),
+    }
 }
 
 impl Core {
@@ -377,6 +463,10 @@ fn inject_fault(kind: FaultKind) {
 
 /// Called by the panic handler: reports the panic with the core.
 pub fn report_panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    crate::kprintln!("flotilla: panic core={}: {}", percore::current_core_index(), info);
+    crate::kprintln!(
+        "flotilla: panic core={}: {}",
+        percore::current_core_index(),
+        info
+    );
     port::halt_forever()
 }

@@ -1,0 +1,12 @@
+//! The host side of Flotilla: build the kernel image, check and install QEMU and its firmware,
+//! boot machines and watch their serial console, build GRUB ISO images. The `qemu-smp` binary
+//! is a command line over this library; the integration tests in `tests/` use it directly.
+#![forbid(unsafe_code)]
+
+pub mod build;
+pub mod deps;
+pub mod machine;
+
+pub use build::{build_iso, build_kernel, workspace_root, BuildError};
+pub use deps::{ensure_dependencies, DependencyError, Firmware};
+pub use machine::{Accel, BootMedium, Machine, MachineConfig, MachineError, Network};
