@@ -93,6 +93,9 @@ enum Commands {
     },
     /// Install QEMU, OVMF and the GRUB tools (Debian, as root) or print how to.
     Setup,
+    /// Run every test: host unit/property tests and the QEMU integration tests
+    /// (`cargo test --workspace`), then the loom model tests of the URPC channel.
+    Test,
 }
 
 #[derive(Subcommand)]
@@ -273,6 +276,38 @@ fn bench_boot(cores: u32, runs: u32) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn run_tests() -> ExitCode {
+    if let Err(e) = qemu_smp::ensure_dependencies(true) {
+        return fail(e);
+    }
+    let root = qemu_smp::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let steps: [(&str, Vec<&str>, Option<&str>); 2] = [
+        ("host and QEMU tests", vec!["test", "--workspace"], None),
+        (
+            "loom model tests of the URPC channel",
+            vec!["test", "-p", "urpc", "--release", "--lib", "--target-dir", "target/loom", "loom"],
+            Some("--cfg loom"),
+        ),
+    ];
+    for (name, args, rustflags) in steps {
+        eprintln!("qemu-smp test: {name}: cargo {}", args.join(" "));
+        let mut command = std::process::Command::new(&cargo);
+        command.current_dir(&root).args(&args);
+        match rustflags {
+            Some(flags) => command.env("RUSTFLAGS", flags),
+            None => command.env_remove("RUSTFLAGS"),
+        };
+        match command.status() {
+            Ok(status) if status.success() => {}
+            Ok(status) => return fail(format!("{name} failed ({status})")),
+            Err(e) => return fail(format!("could not run cargo: {e}")),
+        }
+    }
+    eprintln!("qemu-smp test: all test suites passed");
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -309,6 +344,7 @@ fn main() -> ExitCode {
         Commands::Bench {
             which: Bench::Boot { cores, runs },
         } => bench_boot(cores, runs),
+        Commands::Test => run_tests(),
         Commands::Setup => match qemu_smp::ensure_dependencies(true) {
             Ok(()) => {
                 println!("qemu-smp: QEMU, OVMF and the GRUB tools are present");

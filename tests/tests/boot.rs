@@ -1,0 +1,106 @@
+//! Boot tests: real kernel images in QEMU (TCG), checked from the serial console.
+
+use flotilla_tests::*;
+use std::time::Duration;
+
+fn boot_cores(n: u32) {
+    let config = MachineConfig::kernel(kernel(), n, "log=info exit=ready");
+    let (_machine, console) = boot_until_ready(&config);
+    assert_all_online(&console, n);
+}
+
+#[test]
+fn boots_1_core() {
+    boot_cores(1);
+}
+
+#[test]
+fn boots_2_cores() {
+    boot_cores(2);
+}
+
+#[test]
+fn boots_4_cores() {
+    boot_cores(4);
+}
+
+#[test]
+fn boots_8_cores() {
+    boot_cores(8);
+}
+
+#[test]
+fn boots_16_cores() {
+    boot_cores(16);
+}
+
+#[test]
+fn numa_nodes_from_srat_give_each_core_local_memory() {
+    let mut config = MachineConfig::kernel(kernel(), 4, "exit=ready");
+    config.numa_nodes = 2;
+    let (_machine, console) = boot_until_ready(&config);
+    assert_all_online(&console, 4);
+    for (core, node) in [(0, 0), (1, 0), (2, 1), (3, 1)] {
+        let prefix = format!("flotilla: core {core} online apic={core} node={node} ");
+        assert!(console.iter().any(|l| l.starts_with(&prefix)), "no '{prefix}' in:\n{}", console.join("\n"));
+    }
+}
+
+fn iso_boot(uefi: bool) {
+    let dir = std::env::temp_dir().join(format!("flotilla-iso-{}-{}", std::process::id(), uefi));
+    std::fs::create_dir_all(&dir).unwrap();
+    let iso = qemu_smp::build_iso(&kernel(), "log=info exit=ready", &dir.join("flotilla.iso")).unwrap_or_else(|e| panic!("{e}"));
+    let firmware = uefi.then(|| qemu_smp::Firmware::find().expect("OVMF installed").ovmf);
+    let mut config = MachineConfig::kernel(kernel(), 2, "");
+    config.medium = BootMedium::Iso { path: iso, uefi: firmware };
+    let (_machine, console) = boot_until_ready(&config);
+    assert_all_online(&console, 2);
+    assert!(console.iter().any(|l| l.contains("Flotilla booting (Multiboot2)")), "not booted by GRUB:\n{}", console.join("\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn grub_iso_boots_under_seabios() {
+    iso_boot(false);
+}
+
+#[test]
+fn grub_iso_boots_under_ovmf() {
+    iso_boot(true);
+}
+
+#[test]
+fn a_fault_on_one_core_is_reported_and_the_others_keep_running() {
+    let config = MachineConfig::kernel(kernel(), 4, "fault=2:ud");
+    let mut machine = Machine::start(&config, false).unwrap();
+    let fault = machine
+        .wait_for("the fault report", BOOT_TIMEOUT, |l| l.starts_with("flotilla: fault"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(fault.starts_with("flotilla: fault core=2 vector=6 (#UD invalid opcode) error=0x0 rip=0x"), "{fault}");
+    let rip = fault.split("rip=0x").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+    assert!(u64::from_str_radix(rip, 16).unwrap() >= 0x10_0000, "rip inside the kernel image: {fault}");
+    let mut alive = Vec::new();
+    while alive.len() < 3 {
+        let line = machine
+            .wait_for("the other cores' alive reports", Duration::from_secs(60), |l| l.contains(" alive after "))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let core: u32 = line.strip_prefix("flotilla: core ").unwrap().split(' ').next().unwrap().parse().unwrap();
+        alive.push(core);
+    }
+    alive.sort_unstable();
+    assert_eq!(alive, [0, 1, 3], "console:\n{}", machine.console().join("\n"));
+    let console = machine.console();
+    let fault_at = console.iter().position(|l| l.starts_with("flotilla: fault")).unwrap();
+    let last_alive = console.iter().rposition(|l| l.contains(" alive after ")).unwrap();
+    assert!(last_alive > fault_at, "the survivors reported after the fault");
+    assert!(!console.iter().any(|l| l.starts_with("flotilla: core 2 alive")));
+}
+
+#[test]
+fn a_bad_command_line_option_is_named_and_the_machine_still_boots() {
+    let config = MachineConfig::kernel(kernel(), 2, "log=loud colour=red exit=ready");
+    let (_machine, console) = boot_until_ready(&config);
+    assert!(console.iter().any(|l| l == "flotilla: command line: 'log=loud': bad value, default kept"), "{}", console.join("\n"));
+    assert!(console.iter().any(|l| l == "flotilla: command line: 'colour=red': unknown option, ignored"));
+    assert_all_online(&console, 2);
+}
