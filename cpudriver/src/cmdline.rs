@@ -85,6 +85,9 @@ pub struct KernelOptions {
     pub tick_hz: u32,
     /// `exit=ready`: end QEMU through isa-debug-exit once every core is online.
     pub exit_when_ready: bool,
+    /// `urpc=off|matrix|matrix:ROUNDS`: the URPC latency matrix at boot (default 200 rounds a
+    /// pair; 0 = off).
+    pub urpc_matrix_rounds: u32,
 }
 
 impl Default for KernelOptions {
@@ -95,6 +98,7 @@ impl Default for KernelOptions {
             hang: None,
             tick_hz: 100,
             exit_when_ready: false,
+            urpc_matrix_rounds: 200,
         }
     }
 }
@@ -127,7 +131,6 @@ pub const FOREIGN_KEYS: &[&str] = &[
     "monitor.heartbeat_ms",
     "monitor.miss",
     "netd.batch",
-    "urpc",
 ];
 
 impl KernelOptions {
@@ -153,6 +156,9 @@ impl KernelOptions {
                     .is_some(),
                 "exit" => (value == "ready")
                     .then(|| options.exit_when_ready = true)
+                    .is_some(),
+                "urpc" => parse_urpc(value)
+                    .map(|rounds| options.urpc_matrix_rounds = rounds)
                     .is_some(),
                 _ if FOREIGN_KEYS.contains(&key) => true,
                 _ => {
@@ -187,6 +193,18 @@ fn parse_level(value: &str) -> Option<LogLevel> {
     })
 }
 
+fn parse_urpc(value: &str) -> Option<u32> {
+    match value {
+        "off" => Some(0),
+        "matrix" => Some(200),
+        _ => value
+            .strip_prefix("matrix:")?
+            .parse()
+            .ok()
+            .filter(|r| (1..=100_000).contains(r)),
+    }
+}
+
 fn parse_fault(value: &str) -> Option<FaultInjection> {
     let (core, kind) = value.split_once(':')?;
     let kind = match kind {
@@ -218,7 +236,7 @@ mod tests {
     fn options_parse_and_defaults_hold() {
         let mut errors = std::vec::Vec::new();
         let options = KernelOptions::parse(
-            Cmdline("log=debug fault=2:ud hang=3@500 tick_hz=250 ip=10.0.0.2/24 exit=ready"),
+            Cmdline("log=debug fault=2:ud hang=3@500 tick_hz=250 ip=10.0.0.2/24 exit=ready urpc=matrix:50"),
             |e| errors.push(e),
         );
         assert!(errors.is_empty(), "{errors:?}");
@@ -239,6 +257,11 @@ mod tests {
         );
         assert_eq!(options.tick_hz, 250);
         assert!(options.exit_when_ready);
+        assert_eq!(options.urpc_matrix_rounds, 50);
+        assert_eq!(
+            KernelOptions::parse(Cmdline("urpc=off"), |_| panic!()).urpc_matrix_rounds,
+            0
+        );
         assert_eq!(
             KernelOptions::parse(Cmdline(""), |_| panic!()),
             KernelOptions::default()

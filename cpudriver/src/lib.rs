@@ -14,6 +14,7 @@ extern crate alloc;
 pub mod boot_info;
 pub mod cmdline;
 pub mod memory;
+pub mod messages;
 pub mod topology;
 
 #[cfg(target_os = "none")]

@@ -1,2 +1,32 @@
-//! placeholder: being written
+//! netd, Flotilla's data plane: a per-core smoltcp stack behind an early classifier, Scout paths
+//! with Lazy-Receiver-Processing queues, and the applications served on them (ICMP echo, UDP and
+//! TCP echo, HTTP with `/stats`, a memcached-protocol store partitioned across cores).
+//!
+//! Dependency rule: netd depends on `drivers` (the NIC API and buffer pools) and on nothing else
+//! in the workspace. What it needs from URPC and the monitor is the [`Peers`] trait and the
+//! [`CoreStats`] snapshot, which the kernel wires up. Design notes: `docs/netd.md`.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod app;
+pub mod classify;
+pub mod config;
+pub mod device;
+pub mod path;
+pub mod peers;
+pub mod stack;
+pub mod stats;
+
+#[cfg(test)]
+mod tests;
+
+pub use classify::{pick_source_port, DropReason, FlowTable, PathKey, RssHashFn, Verdict};
+pub use config::{parse_command_line, Addresses, CoreId, Ipv4Cidr, NetConfig};
+pub use path::{CycleCounter, PathCounters};
+pub use peers::{KvOperation, KvReply, KvRequest, KvStatus, NeighbourEntry, PeerError, PeerMessage, Peers};
+pub use smoltcp::time::{Duration, Instant};
+pub use stack::{CoreNet, NetError, PollOutcome};
+pub use stats::{CoreCounters, CoreStats, PathStats};

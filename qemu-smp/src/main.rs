@@ -109,6 +109,18 @@ enum Bench {
         #[arg(long, default_value_t = 7)]
         runs: u32,
     },
+    /// The in-kernel URPC round-trip matrix (every ordered pair of cores), as CSV.
+    Urpc {
+        /// Number of cores.
+        #[arg(long, default_value_t = 4)]
+        cores: u32,
+        /// Round trips per pair.
+        #[arg(long, default_value_t = 1000)]
+        rounds: u32,
+        /// Also write the CSV to this file.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
 }
 
 fn parse_memory(text: &str) -> Result<u32, String> {
@@ -276,6 +288,81 @@ fn bench_boot(cores: u32, runs: u32) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn bench_urpc(cores: u32, rounds: u32, csv: Option<PathBuf>) -> ExitCode {
+    let args = MachineArgs {
+        cores,
+        mem: 1024,
+        accel: Accel::Tcg,
+        numa: 0,
+        cmdline: format!("log=warn urpc=matrix:{rounds}"),
+        iso: false,
+        uefi: false,
+    };
+    let config = match prepare(&args, false) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let mut vm = match Machine::start(&config, false) {
+        Ok(vm) => vm,
+        Err(e) => return fail(e),
+    };
+    let timeout = Duration::from_secs(60 + u64::from(cores * cores) * u64::from(rounds) / 200);
+    let done = vm.wait_for("urpc: matrix complete", timeout, |l| {
+        l.starts_with("urpc: matrix complete") || is_failure_line(l)
+    });
+    let summary = match done {
+        Ok(line) if line.starts_with("urpc:") => line,
+        Ok(line) => return fail(format!("boot failed: {line}")),
+        Err(e) => return fail(e),
+    };
+    let mut table = String::from("from,to,p50_cycles,p99_cycles\n");
+    let mut grid = vec![vec![String::from("-"); cores as usize]; cores as usize];
+    for line in vm.console() {
+        let Some(rest) = line.strip_prefix("urpc: rtt ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let (Some(pair), Some(p50), Some(p99)) = (words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        let Some((a, b)) = pair.split_once("->") else {
+            continue;
+        };
+        let (Some(p50), Some(p99)) = (p50.strip_prefix("p50="), p99.strip_prefix("p99=")) else {
+            table.push_str(&format!("{a},{b},,\n"));
+            continue;
+        };
+        table.push_str(&format!("{a},{b},{p50},{p99}\n"));
+        if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+            if a < grid.len() && b < grid.len() {
+                grid[a][b] = p50.to_string();
+            }
+        }
+    }
+    print!("{table}");
+    println!("p50 round trip in cycles, row = pinging core, column = answering core:");
+    print!("{:>6}", "");
+    for b in 0..cores {
+        print!("{b:>10}");
+    }
+    println!();
+    for (a, row) in grid.iter().enumerate() {
+        print!("{a:>6}");
+        for cell in row {
+            print!("{cell:>10}");
+        }
+        println!();
+    }
+    println!("{summary}");
+    println!("note: TCG runs one host thread per guest core on a 2-core host; cycles are QEMU's virtual TSC, not hardware cycles.");
+    if let Some(path) = csv {
+        if let Err(e) = std::fs::write(&path, table) {
+            return fail(format!("{}: {e}", path.display()));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn run_tests() -> ExitCode {
     if let Err(e) = qemu_smp::ensure_dependencies(true) {
         return fail(e);
@@ -286,7 +373,16 @@ fn run_tests() -> ExitCode {
         ("host and QEMU tests", vec!["test", "--workspace"], None),
         (
             "loom model tests of the URPC channel",
-            vec!["test", "-p", "urpc", "--release", "--lib", "--target-dir", "target/loom", "loom"],
+            vec![
+                "test",
+                "-p",
+                "urpc",
+                "--release",
+                "--lib",
+                "--target-dir",
+                "target/loom",
+                "loom",
+            ],
             Some("--cfg loom"),
         ),
     ];
@@ -344,6 +440,9 @@ fn main() -> ExitCode {
         Commands::Bench {
             which: Bench::Boot { cores, runs },
         } => bench_boot(cores, runs),
+        Commands::Bench {
+            which: Bench::Urpc { cores, rounds, csv },
+        } => bench_urpc(cores, rounds, csv),
         Commands::Test => run_tests(),
         Commands::Setup => match qemu_smp::ensure_dependencies(true) {
             Ok(()) => {

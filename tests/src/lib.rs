@@ -27,9 +27,15 @@ pub fn kernel() -> PathBuf {
 pub fn boot_until_ready(config: &MachineConfig) -> (Machine, Vec<String>) {
     let mut machine = Machine::start(config, false).unwrap_or_else(|e| panic!("{e}"));
     let line = machine
-        .wait_for("all cores online", BOOT_TIMEOUT, |l| parse_ready_line(l).is_some() || is_failure_line(l))
+        .wait_for("all cores online", BOOT_TIMEOUT, |l| {
+            parse_ready_line(l).is_some() || is_failure_line(l)
+        })
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(parse_ready_line(&line).is_some(), "boot failed: {line}\n{}", machine.console().join("\n"));
+    assert!(
+        parse_ready_line(&line).is_some(),
+        "boot failed: {line}\n{}",
+        machine.console().join("\n")
+    );
     let console = machine.console();
     (machine, console)
 }
@@ -53,11 +59,19 @@ pub fn online_cores(console: &[String]) -> Vec<(u32, u32)> {
 pub fn assert_all_online(console: &[String], n: u32) {
     let cores = online_cores(console);
     let indices: Vec<u32> = cores.iter().map(|(core, _)| *core).collect();
-    assert_eq!(indices, (0..n).collect::<Vec<_>>(), "console:\n{}", console.join("\n"));
+    assert_eq!(
+        indices,
+        (0..n).collect::<Vec<_>>(),
+        "console:\n{}",
+        console.join("\n")
+    );
     let mut apics: Vec<u32> = cores.iter().map(|(_, apic)| *apic).collect();
     apics.sort_unstable();
     apics.dedup();
     assert_eq!(apics.len(), n as usize, "duplicate APIC ids: {cores:?}");
-    let ready = console.iter().find_map(|l| parse_ready_line(l)).expect("ready line");
+    let ready = console
+        .iter()
+        .find_map(|l| parse_ready_line(l))
+        .expect("ready line");
     assert_eq!(ready.0, n);
 }

@@ -9,11 +9,13 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use x2apic::lapic::LocalApic;
 
-use super::{acpi, apic, console, gdt, heap, interrupts, percore, port, smp, tsc};
+use super::{acpi, apic, channels, console, gdt, heap, interrupts, percore, port, smp, tsc};
 use crate::boot_info::BootInfo;
 use crate::cmdline::{Cmdline, FaultKind, KernelOptions, LogLevel, OptionProblem};
 use crate::memory::{split_per_core, CoreMemory, FrameAllocator, PhysicalRange};
+use crate::messages::KernelMessage;
 use crate::topology::{CoreDescription, MAX_CORES};
+use urpc::CoreMessage;
 
 /// Size of each application processor's boot stack (its only stack).
 const AP_STACK_SIZE: u64 = 256 * 1024;
@@ -59,6 +61,8 @@ pub struct BootShared {
     pub image: BootImage,
     /// ACPI facts (ECAM windows, I/O APICs, NUMA).
     pub platform: acpi::Platform,
+    /// Each core's URPC channel area (see `channels`).
+    pub urpc_areas: [u64; MAX_CORES],
     /// Each core's state: NOT_STARTED, ONLINE or START_FAILED. Written once by the core itself
     /// (Release) or by core 0 on a failed start; read by core 0 (Acquire).
     online: [AtomicU32; MAX_CORES],
@@ -225,6 +229,24 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
         stacks[index] = first.end;
         first.end -= AP_STACK_SIZE;
     }
+    // Each core's channel area is the top of its slice's last range.
+    let mut urpc_areas = [0u64; MAX_CORES];
+    for (index, slice) in memory.iter_mut().enumerate().take(cores.len()) {
+        let size = channels::area_size(index, cores.len()).div_ceil(4096) * 4096;
+        let Some(last) = slice.ranges.last_mut() else {
+            continue;
+        };
+        if last.len() < size + (1 << 20) {
+            fatal(format_args!(
+                "core {index}: no room for {size} bytes of URPC channels"
+            ));
+        }
+        last.end -= size;
+        urpc_areas[index] = last.end;
+    }
+    // SAFETY: the areas were just cut out of the slices, are identity-mapped, and no other core
+    // runs yet.
+    unsafe { channels::initialise_all(&urpc_areas, cores.len()) };
     let mut frames = FrameAllocator::new(memory[0].clone());
     let apic_ticks_per_ms = apic::calibrate_timer(&mut bsp_apic, tsc_per_ms);
     let shared: &'static BootShared = allocate_static(
@@ -238,6 +260,7 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
             apic_ticks_per_ms,
             image,
             platform,
+            urpc_areas,
             online: core::array::from_fn(|_| AtomicU32::new(NOT_STARTED)),
         },
     );
@@ -342,7 +365,31 @@ pub struct Core {
     frames: FrameAllocator,
     apic: LocalApic,
     online_tsc: u64,
+    channels: channels::Channels,
+    /// This core's part of the URPC latency self-test.
+    rtt: RttState,
+    /// Keep polling (no halt) until this TSC: set by message traffic.
+    busy_until: u64,
 }
+
+/// The latency self-test: core 0 walks the ordered pairs; the first core of each pair pings the
+/// second `rounds` times and reports percentiles back to core 0.
+#[derive(Default)]
+struct RttState {
+    /// Core 0 only: the pair being measured (index into the ordered pair list) and whether done.
+    coordinator: Option<(usize, bool)>,
+    /// The pinging side: peer, rounds left, samples so far.
+    pinging: Option<(usize, u32, alloc::vec::Vec<u64>)>,
+    /// TSC of the last ping sent (to give up on a peer that stopped answering).
+    last_ping: u64,
+    /// Core 0 only: pairs that answered.
+    answered: usize,
+    /// Core 0 only: TSC when the current pair started.
+    pair_started: u64,
+}
+
+/// A peer that does not answer a ping within this many milliseconds is reported and skipped.
+const PING_TIMEOUT_MS: u64 = 1_000;
 
 fn set_up_core(
     shared: &'static BootShared,
@@ -399,6 +446,9 @@ fn set_up_core(
             apic_id
         );
     }
+    // SAFETY: core 0 initialised every channel before this core was started.
+    let channels =
+        unsafe { channels::Channels::attach(&shared.urpc_areas, shared.cores.len(), index) };
     // Release: this core's set-up happens-before core 0 reads ONLINE.
     shared.online[index].store(ONLINE, Ordering::Release);
     Core {
@@ -407,18 +457,278 @@ fn set_up_core(
         frames,
         apic,
         online_tsc: tsc::now(),
+        channels,
+        rtt: RttState::default(),
+        busy_until: 0,
     }
 }
 
+/// Messages a core takes from one channel per loop iteration (bounded: no unbounded poll).
+const CHANNEL_BATCH: usize = 16;
+/// How long a core keeps polling after message traffic before it halts, in microseconds.
+const POLL_AFTER_TRAFFIC_US: u64 = 20_000;
+
 impl Core {
-    /// The core's loop: wait for an interrupt, then do what is due. Never returns.
-    pub fn run(self) -> ! {
+    fn cores(&self) -> usize {
+        self.shared.cores.len()
+    }
+
+    /// Sends `message` to `peer`, waking it if it sleeps; retries while the ring is full.
+    fn send(&mut self, peer: usize, message: KernelMessage) {
+        let apic_id = self.shared.cores[peer].apic_id;
+        let Some(endpoint) = self.channels.endpoints[peer].as_mut() else {
+            return;
+        };
+        let deadline = tsc::now() + 100 * self.shared.tsc_per_ms;
+        loop {
+            match endpoint.sender.try_send_message(&message) {
+                Ok(()) => break,
+                Err(urpc::SendError::Full) if tsc::now() < deadline => core::hint::spin_loop(),
+                Err(error) => {
+                    log::warn!("urpc to core {peer}: {error:?}; message dropped");
+                    return;
+                }
+            }
+        }
+        endpoint
+            .sender
+            .notify_if_sleeping(&mut channels::IpiNotifier { apic_id });
+    }
+
+    /// Drains every channel (bounded); returns how many messages were handled.
+    fn poll_channels(&mut self) -> usize {
+        let mut handled = 0;
+        for peer in 0..self.cores() {
+            for _ in 0..CHANNEL_BATCH {
+                let Some(endpoint) = self.channels.endpoints[peer].as_mut() else {
+                    break;
+                };
+                match endpoint
+                    .receiver
+                    .try_recv_message::<KernelMessage>(&urpc::RegionTable::EMPTY)
+                {
+                    Ok(message) => {
+                        handled += 1;
+                        self.handle(peer, message);
+                    }
+                    Err(urpc::RecvError::Empty) => break,
+                    Err(error) => log::warn!("urpc from core {peer}: {error:?}"),
+                }
+            }
+        }
+        handled
+    }
+
+    fn handle(&mut self, from: usize, message: KernelMessage) {
+        match message {
+            KernelMessage::Core(CoreMessage::Ping {
+                sequence,
+                timestamp,
+            }) => {
+                self.send(
+                    from,
+                    KernelMessage::Core(CoreMessage::Pong {
+                        sequence,
+                        timestamp,
+                    }),
+                );
+            }
+            KernelMessage::Core(CoreMessage::Pong { timestamp, .. }) => {
+                let now = tsc::now();
+                if let Some((peer, left, samples)) = self.rtt.pinging.as_mut() {
+                    if *peer == from {
+                        samples.push(now.wrapping_sub(timestamp));
+                        *left -= 1;
+                        if *left > 0 {
+                            let sequence = samples.len() as u64;
+                            let peer = *peer;
+                            self.rtt.last_ping = now;
+                            self.send(
+                                peer,
+                                KernelMessage::Core(CoreMessage::Ping {
+                                    sequence,
+                                    timestamp: tsc::now(),
+                                }),
+                            );
+                        } else {
+                            self.finish_pinging();
+                        }
+                    }
+                }
+            }
+            KernelMessage::RttStart { peer, rounds } => self.start_pinging(peer as usize, rounds),
+            KernelMessage::RttDone { peer, p50, p99 } => {
+                self.pair_done(from, peer as usize, p50, p99)
+            }
+            KernelMessage::Core(other) => log::debug!("urpc from core {from}: {other:?}"),
+        }
+    }
+
+    fn start_pinging(&mut self, peer: usize, rounds: u32) {
+        if peer >= self.cores() || peer == self.index || rounds == 0 {
+            return;
+        }
+        self.rtt.pinging = Some((
+            peer,
+            rounds,
+            alloc::vec::Vec::with_capacity(rounds as usize),
+        ));
+        self.rtt.last_ping = tsc::now();
+        self.send(
+            peer,
+            KernelMessage::Core(CoreMessage::Ping {
+                sequence: 0,
+                timestamp: tsc::now(),
+            }),
+        );
+    }
+
+    fn finish_pinging(&mut self) {
+        let Some((peer, _, mut samples)) = self.rtt.pinging.take() else {
+            return;
+        };
+        let (p50, p99) = crate::messages::percentiles(&mut samples);
+        crate::kprintln!(
+            "urpc: rtt {}->{} p50={} p99={} cycles",
+            self.index,
+            peer,
+            p50,
+            p99
+        );
+        let done = KernelMessage::RttDone {
+            peer: peer as u32,
+            p50,
+            p99,
+        };
+        if self.index == 0 {
+            self.handle(0, done);
+        } else {
+            self.send(0, done);
+        }
+    }
+
+    /// The ordered pairs of the matrix, pair `n`.
+    fn pair(&self, n: usize) -> Option<(usize, usize)> {
+        let cores = self.cores();
+        let per_row = cores - 1;
+        if cores < 2 || n >= cores * per_row {
+            return None;
+        }
+        let a = n / per_row;
+        let mut b = n % per_row;
+        if b >= a {
+            b += 1;
+        }
+        Some((a, b))
+    }
+
+    fn start_pair(&mut self, n: usize) {
+        let rounds = self.shared.options.urpc_matrix_rounds;
+        match self.pair(n) {
+            Some((a, b)) => {
+                self.rtt.coordinator = Some((n, false));
+                self.rtt.pair_started = tsc::now();
+                if a == 0 {
+                    self.start_pinging(b, rounds);
+                } else {
+                    self.send(
+                        a,
+                        KernelMessage::RttStart {
+                            peer: b as u32,
+                            rounds,
+                        },
+                    );
+                }
+            }
+            None => {
+                self.rtt.coordinator = Some((n, true));
+                let pairs = self.cores() * (self.cores() - 1);
+                let note = if apic::under_hypervisor() {
+                    " (under a hypervisor/TCG: virtual TSC cycles, not hardware cycles)"
+                } else {
+                    ""
+                };
+                crate::kprintln!(
+                    "urpc: matrix complete, {} cores, {} of {} pairs answered{}",
+                    self.cores(),
+                    self.rtt.answered,
+                    pairs,
+                    note
+                );
+            }
+        }
+    }
+
+    fn pair_done(&mut self, from: usize, peer: usize, p50: u64, _p99: u64) {
+        if self.index != 0 {
+            return;
+        }
+        if let Some((n, false)) = self.rtt.coordinator {
+            if self.pair(n) == Some((from, peer)) {
+                if p50 > 0 {
+                    self.rtt.answered += 1;
+                }
+                self.start_pair(n + 1);
+            }
+        }
+    }
+
+    /// The core's loop: drain channels, do what is due, halt when idle. Never returns.
+    pub fn run(mut self) -> ! {
         let options = self.shared.options;
         let injection = options.fault.is_some() || options.hang.is_some();
         let mut alive_reported = false;
         let _ = (&self.frames, &self.apic);
+        if self.index == 0 && options.urpc_matrix_rounds > 0 && self.cores() > 1 {
+            crate::kprintln!(
+                "urpc: latency matrix, {} round trips a pair",
+                options.urpc_matrix_rounds
+            );
+            self.start_pair(0);
+        }
         loop {
-            let elapsed_ms = (tsc::now() - self.online_tsc) / self.shared.tsc_per_ms;
+            if let Some((peer, _, _)) = self.rtt.pinging {
+                if tsc::now() - self.rtt.last_ping > PING_TIMEOUT_MS * self.shared.tsc_per_ms {
+                    crate::kprintln!(
+                        "urpc: rtt {}->{} no answer for {} ms",
+                        self.index,
+                        peer,
+                        PING_TIMEOUT_MS
+                    );
+                    self.rtt.pinging = None;
+                    let done = KernelMessage::RttDone {
+                        peer: peer as u32,
+                        p50: 0,
+                        p99: 0,
+                    };
+                    if self.index == 0 {
+                        self.handle(0, done);
+                    } else {
+                        self.send(0, done);
+                    }
+                }
+            }
+            if let Some((n, false)) = self.rtt.coordinator {
+                // A pinging core that died never reports: give up on its pair after a while.
+                let limit = 3 * PING_TIMEOUT_MS + options.urpc_matrix_rounds as u64 * 10;
+                if tsc::now() - self.rtt.pair_started > limit * self.shared.tsc_per_ms {
+                    if let Some((a, b)) = self.pair(n) {
+                        crate::kprintln!(
+                            "urpc: rtt {}->{} no answer: core {} did not report",
+                            a,
+                            b,
+                            a
+                        );
+                    }
+                    self.start_pair(n + 1);
+                }
+            }
+            if self.poll_channels() > 0 || self.rtt.pinging.is_some() {
+                self.busy_until =
+                    tsc::now() + POLL_AFTER_TRAFFIC_US * self.shared.tsc_per_ms / 1000;
+            }
+            let now = tsc::now();
+            let elapsed_ms = (now - self.online_tsc) / self.shared.tsc_per_ms;
             if let Some(fault) = options.fault {
                 if fault.core as usize == self.index && elapsed_ms >= 50 {
                     inject_fault(fault.kind);
@@ -439,7 +749,32 @@ impl Core {
                     percore::ticks()
                 );
             }
-            x86_64::instructions::hlt();
+            if now < self.busy_until {
+                core::hint::spin_loop();
+                continue;
+            }
+            self.halt_until_event();
+        }
+    }
+
+    /// Announces sleep on every channel, and halts unless a message slipped in; interrupts are
+    /// off between the check and `sti; hlt`, so a wake-up IPI cannot be lost.
+    fn halt_until_event(&mut self) {
+        x86_64::instructions::interrupts::disable();
+        let mut pending = false;
+        for endpoint in self.channels.endpoints.iter_mut().flatten() {
+            if endpoint.receiver.prepare_to_sleep() == urpc::SleepDecision::MessagePending {
+                pending = true;
+                break;
+            }
+        }
+        if pending {
+            x86_64::instructions::interrupts::enable();
+        } else {
+            x86_64::instructions::interrupts::enable_and_hlt();
+        }
+        for endpoint in self.channels.endpoints.iter_mut().flatten() {
+            endpoint.receiver.woke();
         }
     }
 }

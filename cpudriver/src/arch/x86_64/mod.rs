@@ -6,6 +6,7 @@
 
 pub mod acpi;
 pub mod apic;
+pub mod channels;
 pub mod console;
 pub mod gdt;
 pub mod heap;

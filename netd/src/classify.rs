@@ -1,0 +1,450 @@
+//! The classifier: maps each received frame, once, to a path (or to a forward or a counted drop)
+//! before smoltcp sees it.
+//!
+//! It parses Ethernet, ARP, IPv4, ICMP, UDP and TCP headers by hand, checks lengths and
+//! checksums (trusting the NIC's [`ChecksumStatus`] when it checked), and looks the destination up
+//! in a small per-core table of paths. Every rejection has a [`DropReason`]; nothing in here can
+//! panic on any input (see the fuzz-style tests).
+
+use crate::config::{CoreId, FLOW_GROUPS};
+use drivers::nic::ChecksumStatus;
+
+/// Index of a path in its core's path table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PathIndex(pub u8);
+
+/// What a path carries: its demultiplexing key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PathKey {
+    /// ARP requests and replies addressed to us.
+    Arp,
+    /// ICMP addressed to us (echo requests are answered by smoltcp on this path).
+    Icmp,
+    /// UDP datagrams to one local port.
+    Udp(u16),
+    /// TCP segments to one local port: its listeners and its established connections.
+    Tcp(u16),
+}
+
+/// Why the classifier dropped a frame. Counted per core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Shorter than the headers it claims to carry.
+    Truncated = 0,
+    /// Addressed to another MAC or IP address.
+    NotForUs = 1,
+    /// An EtherType we do not handle (e.g. IPv6).
+    UnsupportedEtherType = 2,
+    /// An ARP packet that is not Ethernet/IPv4 request or reply.
+    BadArp = 3,
+    /// IPv4 version or header length wrong.
+    BadIpHeader = 4,
+    /// IPv4 total length inconsistent with the frame, or a bad UDP/TCP length field.
+    BadLength = 5,
+    /// A header or payload checksum is wrong (by the NIC's word or our own check).
+    BadChecksum = 6,
+    /// An IPv4 fragment: not reassembled (the NIC hashes fragments on addresses only).
+    Fragment = 7,
+    /// An IP protocol other than ICMP, UDP and TCP.
+    UnsupportedProtocol = 8,
+    /// UDP or TCP to a port no path serves.
+    NoSuchPort = 9,
+    /// A misdelivered frame that could not be forwarded (peer channel full).
+    ForwardFailed = 10,
+    /// A frame from the source address 0.0.0.0, a broadcast or a multicast source.
+    BadSource = 11,
+}
+
+impl DropReason {
+    /// Number of reasons (length of counter arrays).
+    pub const COUNT: usize = 12;
+
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::Truncated,
+        DropReason::NotForUs,
+        DropReason::UnsupportedEtherType,
+        DropReason::BadArp,
+        DropReason::BadIpHeader,
+        DropReason::BadLength,
+        DropReason::BadChecksum,
+        DropReason::Fragment,
+        DropReason::UnsupportedProtocol,
+        DropReason::NoSuchPort,
+        DropReason::ForwardFailed,
+        DropReason::BadSource,
+    ];
+
+    /// A short snake-case name (JSON keys, logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::UnsupportedEtherType => "unsupported_ethertype",
+            DropReason::BadArp => "bad_arp",
+            DropReason::BadIpHeader => "bad_ip_header",
+            DropReason::BadLength => "bad_length",
+            DropReason::BadChecksum => "bad_checksum",
+            DropReason::Fragment => "fragment",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::NoSuchPort => "no_such_port",
+            DropReason::ForwardFailed => "forward_failed",
+            DropReason::BadSource => "bad_source",
+        }
+    }
+}
+
+/// The classifier's decision for one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Append the frame to this path's queue.
+    Deliver(PathIndex),
+    /// The frame's flow group belongs to another core: forward it there, once.
+    Forward(CoreId),
+    /// Drop the frame and count the reason.
+    Drop(DropReason),
+}
+
+/// A Toeplitz-style hash over the RSS input bytes (source IP, destination IP, source port,
+/// destination port, all network order), as the NIC computes it with the machine's key.
+pub type RssHashFn = fn(&[u8]) -> u32;
+
+/// Flow-group ownership as this core knows it: a local copy of the table the monitor maintains.
+#[derive(Clone, Debug)]
+pub struct FlowTable {
+    owners: [CoreId; FLOW_GROUPS],
+}
+
+impl FlowTable {
+    /// Flow groups spread round-robin over `core_count` cores (the monitor's boot layout).
+    pub fn round_robin(core_count: u16) -> Self {
+        let count = core_count.max(1) as usize;
+        let mut owners = [0; FLOW_GROUPS];
+        for (group, owner) in owners.iter_mut().enumerate() {
+            *owner = (group % count) as CoreId;
+        }
+        Self { owners }
+    }
+
+    /// The core owning `group`.
+    pub fn owner(&self, group: u8) -> CoreId {
+        self.owners[group as usize % FLOW_GROUPS]
+    }
+
+    /// The flow group an RSS hash selects (the low 7 bits index the redirection table).
+    pub fn group_of_hash(hash: u32) -> u8 {
+        (hash as usize % FLOW_GROUPS) as u8
+    }
+
+    /// Records that `group` now belongs to `core`.
+    pub fn set_owner(&mut self, group: u8, core: CoreId) {
+        self.owners[group as usize % FLOW_GROUPS] = core;
+    }
+
+    /// Every owner, indexed by flow group.
+    pub fn owners(&self) -> &[CoreId; FLOW_GROUPS] {
+        &self.owners
+    }
+}
+
+/// Builds the 12-byte RSS input for an IPv4 TCP/UDP flow as the NIC sees it on receive.
+pub fn rss_input(source: [u8; 4], destination: [u8; 4], source_port: u16, destination_port: u16) -> [u8; 12] {
+    let mut input = [0u8; 12];
+    input[0..4].copy_from_slice(&source);
+    input[4..8].copy_from_slice(&destination);
+    input[8..10].copy_from_slice(&source_port.to_be_bytes());
+    input[10..12].copy_from_slice(&destination_port.to_be_bytes());
+    input
+}
+
+/// Maximum number of paths on one core.
+pub const MAX_PATHS: usize = 16;
+
+/// The per-core classifier: our addresses, the path table and the flow table.
+#[derive(Clone, Debug)]
+pub struct Classifier {
+    mac: [u8; 6],
+    ip: [u8; 4],
+    subnet_broadcast: [u8; 4],
+    core: CoreId,
+    core_count: u16,
+    arp: Option<PathIndex>,
+    icmp: Option<PathIndex>,
+    udp: heapless::Vec<(u16, PathIndex), MAX_PATHS>,
+    tcp: heapless::Vec<(u16, PathIndex), MAX_PATHS>,
+    flows: FlowTable,
+    hash: Option<RssHashFn>,
+}
+
+/// Reads a big-endian u16 at `at`; the caller has checked the bounds.
+fn be16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+
+/// Adds `bytes` to a ones'-complement running sum (RFC 1071), unfolded.
+pub fn checksum_add(mut sum: u32, bytes: &[u8]) -> u32 {
+    let mut chunks = bytes.chunks_exact(2);
+    for pair in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    sum
+}
+
+/// Folds a running sum to the 16-bit ones'-complement checksum value.
+pub fn checksum_fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+impl Classifier {
+    /// A classifier for `core` of `core_count` with our `mac` and `ip/prefix`, and no paths yet.
+    pub fn new(mac: [u8; 6], ip: [u8; 4], prefix: u8, core: CoreId, core_count: u16) -> Self {
+        let host_mask = if prefix >= 32 { 0 } else { u32::MAX >> prefix };
+        let broadcast = (u32::from_be_bytes(ip) | host_mask).to_be_bytes();
+        Self {
+            mac,
+            ip,
+            subnet_broadcast: broadcast,
+            core,
+            core_count: core_count.max(1),
+            arp: None,
+            icmp: None,
+            udp: heapless::Vec::new(),
+            tcp: heapless::Vec::new(),
+            flows: FlowTable::round_robin(core_count),
+            hash: None,
+        }
+    }
+
+    /// Routes frames with `key` to `path`. Returns false if the table is full.
+    pub fn add_path(&mut self, key: PathKey, path: PathIndex) -> bool {
+        match key {
+            PathKey::Arp => self.arp = Some(path),
+            PathKey::Icmp => self.icmp = Some(path),
+            PathKey::Udp(port) => return self.udp.push((port, path)).is_ok(),
+            PathKey::Tcp(port) => return self.tcp.push((port, path)).is_ok(),
+        }
+        true
+    }
+
+    /// The flow table (local copy of the monitor's).
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
+    }
+
+    /// The flow table, to change on the monitor's word.
+    pub fn flows_mut(&mut self) -> &mut FlowTable {
+        &mut self.flows
+    }
+
+    /// Uses `hash` to find the owner of TCP/UDP frames the NIC did not hash (RSS hash 0).
+    pub fn set_hash_function(&mut self, hash: RssHashFn) {
+        self.hash = Some(hash);
+    }
+
+    fn lookup(table: &[(u16, PathIndex)], port: u16) -> Option<PathIndex> {
+        table.iter().find(|(p, _)| *p == port).map(|(_, path)| *path)
+    }
+
+    /// Classifies one frame. `forwarded` marks a frame another core already forwarded here: it is
+    /// never forwarded again.
+    pub fn classify(&self, frame: &[u8], checksum: ChecksumStatus, rss_hash: u32, forwarded: bool) -> Verdict {
+        match self.classify_inner(frame, checksum, rss_hash, forwarded) {
+            Ok(verdict) => verdict,
+            Err(reason) => Verdict::Drop(reason),
+        }
+    }
+
+    fn classify_inner(
+        &self,
+        frame: &[u8],
+        checksum: ChecksumStatus,
+        rss_hash: u32,
+        forwarded: bool,
+    ) -> Result<Verdict, DropReason> {
+        const ETHERNET: usize = 14;
+        if frame.len() < ETHERNET {
+            return Err(DropReason::Truncated);
+        }
+        let destination = &frame[0..6];
+        if destination != self.mac && destination != [0xff; 6] {
+            return Err(DropReason::NotForUs);
+        }
+        if frame[6] & 1 != 0 {
+            return Err(DropReason::BadSource);
+        }
+        match be16(frame, 12) {
+            0x0806 => self.classify_arp(&frame[ETHERNET..]),
+            0x0800 => self.classify_ipv4(&frame[ETHERNET..], checksum, rss_hash, forwarded),
+            _ => Err(DropReason::UnsupportedEtherType),
+        }
+    }
+
+    fn classify_arp(&self, arp: &[u8]) -> Result<Verdict, DropReason> {
+        if arp.len() < 28 {
+            return Err(DropReason::Truncated);
+        }
+        let operation = be16(arp, 6);
+        if be16(arp, 0) != 1 || be16(arp, 2) != 0x0800 || arp[4] != 6 || arp[5] != 4 || !(1..=2).contains(&operation) {
+            return Err(DropReason::BadArp);
+        }
+        if arp[24..28] != self.ip {
+            return Err(DropReason::NotForUs);
+        }
+        self.arp.map(Verdict::Deliver).ok_or(DropReason::UnsupportedEtherType)
+    }
+
+    fn classify_ipv4(
+        &self,
+        packet: &[u8],
+        checksum: ChecksumStatus,
+        rss_hash: u32,
+        forwarded: bool,
+    ) -> Result<Verdict, DropReason> {
+        if packet.len() < 20 {
+            return Err(DropReason::Truncated);
+        }
+        let header_length = usize::from(packet[0] & 0x0f) * 4;
+        if packet[0] >> 4 != 4 || header_length < 20 {
+            return Err(DropReason::BadIpHeader);
+        }
+        if packet.len() < header_length {
+            return Err(DropReason::Truncated);
+        }
+        let total_length = usize::from(be16(packet, 2));
+        if total_length < header_length || total_length > packet.len() {
+            return Err(DropReason::BadLength);
+        }
+        if checksum.error {
+            return Err(DropReason::BadChecksum);
+        }
+        if !checksum.ipv4_ok && checksum_fold(checksum_add(0, &packet[..header_length])) != 0xffff {
+            return Err(DropReason::BadChecksum);
+        }
+        let source: [u8; 4] = [packet[12], packet[13], packet[14], packet[15]];
+        let destination: [u8; 4] = [packet[16], packet[17], packet[18], packet[19]];
+        if destination != self.ip && destination != [255; 4] && destination != self.subnet_broadcast {
+            return Err(DropReason::NotForUs);
+        }
+        if source == [0; 4] || source == [255; 4] || source[0] >= 224 || source == self.subnet_broadcast {
+            return Err(DropReason::BadSource);
+        }
+        let flags_fragment = be16(packet, 6);
+        if flags_fragment & 0x3fff != 0 {
+            return Err(DropReason::Fragment);
+        }
+        let protocol = packet[9];
+        let payload = &packet[header_length..total_length];
+        let pseudo_sum = || {
+            let sum = checksum_add(0, &packet[12..20]);
+            sum + u32::from(protocol) + payload.len() as u32
+        };
+        match protocol {
+            1 => {
+                if payload.len() < 8 {
+                    return Err(DropReason::Truncated);
+                }
+                if checksum_fold(checksum_add(0, payload)) != 0xffff {
+                    return Err(DropReason::BadChecksum);
+                }
+                self.icmp.map(Verdict::Deliver).ok_or(DropReason::UnsupportedProtocol)
+            }
+            17 => {
+                if payload.len() < 8 {
+                    return Err(DropReason::Truncated);
+                }
+                let udp_length = usize::from(be16(payload, 4));
+                if udp_length < 8 || udp_length > payload.len() {
+                    return Err(DropReason::BadLength);
+                }
+                let datagram = &payload[..udp_length];
+                if !checksum.l4_ok && be16(datagram, 6) != 0 {
+                    let sum = checksum_add(0, &packet[12..20]) + 17 + udp_length as u32;
+                    if checksum_fold(checksum_add(sum, datagram)) != 0xffff {
+                        return Err(DropReason::BadChecksum);
+                    }
+                }
+                let (source_port, destination_port) = (be16(payload, 0), be16(payload, 2));
+                if let Some(core) = self.misdelivered(source, destination, source_port, destination_port, rss_hash, forwarded) {
+                    return Ok(Verdict::Forward(core));
+                }
+                Self::lookup(&self.udp, destination_port).map(Verdict::Deliver).ok_or(DropReason::NoSuchPort)
+            }
+            6 => {
+                if payload.len() < 20 {
+                    return Err(DropReason::Truncated);
+                }
+                let data_offset = usize::from(payload[12] >> 4) * 4;
+                if data_offset < 20 || data_offset > payload.len() {
+                    return Err(DropReason::BadLength);
+                }
+                if !checksum.l4_ok && checksum_fold(checksum_add(pseudo_sum(), payload)) != 0xffff {
+                    return Err(DropReason::BadChecksum);
+                }
+                if destination != self.ip {
+                    return Err(DropReason::NotForUs);
+                }
+                let (source_port, destination_port) = (be16(payload, 0), be16(payload, 2));
+                if let Some(core) = self.misdelivered(source, destination, source_port, destination_port, rss_hash, forwarded) {
+                    return Ok(Verdict::Forward(core));
+                }
+                Self::lookup(&self.tcp, destination_port).map(Verdict::Deliver).ok_or(DropReason::NoSuchPort)
+            }
+            _ => Err(DropReason::UnsupportedProtocol),
+        }
+    }
+
+    /// Returns the owner when a TCP/UDP flow belongs to another core and may be forwarded.
+    fn misdelivered(
+        &self,
+        source: [u8; 4],
+        destination: [u8; 4],
+        source_port: u16,
+        destination_port: u16,
+        rss_hash: u32,
+        forwarded: bool,
+    ) -> Option<CoreId> {
+        if forwarded || self.core_count <= 1 || destination != self.ip {
+            return None;
+        }
+        let hash = match (rss_hash, self.hash) {
+            (0, Some(hash)) => hash(&rss_input(source, destination, source_port, destination_port)),
+            (0, None) => return None,
+            (hash, _) => hash,
+        };
+        let owner = self.flows.owner(FlowTable::group_of_hash(hash));
+        (owner != self.core).then_some(owner)
+    }
+}
+
+/// First port of the ephemeral range the picker searches.
+pub const EPHEMERAL_FIRST: u16 = 49152;
+
+/// Picks a local port for an outgoing TCP/UDP flow to `remote:remote_port` whose replies the NIC
+/// steers to `core`: the RSS hash of the reply's 4-tuple (remote → local) must select a flow group
+/// `flows` assigns to `core`. Starts at `first` (wrapping within the ephemeral range) and returns
+/// `None` when no port qualifies.
+pub fn pick_source_port(
+    local: [u8; 4],
+    remote: [u8; 4],
+    remote_port: u16,
+    core: CoreId,
+    flows: &FlowTable,
+    hash: RssHashFn,
+    first: u16,
+) -> Option<u16> {
+    let span = u32::from(u16::MAX - EPHEMERAL_FIRST) + 1;
+    let start = u32::from(first.max(EPHEMERAL_FIRST) - EPHEMERAL_FIRST);
+    (0..span)
+        .map(|offset| EPHEMERAL_FIRST + ((start + offset) % span) as u16)
+        .find(|port| {
+            let reply_hash = hash(&rss_input(remote, local, remote_port, *port));
+            flows.owner(FlowTable::group_of_hash(reply_hash)) == core
+        })
+}

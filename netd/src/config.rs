@@ -1,0 +1,146 @@
+//! Per-core network configuration and the kernel command-line parser for `ip=` and `gw=`.
+
+/// Number of flow groups (RSS redirection-table entries), as the NIC API defines them.
+pub const FLOW_GROUPS: usize = drivers::nic::FLOW_GROUPS;
+
+/// Index of a core (and of its NIC queue pair: queue `i` belongs to core `i`).
+pub type CoreId = u16;
+
+/// An IPv4 address with its prefix length, e.g. `10.0.2.15/24`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    /// The address, network byte order.
+    pub address: [u8; 4],
+    /// Prefix length in bits (0..=32).
+    pub prefix: u8,
+}
+
+/// The addresses every core presents: one MAC, one IPv4 address, one gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addresses {
+    /// Our IPv4 address and prefix.
+    pub ip: Ipv4Cidr,
+    /// Default gateway.
+    pub gateway: [u8; 4],
+}
+
+impl Default for Addresses {
+    /// QEMU user networking's defaults: 10.0.2.15/24 via 10.0.2.2.
+    fn default() -> Self {
+        Self {
+            ip: Ipv4Cidr {
+                address: [10, 0, 2, 15],
+                prefix: 24,
+            },
+            gateway: [10, 0, 2, 2],
+        }
+    }
+}
+
+/// Configuration of one core's stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The MAC address all cores present (the NIC's).
+    pub mac: [u8; 6],
+    /// IPv4 address, prefix and gateway (the same on all cores).
+    pub addresses: Addresses,
+    /// This core.
+    pub core: CoreId,
+    /// Number of cores running a stack.
+    pub core_count: u16,
+    /// Machine name shown by the HTTP page.
+    pub hostname: &'static str,
+    /// Seed for smoltcp's TCP initial sequence numbers and ephemeral ports; mixed with the core id.
+    pub random_seed: u64,
+}
+
+impl NetConfig {
+    /// A configuration with QEMU user-networking addresses for `core` of `core_count`.
+    pub fn new(mac: [u8; 6], core: CoreId, core_count: u16) -> Self {
+        Self {
+            mac,
+            addresses: Addresses::default(),
+            core,
+            core_count,
+            hostname: "flotilla",
+            random_seed: 0x5eed_f10f_117a,
+        }
+    }
+}
+
+/// Why a command-line option could not be parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandLineError {
+    /// `ip=` had no `/PREFIX` or the prefix was not 0..=32.
+    BadPrefix,
+    /// An address was not four dot-separated numbers 0..=255.
+    BadAddress,
+}
+
+/// Parses a dotted-quad IPv4 address.
+pub fn parse_ipv4(text: &str) -> Result<[u8; 4], CommandLineError> {
+    let mut out = [0u8; 4];
+    let mut parts = text.split('.');
+    for byte in out.iter_mut() {
+        let part = parts.next().ok_or(CommandLineError::BadAddress)?;
+        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(CommandLineError::BadAddress);
+        }
+        *byte = part.parse().map_err(|_| CommandLineError::BadAddress)?;
+    }
+    if parts.next().is_some() {
+        return Err(CommandLineError::BadAddress);
+    }
+    Ok(out)
+}
+
+/// Reads `ip=ADDR/PREFIX` and `gw=ADDR` from a kernel command line (space-separated options;
+/// other options are ignored). Missing options keep the defaults (10.0.2.15/24 via 10.0.2.2).
+pub fn parse_command_line(line: &str) -> Result<Addresses, CommandLineError> {
+    let mut addresses = Addresses::default();
+    for option in line.split_ascii_whitespace() {
+        if let Some(value) = option.strip_prefix("ip=") {
+            let (address, prefix) = value.split_once('/').ok_or(CommandLineError::BadPrefix)?;
+            let prefix: u8 = prefix.parse().map_err(|_| CommandLineError::BadPrefix)?;
+            if prefix > 32 {
+                return Err(CommandLineError::BadPrefix);
+            }
+            addresses.ip = Ipv4Cidr {
+                address: parse_ipv4(address)?,
+                prefix,
+            };
+        } else if let Some(value) = option.strip_prefix("gw=") {
+            addresses.gateway = parse_ipv4(value)?;
+        }
+    }
+    Ok(addresses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_when_absent() {
+        assert_eq!(parse_command_line("console=ttyS0 quiet"), Ok(Addresses::default()));
+        assert_eq!(parse_command_line(""), Ok(Addresses::default()));
+    }
+
+    #[test]
+    fn parses_ip_and_gateway() {
+        let a = parse_command_line("x=1 ip=192.168.7.2/16 gw=192.168.0.1").unwrap();
+        assert_eq!(a.ip.address, [192, 168, 7, 2]);
+        assert_eq!(a.ip.prefix, 16);
+        assert_eq!(a.gateway, [192, 168, 0, 1]);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert_eq!(parse_command_line("ip=10.0.0.1"), Err(CommandLineError::BadPrefix));
+        assert_eq!(parse_command_line("ip=10.0.0.1/33"), Err(CommandLineError::BadPrefix));
+        assert_eq!(parse_command_line("ip=10.0.0/8"), Err(CommandLineError::BadAddress));
+        assert_eq!(parse_command_line("gw=10.0.0.256"), Err(CommandLineError::BadAddress));
+        assert_eq!(parse_command_line("gw=10.0.0.1.2"), Err(CommandLineError::BadAddress));
+        assert_eq!(parse_command_line("gw=+1.0.0.1"), Err(CommandLineError::BadAddress));
+    }
+}
