@@ -6,6 +6,7 @@
 pub mod build;
 pub mod deps;
 pub mod machine;
+pub mod tap;
 
 pub use build::{build_iso, build_kernel, workspace_root, BuildError};
 pub use deps::{ensure_dependencies, DependencyError, Firmware};

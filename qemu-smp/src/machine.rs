@@ -50,8 +50,13 @@ pub enum Network {
         /// The port QEMU sends to.
         remote: u16,
     },
-    /// An igb NIC on a tap device (created by the caller, e.g. in a namespace).
-    Tap(String),
+    /// An igb NIC on tap device `tap`; QEMU runs inside network namespace `namespace`.
+    Tap {
+        /// The namespace QEMU runs in.
+        namespace: String,
+        /// The tap device in it.
+        tap: String,
+    },
 }
 
 /// Everything needed to boot one machine.
@@ -165,8 +170,8 @@ impl MachineConfig {
                     "igb,netdev=n0,mac=52:54:00:12:34:56",
                 ]);
             }
-            Network::Tap(name) => {
-                let netdev = format!("tap,id=n0,ifname={name},script=no,downscript=no");
+            Network::Tap { tap, .. } => {
+                let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
                 push(&[
                     "-netdev",
                     &netdev,
@@ -242,7 +247,15 @@ impl Machine {
     /// Starts QEMU; with `echo`, the console is copied to this process's stdout as it arrives.
     pub fn start(config: &MachineConfig, echo: bool) -> Result<Self, MachineError> {
         let started = Instant::now();
-        let mut child = Command::new("qemu-system-x86_64")
+        let mut command = match &config.network {
+            Network::Tap { namespace, .. } => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", namespace, "qemu-system-x86_64"]);
+                command
+            }
+            _ => Command::new("qemu-system-x86_64"),
+        };
+        let mut child = command
             .args(config.qemu_args())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -27,6 +27,9 @@ struct Cli {
 enum NetworkChoice {
     /// igb NIC on QEMU user networking, host ports forwarded to the guest (see README).
     User,
+    /// igb NIC on a tap device in a new network namespace `flotilla` (root): the host side is
+    /// 10.0.2.2/24, the guest 10.0.2.15/24; run clients with `ip netns exec flotilla ...`.
+    Tap,
     /// No NIC.
     None,
 }
@@ -197,9 +200,32 @@ fn run(
         Err(code) => return code,
     };
     config.extra_args = qemu_args;
-    if net == NetworkChoice::User {
-        config.network = Network::User(FORWARDS.to_vec());
-        eprintln!("qemu-smp: user networking; host ports: 127.0.0.1:8080→80 (HTTP), 7007→7 (TCP/UDP echo), 11211→11211 (memcached)");
+    let mut _namespace = None;
+    match net {
+        NetworkChoice::User => {
+            config.network = Network::User(FORWARDS.to_vec());
+            eprintln!("qemu-smp: user networking; host ports: 127.0.0.1:8080→80 (HTTP), 7007→7 (TCP/UDP echo), 11211→11211 (memcached)");
+        }
+        NetworkChoice::Tap => {
+            let namespace = match qemu_smp::tap::TapNamespace::create("flotilla") {
+                Ok(namespace) => namespace,
+                Err(e) => return fail(e),
+            };
+            eprintln!(
+                "qemu-smp: namespace 'flotilla': host {}/{} on {}, guest {}; e.g. `ip netns exec flotilla ping {}`",
+                qemu_smp::tap::HOST_ADDRESS,
+                qemu_smp::tap::PREFIX,
+                namespace.tap,
+                qemu_smp::tap::GUEST_ADDRESS,
+                qemu_smp::tap::GUEST_ADDRESS
+            );
+            config.network = Network::Tap {
+                namespace: namespace.name.clone(),
+                tap: namespace.tap.clone(),
+            };
+            _namespace = Some(namespace);
+        }
+        NetworkChoice::None => {}
     }
     eprintln!(
         "qemu-smp: qemu-system-x86_64 {}",
