@@ -3,7 +3,13 @@
 //! A pool is a region of DMA-able memory cut into fixed-size buffers, owned by exactly one core.
 //! Buffers are named by [`BufferId`]; the NIC receives into them and transmits from them, and the
 //! network path reads them in place, so a frame is never copied between the NIC and the path.
-#![forbid(unsafe_code)]
+//!
+//! The pool keeps its region as a raw pointer rather than a `&'static mut [u8]`: the NIC writes
+//! into posted buffers by DMA behind the compiler's back, so no Rust reference may claim exclusive
+//! access to the whole region while buffers are posted. References are made per buffer, only for
+//! the duration of [`BufferPool::bytes`] / [`BufferPool::bytes_mut`].
+
+use core::ptr::NonNull;
 
 /// Size of one packet buffer in bytes: a full 1514-byte Ethernet frame fits, and it is a power of
 /// two so that buffers never straddle a 4 KiB page (the NIC's DMA sees contiguous memory).
@@ -26,12 +32,22 @@ pub enum PoolError {
 
 /// A pool of [`BUFFER_SIZE`]-byte packet buffers over one core's memory.
 pub struct BufferPool {
-    memory: &'static mut [u8],
+    /// Start of the region (taken from a `&'static mut [u8]`, so valid and unaliased for ever).
+    memory: NonNull<u8>,
+    /// Length of the region in bytes.
+    memory_len: usize,
     physical_base: u64,
     free: &'static mut [u32],
     free_len: usize,
     in_use: &'static mut [bool],
 }
+
+// SAFETY: a `BufferPool` exclusively owns its region (taken as `&'static mut`) and its
+// bookkeeping, exactly like the `&'static mut` fields it replaces; moving it to another core moves
+// that ownership. It has no interior mutability, so `&BufferPool` across threads is read-only.
+unsafe impl Send for BufferPool {}
+// SAFETY: see `Send`: shared access only reads.
+unsafe impl Sync for BufferPool {}
 
 impl BufferPool {
     /// Builds a pool over `memory`, whose first byte the device sees at `physical_base`.
@@ -53,8 +69,10 @@ impl BufferPool {
             *slot = index;
         }
         in_use[..count].fill(false);
+        let memory_len = memory.len();
         Ok(Self {
-            memory,
+            memory: NonNull::from(memory).cast::<u8>(),
+            memory_len,
             physical_base,
             free: free_list,
             free_len: count,
@@ -68,15 +86,18 @@ impl BufferPool {
         extern crate std;
         use std::{boxed::Box, vec};
         let memory = Box::leak(vec![0u8; count * BUFFER_SIZE].into_boxed_slice());
-        let base = memory.as_ptr() as u64;
         let free = Box::leak(vec![0u32; count].into_boxed_slice());
         let in_use = Box::leak(vec![false; count].into_boxed_slice());
-        Self::new(memory, base, free, in_use).expect("count > 0")
+        let mut pool = Self::new(memory, 0, free, in_use).expect("count > 0");
+        // On the host "physical" addresses are virtual ones: the register model "DMAs" through
+        // them. The cast exposes the pool's own pointer, so the model's accesses have provenance.
+        pool.physical_base = pool.memory.as_ptr() as u64;
+        pool
     }
 
     /// Number of buffers in the pool.
     pub fn capacity(&self) -> usize {
-        (self.memory.len() / BUFFER_SIZE)
+        (self.memory_len / BUFFER_SIZE)
             .min(self.free.len())
             .min(self.in_use.len())
     }
@@ -118,13 +139,30 @@ impl BufferPool {
     /// The bytes of a buffer.
     pub fn bytes(&self, id: BufferId) -> Result<&[u8], PoolError> {
         let index = self.check(id)?;
-        Ok(&self.memory[index * BUFFER_SIZE..(index + 1) * BUFFER_SIZE])
+        // SAFETY: `check` bounds `index` below `capacity()`, so the buffer lies inside the region
+        // `new` took as `&'static mut [u8]` (valid, initialised, owned by this pool for ever). The
+        // shared borrow of `self` prevents a `bytes_mut` of the same buffer while this lives.
+        Ok(unsafe {
+            core::slice::from_raw_parts(self.memory.as_ptr().add(index * BUFFER_SIZE), BUFFER_SIZE)
+        })
     }
 
     /// The bytes of a buffer, writable.
     pub fn bytes_mut(&mut self, id: BufferId) -> Result<&mut [u8], PoolError> {
         let index = self.check(id)?;
-        Ok(&mut self.memory[index * BUFFER_SIZE..(index + 1) * BUFFER_SIZE])
+        // SAFETY: as in `bytes`, the buffer lies inside the pool's own region; the exclusive
+        // borrow of `self` makes this the only reference into the region while it lives.
+        Ok(unsafe {
+            core::slice::from_raw_parts_mut(
+                self.memory.as_ptr().add(index * BUFFER_SIZE),
+                BUFFER_SIZE,
+            )
+        })
+    }
+
+    /// Device-visible address of the region's first byte.
+    pub fn physical_base(&self) -> u64 {
+        self.physical_base
     }
 
     fn check(&self, id: BufferId) -> Result<usize, PoolError> {

@@ -1,0 +1,452 @@
+//! Driver for the Intel 82576 (`igb`), the multi-queue NIC QEMU emulates with
+//! `-M q35 -device igb`, and a real PCIe card.
+//!
+//! [`init`] resets the device, programs one RX and one TX queue per core (up to 16), RSS (key,
+//! hash types, 128-entry redirection table), receive checksum offload, MSI-X routing (queue `i` →
+//! MSI-X vector `i`, link events → the next vector) and interrupt moderation, and returns one
+//! [`IgbQueue`] per queue plus one [`IgbControl`]. Each queue holds only its own rings and a
+//! register handle it uses for its own tail registers and its own interrupt mask bit, so a core
+//! drives its queue with no lock; the control object (RSS, redirection table, link) stays with the
+//! monitor on the NIC's home core.
+//!
+//! Init follows the 82576 datasheet §4.5 "Software Initialization and Diagnostics" (interrupts
+//! off, global reset, general configuration, receive initialization, transmit initialization),
+//! with the RSS rules of §7.1.2.8 and MSI-X setup of §7.3. QEMU 10.0.2 model facts relied on are
+//! listed in `docs/drivers.md`.
+
+pub mod regs;
+
+#[cfg(any(test, feature = "std"))]
+pub mod model;
+
+use crate::dma::QueueMemory;
+use crate::nic::{
+    FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError, QueueId,
+};
+use crate::registers::{Delay, RegisterAccess};
+use crate::ring::{DescriptorQueue, QueueRegisters};
+use crate::rss::{self, RedirectionTable, KEY_LEN};
+
+/// PCI vendor id of Intel.
+pub const VENDOR_INTEL: u16 = 0x8086;
+/// PCI device id of the 82576 copper NIC (the id QEMU's `igb` presents).
+pub const DEVICE_82576: u16 = 0x10C9;
+/// Queue pairs the 82576 has.
+pub const MAX_QUEUES: u16 = 16;
+/// MSI-X vectors QEMU's model offers (the real 82576 offers 25).
+pub const QEMU_MSIX_VECTORS: u16 = 10;
+/// Receive buffer size programmed into SRRCTL (one pool buffer, 2 KiB).
+pub const RX_BUFFER_KIB: u32 = (crate::pool::BUFFER_SIZE / 1024) as u32;
+
+/// One core's queue pair on an 82576.
+pub type IgbQueue<R> = DescriptorQueue<R>;
+
+/// How to bring the device up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IgbConfig {
+    /// Queue pairs (one per core), 1 to 16.
+    pub queues: u16,
+    /// Descriptors per ring (multiple of 8); must match every `QueueMemory` given.
+    pub ring_size: u16,
+    /// Toeplitz key.
+    pub rss_key: [u8; KEY_LEN],
+    /// Hashed header fields.
+    pub hash_types: HashTypes,
+    /// MSI-X vectors the function offers (its MSI-X table size). Queue `i` gets vector `i` while
+    /// `i < msix_vectors - 1`; later queues get none and must be polled.
+    pub msix_vectors: u16,
+    /// Interrupt moderation: minimum gap between interrupts of one vector, in µs (EITR). Use 0
+    /// under QEMU 10.0.2, whose EITR timer is scaled wrongly and throttles far too long.
+    pub interrupt_interval_us: u16,
+}
+
+impl IgbConfig {
+    /// Defaults for `queues` queues: 256-descriptor rings, [`rss::DEFAULT_KEY`], every hash type,
+    /// QEMU's 10 MSI-X vectors, no moderation.
+    pub fn new(queues: u16) -> Self {
+        Self {
+            queues,
+            ring_size: 256,
+            rss_key: rss::DEFAULT_KEY,
+            hash_types: HashTypes::ALL,
+            msix_vectors: QEMU_MSIX_VECTORS,
+            interrupt_interval_us: 0,
+        }
+    }
+}
+
+/// Errors of 82576 bring-up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IgbError {
+    /// `queues` is 0 or above 16.
+    BadQueueCount(u16),
+    /// The number of `QueueMemory` regions given differs from `queues`.
+    QueueMemoryCount {
+        /// Regions needed.
+        expected: u16,
+        /// Regions given.
+        given: u16,
+    },
+    /// A `QueueMemory` has another ring size than the config.
+    RingSizeMismatch(QueueId),
+    /// CTRL.RST did not clear.
+    ResetTimeout,
+    /// RXDCTL.ENABLE / TXDCTL.ENABLE did not read back set.
+    QueueEnableTimeout(QueueId),
+}
+
+impl From<IgbError> for NicError {
+    fn from(_: IgbError) -> Self {
+        NicError::DeviceTimeout
+    }
+}
+
+/// Polls `register` until `(value & mask) == expected`, at most `tries` times with `step_us`
+/// between reads. Every wait in the driver is bounded.
+fn poll<R: RegisterAccess, D: Delay>(
+    registers: &R,
+    delay: &mut D,
+    register: usize,
+    mask: u32,
+    expected: u32,
+    tries: u32,
+    step_us: u32,
+) -> bool {
+    for _ in 0..tries {
+        if registers.read32(register) & mask == expected {
+            return true;
+        }
+        delay.delay_us(step_us);
+    }
+    registers.read32(register) & mask == expected
+}
+
+/// The MSI-X vector of queue `queue` under `msix_vectors` vectors (the last one is for link
+/// events), or `None` when the queue has to be polled.
+pub fn queue_vector(queue: u16, msix_vectors: u16) -> Option<u16> {
+    (queue + 1 < msix_vectors).then_some(queue)
+}
+
+/// MRQC value for `types` with RSS enabled (QEMU needs bits 18 and 21 both for TCP over IPv6).
+pub fn mrqc_value(types: HashTypes) -> u32 {
+    let mut value = regs::MRQC_ENABLE_RSS;
+    for (on, bits) in [
+        (types.tcp_ipv4, regs::MRQC_TCP_IPV4),
+        (types.ipv4, regs::MRQC_IPV4),
+        (types.tcp_ipv6, regs::MRQC_TCP_IPV6 | regs::MRQC_TCP_IPV6_EX),
+        (types.ipv6, regs::MRQC_IPV6),
+        (types.udp_ipv4, regs::MRQC_UDP_IPV4),
+        (types.udp_ipv6, regs::MRQC_UDP_IPV6),
+    ] {
+        if on {
+            value |= bits;
+        }
+    }
+    value
+}
+
+/// Resets the 82576 behind `registers` and brings up `config.queues` queue pairs over `memory`
+/// (one [`QueueMemory`] per queue, in queue order). Returns the control object and the queues,
+/// queue `i` at index `i`. Queues start with empty RX rings: each owning core calls
+/// [`crate::nic::QueueDatapath::refill`] with its pool, then
+/// [`crate::nic::QueueDatapath::set_interrupt`]`(true)` once it is ready for interrupts.
+///
+/// The caller still has to route each queue's MSI-X vector to its core: program MSI-X table entry
+/// [`IgbControl::queue_vector`]`(i)` with the core's APIC id (see [`crate::pci::msix`]).
+pub fn init<R, D, I>(
+    registers: R,
+    delay: &mut D,
+    config: &IgbConfig,
+    memory: I,
+) -> Result<(IgbControl<R>, heapless::Vec<IgbQueue<R>, 16>), IgbError>
+where
+    R: RegisterAccess + Clone,
+    D: Delay,
+    I: IntoIterator<Item = QueueMemory>,
+{
+    let queues = config.queues;
+    if queues == 0 || queues > MAX_QUEUES {
+        return Err(IgbError::BadQueueCount(queues));
+    }
+    let mut regions: heapless::Vec<QueueMemory, 16> = heapless::Vec::new();
+    let mut given = 0u16;
+    for region in memory {
+        given += 1;
+        if regions.push(region).is_err() {
+            break;
+        }
+    }
+    if given != queues {
+        return Err(IgbError::QueueMemoryCount { expected: queues, given });
+    }
+    for (index, region) in regions.iter().enumerate() {
+        if region.ring_size() != config.ring_size {
+            return Err(IgbError::RingSizeMismatch(QueueId(index as u16)));
+        }
+    }
+    let r = &registers;
+
+    // §4.5.3: mask every interrupt before reset.
+    r.write32(regs::IMC, u32::MAX);
+    r.write32(regs::EIMC, u32::MAX);
+    // §4.5.4 / §4.2: global device reset; the datasheet asks for ≥ 1 ms before the next access.
+    r.write32(regs::CTRL, r.read32(regs::CTRL) | regs::CTRL_RST);
+    delay.delay_us(1_000);
+    if !poll(r, delay, regs::CTRL, regs::CTRL_RST, 0, 100, 100) {
+        return Err(IgbError::ResetTimeout);
+    }
+    // §4.5.3: reset re-enables nothing, but mask again and clear pending causes, as the
+    // datasheet's sequence does.
+    r.write32(regs::IMC, u32::MAX);
+    r.write32(regs::EIMC, u32::MAX);
+    let _ = r.read32(regs::ICR);
+    // §4.5.4: wait (bounded) for the EEPROM auto-read, which loads the MAC address. Not fatal:
+    // on timeout the MAC registers may be unset, which `IgbControl::mac_address` shows.
+    let eeprom_ready = poll(r, delay, regs::EECD, regs::EECD_AUTO_RD, regs::EECD_AUTO_RD, 100, 100);
+
+    // §4.5.4 general configuration: driver loaded, link up (§4.5.6 copper link: CTRL.SLU).
+    r.set_bits(regs::CTRL_EXT, regs::CTRL_EXT_DRV_LOAD);
+    r.set_bits(regs::CTRL, regs::CTRL_SLU | regs::CTRL_FD);
+    let low = r.read32(regs::RAL0).to_le_bytes();
+    let high = r.read32(regs::RAH0).to_le_bytes();
+    let mac = [low[0], low[1], low[2], low[3], high[0], high[1]];
+
+    // §4.5.8 receive initialization. Receiver off while queues are set up.
+    r.write32(regs::RCTL, 0);
+    for index in 0..128 {
+        r.write32(regs::MTA + 4 * index, 0);
+    }
+    for (index, region) in regions.iter().enumerate() {
+        let base = region.rx_ring_physical();
+        r.write32(regs::rxdctl(index), 0);
+        r.write32(regs::rdbal(index), base as u32);
+        r.write32(regs::rdbah(index), (base >> 32) as u32);
+        r.write32(regs::rdlen(index), 16 * u32::from(config.ring_size));
+        r.write32(
+            regs::srrctl(index),
+            RX_BUFFER_KIB << regs::SRRCTL_BSIZEPACKET_SHIFT
+                | regs::SRRCTL_DESCTYPE_ADVANCED_ONE_BUFFER
+                | regs::SRRCTL_DROP_EN,
+        );
+        r.write32(regs::rdh(index), 0);
+        r.write32(regs::rdt(index), 0);
+        let _ = r.read32(regs::rqdpc(index)); // clear the drop counter (clear on read)
+        // Prefetch/host/write-back thresholds 8/8/4 (bits 4:0, 12:8, 20:16), then enable.
+        r.write32(regs::rxdctl(index), regs::QUEUE_ENABLE | 8 | 8 << 8 | 4 << 16);
+        if !poll(r, delay, regs::rxdctl(index), regs::QUEUE_ENABLE, regs::QUEUE_ENABLE, 100, 10) {
+            return Err(IgbError::QueueEnableTimeout(QueueId(index as u16)));
+        }
+    }
+    // §7.1.2.8 RSS: key, redirection table, hash types; RXCSUM.PCSD so the descriptor carries the
+    // hash (and QEMU's model enables RSS at all).
+    let control = IgbControl {
+        registers: registers.clone(),
+        queues,
+        table: rss::default_table(queues),
+        hash_types: config.hash_types,
+        mac,
+        eeprom_ready,
+        msix_vectors: config.msix_vectors,
+    };
+    control.write_key(&config.rss_key);
+    control.write_table();
+    r.write32(regs::MRQC, mrqc_value(config.hash_types));
+    r.write32(regs::RXCSUM, regs::RXCSUM_IPOFLD | regs::RXCSUM_TUOFLD | regs::RXCSUM_PCSD);
+    r.write32(regs::RCTL, regs::RCTL_EN | regs::RCTL_BAM | regs::RCTL_SECRC);
+
+    // §4.5.9 transmit initialization.
+    for (index, region) in regions.iter().enumerate() {
+        let base = region.tx_ring_physical();
+        r.write32(regs::txdctl(index), 0);
+        r.write32(regs::tdbal(index), base as u32);
+        r.write32(regs::tdbah(index), (base >> 32) as u32);
+        r.write32(regs::tdlen(index), 16 * u32::from(config.ring_size));
+        r.write32(regs::tdh(index), 0);
+        r.write32(regs::tdt(index), 0);
+        r.write32(regs::txdctl(index), regs::QUEUE_ENABLE | 8 | 1 << 8 | 1 << 16);
+        if !poll(r, delay, regs::txdctl(index), regs::QUEUE_ENABLE, regs::QUEUE_ENABLE, 100, 10) {
+            return Err(IgbError::QueueEnableTimeout(QueueId(index as u16)));
+        }
+    }
+    r.write32(
+        regs::TCTL,
+        regs::TCTL_EN | regs::TCTL_PSP | regs::TCTL_CT_DEFAULT | regs::TCTL_COLD_DEFAULT,
+    );
+
+    // §7.3 MSI-X: per-vector causes, queue → vector through IVAR, auto-clear and auto-mask of
+    // queue vectors (an interrupt only starts polling; the core re-enables when idle).
+    r.write32(
+        regs::GPIE,
+        regs::GPIE_MSIX_MODE | regs::GPIE_EIAME | regs::GPIE_PBA | regs::GPIE_NSICR,
+    );
+    let mut queue_bits = 0u32;
+    let mut ivar = [0u32; 8];
+    for queue in 0..queues {
+        if let Some(vector) = queue_vector(queue, config.msix_vectors) {
+            let entry = u32::from(vector) | regs::IVAR_VALID;
+            // 82576 IVAR layout: queue n's RX entry in byte 0 (n < 8) or 2, TX in byte 1 or 3.
+            let shift = if queue < 8 { 0 } else { 16 };
+            ivar[usize::from(queue & 7)] |= entry << shift | entry << (shift + 8);
+            queue_bits |= 1 << vector;
+        }
+    }
+    for (index, value) in ivar.iter().enumerate() {
+        r.write32(regs::ivar(index), *value);
+    }
+    let other = control.other_vector();
+    r.write32(regs::IVAR_MISC, (u32::from(other) | regs::IVAR_VALID) << 8);
+    let interval = (u32::from(config.interrupt_interval_us) << 2) & 0x7FFC;
+    for vector in 0..config.msix_vectors.min(25) {
+        r.write32(regs::eitr(usize::from(vector)), interval | regs::EITR_CNT_IGNR);
+    }
+    r.write32(regs::EIAC, queue_bits);
+    r.write32(regs::EIAM, queue_bits);
+    r.write32(regs::IMS, regs::ICR_LSC);
+    r.write32(regs::EIMS, 1 << other);
+
+    let mut queue_list = heapless::Vec::new();
+    for (index, region) in regions.into_iter().enumerate() {
+        let offsets = QueueRegisters {
+            rx_tail: regs::rdt(index),
+            tx_tail: regs::tdt(index),
+            rx_drop_counter: Some(regs::rqdpc(index)),
+            interrupt_mask_set: regs::EIMS,
+            interrupt_mask_clear: regs::EIMC,
+            interrupt_bit: queue_vector(index as u16, config.msix_vectors).map(u32::from),
+        };
+        let queue = DescriptorQueue::new(QueueId(index as u16), registers.clone(), offsets, region);
+        // Cannot fail: at most 16 regions.
+        let _ = queue_list.push(queue);
+    }
+    Ok((control, queue_list))
+}
+
+/// The control side of an 82576: RSS key, hash types, redirection table, link.
+pub struct IgbControl<R: RegisterAccess> {
+    registers: R,
+    queues: u16,
+    table: RedirectionTable,
+    hash_types: HashTypes,
+    mac: [u8; 6],
+    eeprom_ready: bool,
+    msix_vectors: u16,
+}
+
+impl<R: RegisterAccess> IgbControl<R> {
+    /// The MAC address the device loaded from its EEPROM.
+    pub fn mac_address(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// Whether the EEPROM auto-read finished during init (if not, the MAC may be zero).
+    pub fn eeprom_ready(&self) -> bool {
+        self.eeprom_ready
+    }
+
+    /// The redirection table as programmed.
+    pub fn redirection_table(&self) -> &RedirectionTable {
+        &self.table
+    }
+
+    /// Replaces the whole redirection table (entries must name queues below `queue_count`).
+    pub fn set_redirection_table(&mut self, table: &RedirectionTable) -> Result<(), NicError> {
+        if let Some(&bad) = table.iter().find(|&&q| u16::from(q) >= self.queues) {
+            return Err(NicError::NoSuchQueue(QueueId(u16::from(bad))));
+        }
+        self.table = *table;
+        self.write_table();
+        Ok(())
+    }
+
+    /// The MSI-X vector (table entry) of `queue`, or `None` when it is polled only.
+    pub fn queue_vector(&self, queue: QueueId) -> Option<u16> {
+        (queue.0 < self.queues).then(|| queue_vector(queue.0, self.msix_vectors)).flatten()
+    }
+
+    /// The MSI-X vector of link and other causes.
+    pub fn other_vector(&self) -> u16 {
+        self.queues.min(self.msix_vectors.saturating_sub(1))
+    }
+
+    /// Hash types in force.
+    pub fn hash_types(&self) -> HashTypes {
+        self.hash_types
+    }
+
+    fn write_key(&self, key: &[u8; KEY_LEN]) {
+        for (index, chunk) in key.chunks_exact(4).enumerate() {
+            let value = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            self.registers.write32(regs::RSSRK + 4 * index, value);
+        }
+    }
+
+    fn write_table(&self) {
+        for index in 0..32 {
+            self.write_table_dword(index);
+        }
+    }
+
+    fn write_table_dword(&self, index: usize) {
+        let entries = &self.table[4 * index..4 * index + 4];
+        let value = u32::from_le_bytes([entries[0], entries[1], entries[2], entries[3]]);
+        self.registers.write32(regs::RETA + 4 * index, value);
+    }
+}
+
+impl<R: RegisterAccess> NicControl for IgbControl<R> {
+    fn queue_count(&self) -> u16 {
+        self.queues
+    }
+
+    fn set_rss_key(&mut self, key: &[u8; 40]) -> Result<(), NicError> {
+        self.write_key(key);
+        Ok(())
+    }
+
+    fn set_hash_types(&mut self, types: HashTypes) -> Result<(), NicError> {
+        self.hash_types = types;
+        self.registers.write32(regs::MRQC, mrqc_value(types));
+        Ok(())
+    }
+
+    fn set_flow_group(&mut self, group: FlowGroup, queue: QueueId) -> Result<(), NicError> {
+        if usize::from(group.0) >= self.table.len() {
+            return Err(NicError::NoSuchFlowGroup(group));
+        }
+        if queue.0 >= self.queues {
+            return Err(NicError::NoSuchQueue(queue));
+        }
+        self.table[usize::from(group.0)] = queue.0 as u8;
+        // One dword write: the other three entries in it are rewritten with their own values.
+        self.write_table_dword(usize::from(group.0) / 4);
+        Ok(())
+    }
+
+    fn flow_group(&self, group: FlowGroup) -> Result<QueueId, NicError> {
+        self.table
+            .get(usize::from(group.0))
+            .map(|&q| QueueId(u16::from(q)))
+            .ok_or(NicError::NoSuchFlowGroup(group))
+    }
+
+    /// The 82576's filters are not driven: QEMU's model drops writes to them, so they could not
+    /// be tested; steering on the 82576 is RSS only.
+    fn add_filter(&mut self, _filter: FiveTupleFilter, _queue: QueueId) -> Result<u16, NicError> {
+        Err(NicError::Unsupported)
+    }
+
+    fn remove_filter(&mut self, _slot: u16) -> Result<(), NicError> {
+        Err(NicError::Unsupported)
+    }
+
+    fn link(&self) -> LinkState {
+        let status = self.registers.read32(regs::STATUS);
+        let up = status & regs::STATUS_LU != 0;
+        let speed_mbps = match (status >> regs::STATUS_SPEED_SHIFT) & 3 {
+            0 => 10,
+            1 => 100,
+            _ => 1000,
+        };
+        LinkState { up, speed_mbps: if up { speed_mbps } else { 0 } }
+    }
+}
