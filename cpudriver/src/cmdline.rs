@@ -88,6 +88,8 @@ pub struct KernelOptions {
     /// `urpc=off|matrix|matrix:ROUNDS`: the URPC latency matrix at boot (default 200 rounds a
     /// pair; 0 = off).
     pub urpc_matrix_rounds: u32,
+    /// `netd.report=MS`: every core prints its network counters every MS milliseconds (0: off).
+    pub netd_report_ms: u32,
 }
 
 impl Default for KernelOptions {
@@ -99,6 +101,7 @@ impl Default for KernelOptions {
             tick_hz: 100,
             exit_when_ready: false,
             urpc_matrix_rounds: 200,
+            netd_report_ms: 0,
         }
     }
 }
@@ -156,6 +159,12 @@ impl KernelOptions {
                     .is_some(),
                 "exit" => (value == "ready")
                     .then(|| options.exit_when_ready = true)
+                    .is_some(),
+                "netd.report" => value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|ms| *ms >= 10)
+                    .map(|ms| options.netd_report_ms = ms)
                     .is_some(),
                 "urpc" => parse_urpc(value)
                     .map(|rounds| options.urpc_matrix_rounds = rounds)

@@ -3,14 +3,20 @@
 //!
 //! Wire format (one URPC payload, little-endian): byte 0 is the tag. Tags 1–4 are
 //! [`urpc::CoreMessage`] (ping, pong, inline, buffer) in urpc's own format; `0x10` RttStart
-//! (bytes 4..8 peer, 8..12 rounds), `0x11` RttDone (4..8 peer, 8..16 p50, 16..24 p99). Every
-//! other byte is zero, and a decoder rejects anything else.
+//! (bytes 4..8 peer, 8..12 rounds), `0x11` RttDone (4..8 peer, 8..16 p50, 16..24 p99), `0x20`
+//! NetChunk (byte 1 length ≤ 48, 2..4 total, 4..6 offset, 8..56 data: a piece of a netd peer
+//! message, which may span many slots). Every other byte is zero, and a decoder rejects anything
+//! else.
 #![forbid(unsafe_code)]
 
 use urpc::{CoreMessage, DecodeError, Message, Payload, RegionTable};
 
 const RTT_START: u8 = 0x10;
 const RTT_DONE: u8 = 0x11;
+const NET_CHUNK: u8 = 0x20;
+
+/// Bytes of a network message one chunk carries.
+pub const NET_CHUNK_BYTES: usize = 48;
 
 /// A message between CPU drivers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +38,17 @@ pub enum KernelMessage {
         p50: u64,
         /// 99th percentile, in cycles.
         p99: u64,
+    },
+    /// A piece of a network-stack message (`netd::PeerMessage` bytes), sent in order.
+    NetChunk {
+        /// Length of the whole message.
+        total: u16,
+        /// Where this piece starts in it.
+        offset: u16,
+        /// Bytes used in `data`.
+        length: u8,
+        /// The piece (zero past `length`).
+        data: [u8; NET_CHUNK_BYTES],
     },
 }
 
@@ -74,6 +91,19 @@ impl Message for KernelMessage {
                 payload[8..16].copy_from_slice(&p50.to_le_bytes());
                 payload[16..24].copy_from_slice(&p99.to_le_bytes());
             }
+            KernelMessage::NetChunk {
+                total,
+                offset,
+                length,
+                data,
+            } => {
+                payload[0] = NET_CHUNK;
+                payload[1] = *length;
+                payload[2..4].copy_from_slice(&total.to_le_bytes());
+                payload[4..6].copy_from_slice(&offset.to_le_bytes());
+                let used = usize::from(*length).min(NET_CHUNK_BYTES);
+                payload[8..8 + used].copy_from_slice(&data[..used]);
+            }
         }
     }
 
@@ -94,6 +124,27 @@ impl Message for KernelMessage {
                     peer: u32_at(payload, 4),
                     p50: u64_at(payload, 8),
                     p99: u64_at(payload, 16),
+                })
+            }
+            NET_CHUNK => {
+                let length = payload[1];
+                if usize::from(length) > NET_CHUNK_BYTES || length == 0 {
+                    return Err(DecodeError::InlineTooLong { length });
+                }
+                expect_zero(payload, 6..8)?;
+                expect_zero(payload, 8 + usize::from(length)..payload.len())?;
+                let total = u16::from_le_bytes([payload[2], payload[3]]);
+                let offset = u16::from_le_bytes([payload[4], payload[5]]);
+                if u32::from(offset) + u32::from(length) > u32::from(total) {
+                    return Err(DecodeError::NonZeroPadding { offset: 2 });
+                }
+                let mut data = [0u8; NET_CHUNK_BYTES];
+                data.copy_from_slice(&payload[8..8 + NET_CHUNK_BYTES]);
+                Ok(KernelMessage::NetChunk {
+                    total,
+                    offset,
+                    length,
+                    data,
                 })
             }
             _ => CoreMessage::decode(payload, regions).map(KernelMessage::Core),

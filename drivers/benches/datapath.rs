@@ -37,11 +37,18 @@ impl RegisterAccess for NoRegisters {
     }
 }
 
-fn echo_batch<Q: QueueDatapath>(queue: &mut Q, pool: &mut BufferPool, frames: &mut Vec<TransmitFrame>) -> usize {
+fn echo_batch<Q: QueueDatapath>(
+    queue: &mut Q,
+    pool: &mut BufferPool,
+    frames: &mut Vec<TransmitFrame>,
+) -> usize {
     let mut batch = ReceiveBatch::new();
     let n = queue.receive(pool, &mut batch);
     frames.clear();
-    frames.extend(batch.iter().map(|f| TransmitFrame { buffer: f.buffer, length: f.length }));
+    frames.extend(batch.iter().map(|f| TransmitFrame {
+        buffer: f.buffer,
+        length: f.length,
+    }));
     let sent = queue.transmit(pool, frames);
     for frame in &frames[sent..] {
         let _ = pool.free(frame.buffer);
@@ -66,7 +73,12 @@ fn ring_only() {
         interrupt_mask_clear: 0,
         interrupt_bit: None,
     };
-    let mut queue = DescriptorQueue::new(QueueId(0), NoRegisters, offsets, QueueMemory::new_host(512).unwrap());
+    let mut queue = DescriptorQueue::new(
+        QueueId(0),
+        NoRegisters,
+        offsets,
+        QueueMemory::new_host(512).unwrap(),
+    );
     let mut pool = BufferPool::new_host(1024);
     queue.refill(&mut pool);
     let mut frames = Vec::with_capacity(BATCH);
@@ -81,21 +93,40 @@ fn ring_only() {
         queue.emulate_device(BATCH as u16, 60);
         done += echo_batch(&mut queue, &mut pool, &mut frames);
     }
-    report("ring logic (RX+TX, device emulated)", done, start.elapsed().as_secs_f64());
+    report(
+        "ring logic (RX+TX, device emulated)",
+        done,
+        start.elapsed().as_secs_f64(),
+    );
 }
 
 fn frame() -> Vec<u8> {
     let mut out = vec![0u8; 64];
-    let n = build_udp_ipv4(&mut out, [2; 6], [4; 6], ([10, 0, 0, 1], 4000), ([10, 0, 0, 2], 7), &[0u8; 18]);
+    let n = build_udp_ipv4(
+        &mut out,
+        [2; 6],
+        [4; 6],
+        ([10, 0, 0, 1], 4000),
+        ([10, 0, 0, 2], 7),
+        &[0u8; 18],
+    );
     out.truncate(n);
     out
 }
 
 fn igb_model() {
     let model = drivers::igb::model::new_model();
-    let config = drivers::igb::IgbConfig { ring_size: 512, ..drivers::igb::IgbConfig::new(1) };
-    let (_control, mut queues) =
-        drivers::igb::init(model.clone(), &mut |_| {}, &config, [QueueMemory::new_host(512).unwrap()]).unwrap();
+    let config = drivers::igb::IgbConfig {
+        ring_size: 512,
+        ..drivers::igb::IgbConfig::new(1)
+    };
+    let (_control, mut queues) = drivers::igb::init(
+        model.clone(),
+        &mut |_| {},
+        &config,
+        [QueueMemory::new_host(512).unwrap()],
+    )
+    .unwrap();
     let queue = &mut queues[0];
     let mut pool = BufferPool::new_host(1024);
     queue.refill(&mut pool);
@@ -113,7 +144,11 @@ fn igb_model() {
         model.state().received.clear();
         model.state().writes.clear();
     }
-    report("82576 register model (driver + model)", done, start.elapsed().as_secs_f64());
+    report(
+        "82576 register model (driver + model)",
+        done,
+        start.elapsed().as_secs_f64(),
+    );
 }
 
 fn sim() {
@@ -137,7 +172,11 @@ fn sim() {
         done += echo_batch(queue, &mut pool, &mut frames);
         wire.take_transmitted();
     }
-    report("simulated NIC (sim::SimQueue)", done, start.elapsed().as_secs_f64());
+    report(
+        "simulated NIC (sim::SimQueue)",
+        done,
+        start.elapsed().as_secs_f64(),
+    );
 }
 
 fn main() {

@@ -90,15 +90,24 @@ impl QueueMemory {
     /// rings. The region must be [`RING_ALIGN`]-aligned (virtual and physical) and at least
     /// [`Self::bytes_needed`] bytes; it must be memory the device can reach by DMA (in Flotilla's
     /// identity map, ordinary RAM with `physical_base == memory.as_ptr() as u64`).
-    pub fn new(memory: &'static mut [u8], physical_base: u64, ring_size: u16) -> Result<Self, DmaError> {
+    pub fn new(
+        memory: &'static mut [u8],
+        physical_base: u64,
+        ring_size: u16,
+    ) -> Result<Self, DmaError> {
         if ring_size < 8 || !ring_size.is_multiple_of(8) || ring_size > MAX_RING_SIZE {
             return Err(DmaError::BadRingSize(ring_size));
         }
         let needed = Self::bytes_needed(ring_size);
         if memory.len() < needed {
-            return Err(DmaError::RegionTooSmall { needed, given: memory.len() });
+            return Err(DmaError::RegionTooSmall {
+                needed,
+                given: memory.len(),
+            });
         }
-        if !physical_base.is_multiple_of(RING_ALIGN) || !(memory.as_ptr() as u64).is_multiple_of(RING_ALIGN) {
+        if !physical_base.is_multiple_of(RING_ALIGN)
+            || !(memory.as_ptr() as u64).is_multiple_of(RING_ALIGN)
+        {
             return Err(DmaError::Misaligned);
         }
         memory[..needed].fill(0);
@@ -154,15 +163,24 @@ mod tests {
 
     #[test]
     fn queue_memory_checks_size_and_alignment() {
-        assert_eq!(QueueMemory::new_host(12).err(), Some(DmaError::BadRingSize(12)));
-        assert_eq!(QueueMemory::new_host(0).err(), Some(DmaError::BadRingSize(0)));
+        assert_eq!(
+            QueueMemory::new_host(12).err(),
+            Some(DmaError::BadRingSize(12))
+        );
+        assert_eq!(
+            QueueMemory::new_host(0).err(),
+            Some(DmaError::BadRingSize(0))
+        );
         let memory = QueueMemory::new_host(64).unwrap();
         assert_eq!(memory.tx_ring_physical() - memory.rx_ring_physical(), 1024);
         let small = std::boxed::Box::leak(std::vec![0u8; 100].into_boxed_slice());
         let physical = small.as_ptr() as u64;
         assert!(matches!(
             QueueMemory::new(small, physical, 8),
-            Err(DmaError::RegionTooSmall { needed: 384, given: 100 })
+            Err(DmaError::RegionTooSmall {
+                needed: 384,
+                given: 100
+            })
         ));
     }
 }

@@ -62,7 +62,11 @@ pub fn parse(frame: &[u8]) -> Option<ParsedFrame> {
             let l4 = ip + header_len;
             let ports = ports_of(frame, protocol, fragment, l4, ip + total_len);
             Some(ParsedFrame {
-                tuple: Some(FlowTuple::V4 { source, destination, ports }),
+                tuple: Some(FlowTuple::V4 {
+                    source,
+                    destination,
+                    ports,
+                }),
                 protocol,
                 fragment,
                 ip_offset: ip,
@@ -89,7 +93,11 @@ pub fn parse(frame: &[u8]) -> Option<ParsedFrame> {
             let l4 = ip + 40;
             let ports = ports_of(frame, protocol, false, l4, end);
             Some(ParsedFrame {
-                tuple: Some(FlowTuple::V6 { source, destination, ports }),
+                tuple: Some(FlowTuple::V6 {
+                    source,
+                    destination,
+                    ports,
+                }),
                 protocol,
                 fragment: false,
                 ip_offset: ip,
@@ -102,7 +110,13 @@ pub fn parse(frame: &[u8]) -> Option<ParsedFrame> {
     }
 }
 
-fn ports_of(frame: &[u8], protocol: u8, fragment: bool, l4: usize, end: usize) -> Option<(u16, u16)> {
+fn ports_of(
+    frame: &[u8],
+    protocol: u8,
+    fragment: bool,
+    l4: usize,
+    end: usize,
+) -> Option<(u16, u16)> {
     if fragment || !(protocol == PROTOCOL_TCP || protocol == PROTOCOL_UDP) || l4 + 4 > end {
         return None;
     }
@@ -130,12 +144,24 @@ impl ParsedFrame {
             Some(tuple)
         } else if addresses_enabled {
             Some(match tuple {
-                FlowTuple::V4 { source, destination, .. } => {
-                    FlowTuple::V4 { source, destination, ports: None }
-                }
-                FlowTuple::V6 { source, destination, .. } => {
-                    FlowTuple::V6 { source, destination, ports: None }
-                }
+                FlowTuple::V4 {
+                    source,
+                    destination,
+                    ..
+                } => FlowTuple::V4 {
+                    source,
+                    destination,
+                    ports: None,
+                },
+                FlowTuple::V6 {
+                    source,
+                    destination,
+                    ..
+                } => FlowTuple::V6 {
+                    source,
+                    destination,
+                    ports: None,
+                },
             })
         } else {
             None
@@ -154,7 +180,9 @@ impl ParsedFrame {
                 status.error = true;
             }
         }
-        let Some(l4) = self.l4_offset else { return status };
+        let Some(l4) = self.l4_offset else {
+            return status;
+        };
         if !(self.protocol == PROTOCOL_TCP || self.protocol == PROTOCOL_UDP) {
             return status;
         }
@@ -219,7 +247,28 @@ pub fn build_udp_ipv4(
     out[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
     let ip_total = (20 + 8 + payload.len()) as u16;
     let ip = &mut out[14..34];
-    ip.copy_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, PROTOCOL_UDP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    ip.copy_from_slice(&[
+        0x45,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        PROTOCOL_UDP,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
     ip[2..4].copy_from_slice(&ip_total.to_be_bytes());
     ip[12..16].copy_from_slice(&source.0);
     ip[16..20].copy_from_slice(&destination.0);
@@ -249,7 +298,14 @@ mod tests {
 
     fn udp_frame() -> std::vec::Vec<u8> {
         let mut out = std::vec![0u8; 100];
-        let n = build_udp_ipv4(&mut out, [2; 6], [4; 6], ([10, 0, 0, 1], 4000), ([10, 0, 0, 2], 7), b"hello");
+        let n = build_udp_ipv4(
+            &mut out,
+            [2; 6],
+            [4; 6],
+            ([10, 0, 0, 1], 4000),
+            ([10, 0, 0, 2], 7),
+            b"hello",
+        );
         out.truncate(n);
         out
     }
@@ -260,7 +316,11 @@ mod tests {
         let parsed = parse(&frame).unwrap();
         assert_eq!(
             parsed.tuple,
-            Some(FlowTuple::V4 { source: [10, 0, 0, 1], destination: [10, 0, 0, 2], ports: Some((4000, 7)) })
+            Some(FlowTuple::V4 {
+                source: [10, 0, 0, 1],
+                destination: [10, 0, 0, 2],
+                ports: Some((4000, 7))
+            })
         );
         let status = parsed.checksum_status(&frame);
         assert!(status.ipv4_ok && status.l4_ok && !status.error);
@@ -273,11 +333,24 @@ mod tests {
     #[test]
     fn hash_tuple_follows_hash_types() {
         let parsed = parse(&udp_frame()).unwrap();
-        let none = HashTypes { ipv4: false, tcp_ipv4: false, udp_ipv4: false, ipv6: false, tcp_ipv6: false, udp_ipv6: false };
+        let none = HashTypes {
+            ipv4: false,
+            tcp_ipv4: false,
+            udp_ipv4: false,
+            ipv6: false,
+            tcp_ipv6: false,
+            udp_ipv6: false,
+        };
         assert_eq!(parsed.hash_tuple(none), None);
         let addresses_only = HashTypes { ipv4: true, ..none };
-        assert!(matches!(parsed.hash_tuple(addresses_only), Some(FlowTuple::V4 { ports: None, .. })));
-        assert!(matches!(parsed.hash_tuple(HashTypes::ALL), Some(FlowTuple::V4 { ports: Some(_), .. })));
+        assert!(matches!(
+            parsed.hash_tuple(addresses_only),
+            Some(FlowTuple::V4 { ports: None, .. })
+        ));
+        assert!(matches!(
+            parsed.hash_tuple(HashTypes::ALL),
+            Some(FlowTuple::V4 { ports: Some(_), .. })
+        ));
     }
 
     #[test]
@@ -292,6 +365,9 @@ mod tests {
         // Fragments hash without ports.
         let mut fragment = udp_frame();
         fragment[20] = 0x20; // MF
-        assert!(matches!(parse(&fragment).unwrap().tuple, Some(FlowTuple::V4 { ports: None, .. })));
+        assert!(matches!(
+            parse(&fragment).unwrap().tuple,
+            Some(FlowTuple::V4 { ports: None, .. })
+        ));
     }
 }

@@ -114,12 +114,16 @@ impl RegisterModel {
             mac,
         };
         state.reset();
-        Self { state: Arc::new(Mutex::new(state)) }
+        Self {
+            state: Arc::new(Mutex::new(state)),
+        }
     }
 
     /// Locks the state (tests inspect `writes`, `transmitted`, registers).
     pub fn state(&self) -> MutexGuard<'_, ModelState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Offers a frame from the wire; returns where it went.
@@ -173,11 +177,15 @@ impl ModelState {
     fn queue_of(&self, block: (usize, usize), offset: usize, in_block: usize) -> Option<usize> {
         let (base, stride) = block;
         let relative = offset.checked_sub(base + in_block)?;
-        (relative % stride == 0 && relative / stride < self.layout.queues).then_some(relative / stride)
+        (relative % stride == 0 && relative / stride < self.layout.queues)
+            .then_some(relative / stride)
     }
 
     fn read(&mut self, offset: usize) -> u32 {
-        assert!(offset.is_multiple_of(4) && offset < self.layout.size, "read outside BAR: {offset:#x}");
+        assert!(
+            offset.is_multiple_of(4) && offset < self.layout.size,
+            "read outside BAR: {offset:#x}"
+        );
         let mut value = self.reg(offset);
         if offset == self.layout.ctrl && self.reset_reads_left > 0 {
             self.reset_reads_left -= 1;
@@ -192,7 +200,10 @@ impl ModelState {
     }
 
     fn write(&mut self, offset: usize, value: u32) {
-        assert!(offset.is_multiple_of(4) && offset < self.layout.size, "write outside BAR: {offset:#x}");
+        assert!(
+            offset.is_multiple_of(4) && offset < self.layout.size,
+            "write outside BAR: {offset:#x}"
+        );
         self.writes.push((offset, value));
         let (eims, eimc, _) = self.layout.interrupt;
         if offset == self.layout.ctrl && value & self.layout.ctrl_reset != 0 {
@@ -244,7 +255,14 @@ impl ModelState {
     /// The five-tuple filter that matches, as (queue) — highest priority, then lowest index.
     fn filter_queue(&self, parsed: &frame::ParsedFrame) -> Option<usize> {
         let [saqf, daqf, sdpqf, ftqf, imir] = self.layout.five_tuple?;
-        let Some(FlowTuple::V4 { source, destination, ports }) = parsed.tuple else { return None };
+        let Some(FlowTuple::V4 {
+            source,
+            destination,
+            ports,
+        }) = parsed.tuple
+        else {
+            return None;
+        };
         let mut best: Option<(u32, usize)> = None;
         for index in 0..128 {
             let control = self.reg(ftqf + 4 * index);
@@ -260,10 +278,14 @@ impl ModelState {
             };
             let (sport, dport) = ports.unwrap_or((0, 0));
             let port_register = self.reg(sdpqf + 4 * index);
-            let matches = (mask & 1 != 0 || self.reg(saqf + 4 * index) == u32::from_le_bytes(source))
+            let matches = (mask & 1 != 0
+                || self.reg(saqf + 4 * index) == u32::from_le_bytes(source))
                 && (mask & 2 != 0 || self.reg(daqf + 4 * index) == u32::from_le_bytes(destination))
-                && (mask & 4 != 0 || (ports.is_some() && port_register & 0xFFFF == u32::from(sport.swap_bytes())))
-                && (mask & 8 != 0 || (ports.is_some() && port_register >> 16 == u32::from(dport.swap_bytes())))
+                && (mask & 4 != 0
+                    || (ports.is_some()
+                        && port_register & 0xFFFF == u32::from(sport.swap_bytes())))
+                && (mask & 8 != 0
+                    || (ports.is_some() && port_register >> 16 == u32::from(dport.swap_bytes())))
                 && (mask & 16 != 0 || parsed.protocol == protocol);
             if matches {
                 let priority = (control >> 2) & 7;
@@ -317,7 +339,9 @@ impl ModelState {
             return RxOutcome::Disabled(q);
         }
         let (ring, count, head_register, tail_register) = self.ring(self.layout.rx_block, queue);
-        let srrctl = self.reg(self.layout.rx_block.0 + self.layout.rx_block.1 * queue + self.layout.srrctl_in_block);
+        let srrctl = self.reg(
+            self.layout.rx_block.0 + self.layout.rx_block.1 * queue + self.layout.srrctl_in_block,
+        );
         let buffer_size = match (srrctl & 0x7F) as usize * 1024 {
             0 => 2048,
             size => size,
@@ -325,14 +349,20 @@ impl ModelState {
         let needed = frame_bytes.len().div_ceil(buffer_size).max(1) as u32;
         let head = self.reg(head_register);
         let tail = self.reg(tail_register);
-        let free = if count == 0 { 0 } else { (tail + count - head) % count };
+        let free = if count == 0 {
+            0
+        } else {
+            (tail + count - head) % count
+        };
         if free < needed {
             let counter = self.layout.drop_counter.0 + self.layout.drop_counter.1 * queue;
             let dropped = self.reg(counter) + 1;
             self.set(counter, dropped);
             return RxOutcome::NoDescriptor(q);
         }
-        let status_checks = parsed.map(|p| p.checksum_status(frame_bytes)).unwrap_or_default();
+        let status_checks = parsed
+            .map(|p| p.checksum_status(frame_bytes))
+            .unwrap_or_default();
         let rxcsum = self.reg(self.layout.rxcsum);
         let mut head = head;
         for (index, chunk) in frame_bytes.chunks(buffer_size).enumerate() {
@@ -351,7 +381,9 @@ impl ModelState {
             let mut status = rx_status::DD;
             if last {
                 status |= rx_status::EOP;
-                if rxcsum & (1 << 8) != 0 && parsed.is_some_and(|p| matches!(p.tuple, Some(FlowTuple::V4 { .. }))) {
+                if rxcsum & (1 << 8) != 0
+                    && parsed.is_some_and(|p| matches!(p.tuple, Some(FlowTuple::V4 { .. })))
+                {
                     status |= rx_status::IPCS;
                     if !status_checks.ipv4_ok {
                         status |= rx_status::IPE;
@@ -402,11 +434,16 @@ impl ModelState {
             let mut data = std::vec![0u8; length];
             // SAFETY: the driver put a pool buffer address with `length <= BUFFER_SIZE` here.
             unsafe {
-                core::ptr::copy_nonoverlapping(descriptor.buffer_address as *const u8, data.as_mut_ptr(), length)
+                core::ptr::copy_nonoverlapping(
+                    descriptor.buffer_address as *const u8,
+                    data.as_mut_ptr(),
+                    length,
+                )
             };
             frame_bytes.extend_from_slice(&data);
             if descriptor.command_type_length & tx_bits::EOP != 0 {
-                self.transmitted.push((QueueId(queue as u16), std::mem::take(&mut frame_bytes)));
+                self.transmitted
+                    .push((QueueId(queue as u16), std::mem::take(&mut frame_bytes)));
             }
             if descriptor.command_type_length & tx_bits::RS != 0 {
                 descriptor.offload_status |= tx_bits::DD;
@@ -430,6 +467,8 @@ impl ModelState {
 
     /// Position of the first write to `offset` whose value has all bits of `mask`.
     pub fn first_write_with(&self, offset: usize, mask: u32) -> Option<usize> {
-        self.writes.iter().position(|&(o, v)| o == offset && v & mask == mask)
+        self.writes
+            .iter()
+            .position(|&(o, v)| o == offset && v & mask == mask)
     }
 }

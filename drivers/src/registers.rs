@@ -106,7 +106,10 @@ impl Mmio {
 
     fn register(&self, offset: usize) -> *mut u32 {
         // A wrong offset is a driver bug: stop rather than poke outside the BAR.
-        assert!(offset.is_multiple_of(4) && offset + 4 <= self.len, "register offset {offset:#x} outside BAR");
+        assert!(
+            offset.is_multiple_of(4) && offset + 4 <= self.len,
+            "register offset {offset:#x} outside BAR"
+        );
         self.base.as_ptr().wrapping_byte_add(offset)
     }
 }
@@ -143,7 +146,10 @@ mod tests {
         assert_eq!(mmio.read32(8), 0xDEAD_BEEF);
         assert_eq!(mmio.read32(4), 0x10);
         // SAFETY: null is rejected before any access.
-        assert_eq!(unsafe { Mmio::new(0, 16) }.unwrap_err(), RegisterError::BadBase);
+        assert_eq!(
+            unsafe { Mmio::new(0, 16) }.unwrap_err(),
+            RegisterError::BadBase
+        );
     }
 
     #[test]

@@ -20,8 +20,7 @@ use core::ptr::NonNull;
 
 use crate::dma::{DmaFence, QueueMemory};
 use crate::nic::{
-    ChecksumStatus, QueueDatapath, QueueId, QueueStats, ReceiveBatch, ReceivedFrame,
-    TransmitFrame,
+    ChecksumStatus, QueueDatapath, QueueId, QueueStats, ReceiveBatch, ReceivedFrame, TransmitFrame,
 };
 use crate::pool::{BufferId, BufferPool};
 use crate::registers::RegisterAccess;
@@ -241,25 +240,45 @@ impl<R: RegisterAccess> DescriptorQueue<R> {
         // SAFETY: `index < size`, so the descriptor lies in the RX ring of the `QueueMemory` this
         // queue owns; the pointer is 16-aligned (128-aligned base, 16-byte stride). Volatile: the
         // device writes it by DMA.
-        unsafe { self.rx_ring.as_ptr().add(usize::from(index)).read_volatile() }
+        unsafe {
+            self.rx_ring
+                .as_ptr()
+                .add(usize::from(index))
+                .read_volatile()
+        }
     }
 
     fn write_rx(&self, index: u16, descriptor: AdvancedRxDescriptor) {
         debug_assert!(index < self.size);
         // SAFETY: as in `read_rx`; software owns this descriptor (it is outside `[clean, next)`).
-        unsafe { self.rx_ring.as_ptr().add(usize::from(index)).write_volatile(descriptor) }
+        unsafe {
+            self.rx_ring
+                .as_ptr()
+                .add(usize::from(index))
+                .write_volatile(descriptor)
+        }
     }
 
     fn read_tx(&self, index: u16) -> AdvancedTxDescriptor {
         debug_assert!(index < self.size);
         // SAFETY: as in `read_rx`, for the TX ring.
-        unsafe { self.tx_ring.as_ptr().add(usize::from(index)).read_volatile() }
+        unsafe {
+            self.tx_ring
+                .as_ptr()
+                .add(usize::from(index))
+                .read_volatile()
+        }
     }
 
     fn write_tx(&self, index: u16, descriptor: AdvancedTxDescriptor) {
         debug_assert!(index < self.size);
         // SAFETY: as in `write_rx`, for the TX ring.
-        unsafe { self.tx_ring.as_ptr().add(usize::from(index)).write_volatile(descriptor) }
+        unsafe {
+            self.tx_ring
+                .as_ptr()
+                .add(usize::from(index))
+                .write_volatile(descriptor)
+        }
     }
 
     fn rx_slot(&self, index: u16) -> u64 {
@@ -317,8 +336,14 @@ impl<R: RegisterAccess> DescriptorQueue<R> {
         let mut released = 0;
         for index in 0..self.size {
             for (slot, set) in [
-                (self.rx_slot(index), Self::set_rx_slot as fn(&Self, u16, u64)),
-                (self.tx_slot(index), Self::set_tx_slot as fn(&Self, u16, u64)),
+                (
+                    self.rx_slot(index),
+                    Self::set_rx_slot as fn(&Self, u16, u64),
+                ),
+                (
+                    self.tx_slot(index),
+                    Self::set_tx_slot as fn(&Self, u16, u64),
+                ),
             ] {
                 if slot != EMPTY_SLOT {
                     let _ = pool.free(BufferId(slot as u32));
@@ -361,7 +386,8 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
             let end_of_packet = status_error & rx_status::EOP != 0;
             // A frame larger than one buffer (cannot happen with 2 KiB buffers and long packets
             // off, but a device may still do it): drop all of its descriptors, count one error.
-            let discard = self.rx_discarding || !end_of_packet || status_error & rx_status::RXE != 0;
+            let discard =
+                self.rx_discarding || !end_of_packet || status_error & rx_status::RXE != 0;
             if discard {
                 let _ = pool.free(buffer);
                 if !self.rx_discarding {
@@ -393,7 +419,13 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
                 let _ = pool.free(buffer);
                 break;
             };
-            self.write_rx(self.rx_next, AdvancedRxDescriptor { first: address, second: 0 });
+            self.write_rx(
+                self.rx_next,
+                AdvancedRxDescriptor {
+                    first: address,
+                    second: 0,
+                },
+            );
             self.set_rx_slot(self.rx_next, u64::from(buffer.0));
             self.rx_next = self.wrap(self.rx_next);
             self.rx_posted += 1;
@@ -401,7 +433,8 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
         }
         if posted > 0 {
             DmaFence::publish();
-            self.registers.write32(self.offsets.rx_tail, u32::from(self.rx_next));
+            self.registers
+                .write32(self.offsets.rx_tail, u32::from(self.rx_next));
         }
         posted
     }
@@ -413,7 +446,9 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
                 self.stats.tx_ring_full += (frames.len() - accepted) as u64;
                 break;
             }
-            let Ok(address) = pool.physical_address(frame.buffer) else { break };
+            let Ok(address) = pool.physical_address(frame.buffer) else {
+                break;
+            };
             let length = u32::from(frame.length);
             self.write_tx(
                 self.tx_next,
@@ -428,14 +463,18 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
                     offload_status: length << tx_bits::PAYLEN_SHIFT,
                 },
             );
-            self.set_tx_slot(self.tx_next, u64::from(frame.buffer.0) | u64::from(frame.length) << 32);
+            self.set_tx_slot(
+                self.tx_next,
+                u64::from(frame.buffer.0) | u64::from(frame.length) << 32,
+            );
             self.tx_next = self.wrap(self.tx_next);
             self.tx_in_flight += 1;
             accepted += 1;
         }
         if accepted > 0 {
             DmaFence::publish();
-            self.registers.write32(self.offsets.tx_tail, u32::from(self.tx_next));
+            self.registers
+                .write32(self.offsets.tx_tail, u32::from(self.tx_next));
         }
         accepted
     }
@@ -462,9 +501,13 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
 
     fn stats(&self) -> QueueStats {
         if let Some(counter) = self.offsets.rx_drop_counter {
-            self.rx_drops.set(self.rx_drops.get() + u64::from(self.registers.read32(counter)));
+            self.rx_drops
+                .set(self.rx_drops.get() + u64::from(self.registers.read32(counter)));
         }
-        QueueStats { rx_no_descriptor: self.rx_drops.get(), ..self.stats }
+        QueueStats {
+            rx_no_descriptor: self.rx_drops.get(),
+            ..self.stats
+        }
     }
 
     fn set_interrupt(&mut self, enabled: bool) {
@@ -491,7 +534,11 @@ mod tests {
 
     impl RegisterAccess for Recorder {
         fn read32(&self, offset: usize) -> u32 {
-            if offset == 0x30 { 2 } else { 0 }
+            if offset == 0x30 {
+                2
+            } else {
+                0
+            }
         }
         fn write32(&self, offset: usize, value: u32) {
             self.0.lock().unwrap().push((offset, value));
@@ -508,7 +555,12 @@ mod tests {
     };
 
     fn queue(size: u16) -> DescriptorQueue<Recorder> {
-        DescriptorQueue::new(QueueId(0), Recorder::default(), OFFSETS, QueueMemory::new_host(size).unwrap())
+        DescriptorQueue::new(
+            QueueId(0),
+            Recorder::default(),
+            OFFSETS,
+            QueueMemory::new_host(size).unwrap(),
+        )
     }
 
     /// Plays the device: writes back RX descriptor `index` as a complete frame.
@@ -531,7 +583,9 @@ mod tests {
         assert_eq!(q.refill(&mut pool), 0, "full ring posts nothing");
         assert_eq!(*q.registers.0.lock().unwrap(), [(0x18, 7)]);
         // Each posted descriptor carries its buffer's physical address.
-        let address = pool.physical_address(BufferId(q.rx_slot(3) as u32)).unwrap();
+        let address = pool
+            .physical_address(BufferId(q.rx_slot(3) as u32))
+            .unwrap();
         assert_eq!(q.read_rx(3).first, address);
     }
 
@@ -546,7 +600,12 @@ mod tests {
             q.refill(&mut pool);
             let (clean, _) = q.rx_indices();
             for k in 0..5u16 {
-                complete_rx(&q, (clean + k) % 8, 60 + k, rx_status::EOP | rx_status::IPCS | rx_status::L4CS);
+                complete_rx(
+                    &q,
+                    (clean + k) % 8,
+                    60 + k,
+                    rx_status::EOP | rx_status::IPCS | rx_status::L4CS,
+                );
             }
             batch.clear();
             assert_eq!(q.receive(&mut pool, &mut batch), 5);
@@ -574,7 +633,10 @@ mod tests {
         let mut batch = ReceiveBatch::new();
         assert_eq!(q.receive(&mut pool, &mut batch), crate::nic::MAX_BATCH);
         batch.clear();
-        assert_eq!(q.receive(&mut pool, &mut batch), 100 - crate::nic::MAX_BATCH);
+        assert_eq!(
+            q.receive(&mut pool, &mut batch),
+            100 - crate::nic::MAX_BATCH
+        );
         batch.clear();
         assert_eq!(q.receive(&mut pool, &mut batch), 0);
     }
@@ -601,7 +663,10 @@ mod tests {
         let mut pool = BufferPool::new_host(32);
         let mut q = queue(8);
         let frames: Vec<TransmitFrame> = (0..10)
-            .map(|i| TransmitFrame { buffer: pool.alloc().unwrap(), length: 60 + i })
+            .map(|i| TransmitFrame {
+                buffer: pool.alloc().unwrap(),
+                length: 60 + i,
+            })
             .collect();
         assert_eq!(q.transmit(&mut pool, &frames), 7);
         assert_eq!(q.stats().tx_ring_full, 3);
@@ -632,7 +697,11 @@ mod tests {
         q.set_interrupt(false);
         assert_eq!(*q.registers.0.lock().unwrap(), [(0x40, 8), (0x44, 8)]);
         assert_eq!(q.stats().rx_no_descriptor, 2);
-        assert_eq!(q.stats().rx_no_descriptor, 4, "clear-on-read counter accumulates");
+        assert_eq!(
+            q.stats().rx_no_descriptor,
+            4,
+            "clear-on-read counter accumulates"
+        );
         let mut pool = BufferPool::new_host(8);
         q.refill(&mut pool);
         assert_eq!(q.release_buffers(&mut pool), 7);

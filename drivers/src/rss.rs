@@ -21,9 +21,9 @@ pub const KEY_LEN: usize = 40;
 /// hand against published numbers. It spreads real flows well; it is not secret (RSS keys are not
 /// a security boundary here: a flood that targets one queue is handled by early drop).
 pub const DEFAULT_KEY: [u8; KEY_LEN] = [
-    0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f,
-    0xb0, 0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30,
-    0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+    0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0,
+    0xd0, 0xca, 0x2b, 0xcb, 0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c,
+    0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
 ];
 
 /// Longest hash input: two IPv6 addresses and two ports.
@@ -83,12 +83,20 @@ impl FlowTuple {
     /// The same flow with another source port (no-op for address-only tuples).
     pub fn with_source_port(self, port: u16) -> Self {
         match self {
-            Self::V4 { source, destination, ports } => Self::V4 {
+            Self::V4 {
+                source,
+                destination,
+                ports,
+            } => Self::V4 {
                 source,
                 destination,
                 ports: ports.map(|(_, d)| (port, d)),
             },
-            Self::V6 { source, destination, ports } => Self::V6 {
+            Self::V6 {
+                source,
+                destination,
+                ports,
+            } => Self::V6 {
                 source,
                 destination,
                 ports: ports.map(|(_, d)| (port, d)),
@@ -99,12 +107,20 @@ impl FlowTuple {
     /// Writes the hash input into `buffer`; returns its length.
     pub fn hash_input(&self, buffer: &mut [u8; MAX_INPUT_LEN]) -> usize {
         let (addresses, ports): (usize, Option<(u16, u16)>) = match self {
-            Self::V4 { source, destination, ports } => {
+            Self::V4 {
+                source,
+                destination,
+                ports,
+            } => {
                 buffer[..4].copy_from_slice(source);
                 buffer[4..8].copy_from_slice(destination);
                 (8, *ports)
             }
-            Self::V6 { source, destination, ports } => {
+            Self::V6 {
+                source,
+                destination,
+                ports,
+            } => {
                 buffer[..16].copy_from_slice(source);
                 buffer[16..32].copy_from_slice(destination);
                 (32, *ports)
@@ -166,7 +182,9 @@ pub fn source_port_for_group(
     group: FlowGroup,
     ports: core::ops::RangeInclusive<u16>,
 ) -> Option<u16> {
-    ports.into_iter().find(|&port| flow_group_of(flow.with_source_port(port).hash(key)) == group)
+    ports
+        .into_iter()
+        .find(|&port| flow_group_of(flow.with_source_port(port).hash(key)) == group)
 }
 
 /// Finds a source port in `ports` for which `flow` lands on `queue` under `table`.
@@ -177,7 +195,9 @@ pub fn source_port_for_queue(
     queue: QueueId,
     ports: core::ops::RangeInclusive<u16>,
 ) -> Option<u16> {
-    ports.into_iter().find(|&port| queue_of(table, flow.with_source_port(port).hash(key)) == queue)
+    ports
+        .into_iter()
+        .find(|&port| queue_of(table, flow.with_source_port(port).hash(key)) == queue)
 }
 
 #[cfg(test)]
@@ -186,8 +206,16 @@ mod tests {
 
     fn v4(source: [u8; 4], sport: u16, destination: [u8; 4], dport: u16) -> (FlowTuple, FlowTuple) {
         (
-            FlowTuple::V4 { source, destination, ports: None },
-            FlowTuple::V4 { source, destination, ports: Some((sport, dport)) },
+            FlowTuple::V4 {
+                source,
+                destination,
+                ports: None,
+            },
+            FlowTuple::V4 {
+                source,
+                destination,
+                ports: Some((sport, dport)),
+            },
         )
     }
 
@@ -197,16 +225,55 @@ mod tests {
     fn microsoft_ipv4_vectors() {
         type Case = ([u8; 4], u16, [u8; 4], u16, u32, u32);
         let cases: [Case; 5] = [
-            ([161, 142, 100, 80], 1766, [66, 9, 149, 187], 2794, 0x323e8fc2, 0x51ccc178),
-            ([65, 69, 140, 83], 4739, [199, 92, 111, 2], 14230, 0xd718262a, 0xc626b0ea),
-            ([12, 22, 207, 184], 38024, [24, 19, 198, 95], 12898, 0xd2d0a5de, 0x5c2b394a),
-            ([209, 142, 163, 6], 2217, [38, 27, 205, 30], 48228, 0x82989176, 0xafc7327f),
-            ([202, 188, 127, 2], 1303, [153, 39, 163, 191], 44251, 0x5d1809c5, 0x10e828a2),
+            (
+                [161, 142, 100, 80],
+                1766,
+                [66, 9, 149, 187],
+                2794,
+                0x323e8fc2,
+                0x51ccc178,
+            ),
+            (
+                [65, 69, 140, 83],
+                4739,
+                [199, 92, 111, 2],
+                14230,
+                0xd718262a,
+                0xc626b0ea,
+            ),
+            (
+                [12, 22, 207, 184],
+                38024,
+                [24, 19, 198, 95],
+                12898,
+                0xd2d0a5de,
+                0x5c2b394a,
+            ),
+            (
+                [209, 142, 163, 6],
+                2217,
+                [38, 27, 205, 30],
+                48228,
+                0x82989176,
+                0xafc7327f,
+            ),
+            (
+                [202, 188, 127, 2],
+                1303,
+                [153, 39, 163, 191],
+                44251,
+                0x5d1809c5,
+                0x10e828a2,
+            ),
         ];
         for (dst, dport, src, sport, ip_only, with_ports) in cases {
             let (a, b) = v4(src, sport, dst, dport);
             assert_eq!(a.hash(&DEFAULT_KEY), ip_only, "{src:?} -> {dst:?}");
-            assert_eq!(b.hash(&DEFAULT_KEY), with_ports, "{src:?}:{sport} -> {dst:?}:{dport}");
+            assert_eq!(
+                b.hash(&DEFAULT_KEY),
+                with_ports,
+                "{src:?}:{sport} -> {dst:?}:{dport}"
+            );
         }
     }
 
@@ -248,8 +315,16 @@ mod tests {
             ),
         ];
         for (destination, dport, source, sport, ip_only, with_ports) in cases {
-            let a = FlowTuple::V6 { source, destination, ports: None };
-            let b = FlowTuple::V6 { source, destination, ports: Some((sport, dport)) };
+            let a = FlowTuple::V6 {
+                source,
+                destination,
+                ports: None,
+            };
+            let b = FlowTuple::V6 {
+                source,
+                destination,
+                ports: Some((sport, dport)),
+            };
             assert_eq!(a.hash(&DEFAULT_KEY), ip_only);
             assert_eq!(b.hash(&DEFAULT_KEY), with_ports);
         }
@@ -277,23 +352,33 @@ mod tests {
         };
         let table = default_table(4);
         for queue in 0..4 {
-            let port = source_port_for_queue(&DEFAULT_KEY, &table, flow, QueueId(queue), 1024..=65535)
-                .expect("a port lands on every queue");
+            let port =
+                source_port_for_queue(&DEFAULT_KEY, &table, flow, QueueId(queue), 1024..=65535)
+                    .expect("a port lands on every queue");
             let hash = flow.with_source_port(port).hash(&DEFAULT_KEY);
             assert_eq!(queue_of(&table, hash), QueueId(queue));
         }
         let group = FlowGroup(77);
         let port = source_port_for_group(&DEFAULT_KEY, flow, group, 1024..=65535).unwrap();
-        assert_eq!(flow_group_of(flow.with_source_port(port).hash(&DEFAULT_KEY)), group);
+        assert_eq!(
+            flow_group_of(flow.with_source_port(port).hash(&DEFAULT_KEY)),
+            group
+        );
         // A one-port range that does not land gives None.
         let other = FlowGroup(flow_group_of(flow.with_source_port(port).hash(&DEFAULT_KEY)).0 ^ 1);
-        assert_eq!(source_port_for_group(&DEFAULT_KEY, flow, other, port..=port), None);
+        assert_eq!(
+            source_port_for_group(&DEFAULT_KEY, flow, other, port..=port),
+            None
+        );
     }
 
     #[test]
     fn overlong_input_is_clamped() {
         let long = [0xFFu8; 40];
-        assert_eq!(toeplitz(&DEFAULT_KEY, &long), toeplitz(&DEFAULT_KEY, &long[..36]));
+        assert_eq!(
+            toeplitz(&DEFAULT_KEY, &long),
+            toeplitz(&DEFAULT_KEY, &long[..36])
+        );
         assert_eq!(toeplitz(&DEFAULT_KEY, &[]), 0);
     }
 }

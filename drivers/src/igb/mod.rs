@@ -20,9 +20,7 @@ pub mod regs;
 pub mod model;
 
 use crate::dma::QueueMemory;
-use crate::nic::{
-    FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError, QueueId,
-};
+use crate::nic::{FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError, QueueId};
 use crate::registers::{Delay, RegisterAccess};
 use crate::ring::{DescriptorQueue, QueueRegisters};
 use crate::rss::{self, RedirectionTable, KEY_LEN};
@@ -177,7 +175,10 @@ where
         }
     }
     if given != queues {
-        return Err(IgbError::QueueMemoryCount { expected: queues, given });
+        return Err(IgbError::QueueMemoryCount {
+            expected: queues,
+            given,
+        });
     }
     for (index, region) in regions.iter().enumerate() {
         if region.ring_size() != config.ring_size {
@@ -202,11 +203,40 @@ where
     let _ = r.read32(regs::ICR);
     // §4.5.4: wait (bounded) for the EEPROM auto-read, which loads the MAC address. Not fatal:
     // on timeout the MAC registers may be unset, which `IgbControl::mac_address` shows.
-    let eeprom_ready = poll(r, delay, regs::EECD, regs::EECD_AUTO_RD, regs::EECD_AUTO_RD, 100, 100);
+    let eeprom_ready = poll(
+        r,
+        delay,
+        regs::EECD,
+        regs::EECD_AUTO_RD,
+        regs::EECD_AUTO_RD,
+        100,
+        100,
+    );
 
     // §4.5.4 general configuration: driver loaded, link up (§4.5.6 copper link: CTRL.SLU).
     r.set_bits(regs::CTRL_EXT, regs::CTRL_EXT_DRV_LOAD);
-    r.set_bits(regs::CTRL, regs::CTRL_SLU | regs::CTRL_FD);
+    r.set_bits(regs::CTRL, regs::CTRL_SLU | regs::CTRL_FD | regs::CTRL_ASDE);
+    // §4.5.7.2 / §8.2.4: (re)start PHY auto-negotiation through MDIC. After a global reset the
+    // link stays down until the PHY negotiates; QEMU's model brings it up ~500 ms (virtual) after
+    // the restart and drops every frame before that.
+    r.write32(
+        regs::MDIC,
+        regs::MDIC_OP_WRITE
+            | 1 << regs::MDIC_PHY_SHIFT
+            | regs::PHY_CONTROL << regs::MDIC_REG_SHIFT
+            | regs::PHY_CONTROL_AUTONEG_ENABLE
+            | regs::PHY_CONTROL_AUTONEG_RESTART
+            | regs::PHY_CONTROL_DEFAULTS,
+    );
+    let _ = poll(
+        r,
+        delay,
+        regs::MDIC,
+        regs::MDIC_READY,
+        regs::MDIC_READY,
+        100,
+        10,
+    );
     let low = r.read32(regs::RAL0).to_le_bytes();
     let high = r.read32(regs::RAH0).to_le_bytes();
     let mac = [low[0], low[1], low[2], low[3], high[0], high[1]];
@@ -231,9 +261,20 @@ where
         r.write32(regs::rdh(index), 0);
         r.write32(regs::rdt(index), 0);
         let _ = r.read32(regs::rqdpc(index)); // clear the drop counter (clear on read)
-        // Prefetch/host/write-back thresholds 8/8/4 (bits 4:0, 12:8, 20:16), then enable.
-        r.write32(regs::rxdctl(index), regs::QUEUE_ENABLE | 8 | 8 << 8 | 4 << 16);
-        if !poll(r, delay, regs::rxdctl(index), regs::QUEUE_ENABLE, regs::QUEUE_ENABLE, 100, 10) {
+                                              // Prefetch/host/write-back thresholds 8/8/4 (bits 4:0, 12:8, 20:16), then enable.
+        r.write32(
+            regs::rxdctl(index),
+            regs::QUEUE_ENABLE | 8 | 8 << 8 | 4 << 16,
+        );
+        if !poll(
+            r,
+            delay,
+            regs::rxdctl(index),
+            regs::QUEUE_ENABLE,
+            regs::QUEUE_ENABLE,
+            100,
+            10,
+        ) {
             return Err(IgbError::QueueEnableTimeout(QueueId(index as u16)));
         }
     }
@@ -251,8 +292,14 @@ where
     control.write_key(&config.rss_key);
     control.write_table();
     r.write32(regs::MRQC, mrqc_value(config.hash_types));
-    r.write32(regs::RXCSUM, regs::RXCSUM_IPOFLD | regs::RXCSUM_TUOFLD | regs::RXCSUM_PCSD);
-    r.write32(regs::RCTL, regs::RCTL_EN | regs::RCTL_BAM | regs::RCTL_SECRC);
+    r.write32(
+        regs::RXCSUM,
+        regs::RXCSUM_IPOFLD | regs::RXCSUM_TUOFLD | regs::RXCSUM_PCSD,
+    );
+    r.write32(
+        regs::RCTL,
+        regs::RCTL_EN | regs::RCTL_BAM | regs::RCTL_SECRC,
+    );
 
     // §4.5.9 transmit initialization.
     for (index, region) in regions.iter().enumerate() {
@@ -263,8 +310,19 @@ where
         r.write32(regs::tdlen(index), 16 * u32::from(config.ring_size));
         r.write32(regs::tdh(index), 0);
         r.write32(regs::tdt(index), 0);
-        r.write32(regs::txdctl(index), regs::QUEUE_ENABLE | 8 | 1 << 8 | 1 << 16);
-        if !poll(r, delay, regs::txdctl(index), regs::QUEUE_ENABLE, regs::QUEUE_ENABLE, 100, 10) {
+        r.write32(
+            regs::txdctl(index),
+            regs::QUEUE_ENABLE | 8 | 1 << 8 | 1 << 16,
+        );
+        if !poll(
+            r,
+            delay,
+            regs::txdctl(index),
+            regs::QUEUE_ENABLE,
+            regs::QUEUE_ENABLE,
+            100,
+            10,
+        ) {
             return Err(IgbError::QueueEnableTimeout(QueueId(index as u16)));
         }
     }
@@ -297,7 +355,10 @@ where
     r.write32(regs::IVAR_MISC, (u32::from(other) | regs::IVAR_VALID) << 8);
     let interval = (u32::from(config.interrupt_interval_us) << 2) & 0x7FFC;
     for vector in 0..config.msix_vectors.min(25) {
-        r.write32(regs::eitr(usize::from(vector)), interval | regs::EITR_CNT_IGNR);
+        r.write32(
+            regs::eitr(usize::from(vector)),
+            interval | regs::EITR_CNT_IGNR,
+        );
     }
     r.write32(regs::EIAC, queue_bits);
     r.write32(regs::EIAM, queue_bits);
@@ -360,7 +421,9 @@ impl<R: RegisterAccess> IgbControl<R> {
 
     /// The MSI-X vector (table entry) of `queue`, or `None` when it is polled only.
     pub fn queue_vector(&self, queue: QueueId) -> Option<u16> {
-        (queue.0 < self.queues).then(|| queue_vector(queue.0, self.msix_vectors)).flatten()
+        (queue.0 < self.queues)
+            .then(|| queue_vector(queue.0, self.msix_vectors))
+            .flatten()
     }
 
     /// The MSI-X vector of link and other causes.
@@ -447,6 +510,9 @@ impl<R: RegisterAccess> NicControl for IgbControl<R> {
             1 => 100,
             _ => 1000,
         };
-        LinkState { up, speed_mbps: if up { speed_mbps } else { 0 } }
+        LinkState {
+            up,
+            speed_mbps: if up { speed_mbps } else { 0 },
+        }
     }
 }

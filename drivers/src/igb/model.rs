@@ -9,10 +9,19 @@ use crate::model::{Layout, RegisterModel};
 pub const MODEL_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
 const RESET_VALUES: &[(usize, u32)] = &[
-    (regs::STATUS, regs::STATUS_LU | 2 << regs::STATUS_SPEED_SHIFT | 1),
+    (
+        regs::STATUS,
+        regs::STATUS_LU | 2 << regs::STATUS_SPEED_SHIFT | 1,
+    ),
     (regs::EECD, regs::EECD_AUTO_RD),
-    (regs::RAL0, u32::from_le_bytes([MODEL_MAC[0], MODEL_MAC[1], MODEL_MAC[2], MODEL_MAC[3]])),
-    (regs::RAH0, u32::from_le_bytes([MODEL_MAC[4], MODEL_MAC[5], 0, 0]) | 1 << 31),
+    (
+        regs::RAL0,
+        u32::from_le_bytes([MODEL_MAC[0], MODEL_MAC[1], MODEL_MAC[2], MODEL_MAC[3]]),
+    ),
+    (
+        regs::RAH0,
+        u32::from_le_bytes([MODEL_MAC[4], MODEL_MAC[5], 0, 0]) | 1 << 31,
+    ),
     (regs::rxdctl(0), regs::QUEUE_ENABLE),
     (regs::txdctl(0), regs::QUEUE_ENABLE),
 ];
@@ -53,16 +62,29 @@ mod tests {
     use crate::frame::build_udp_ipv4;
     use crate::igb::{init, mrqc_value, IgbConfig, IgbError};
     use crate::model::RxOutcome;
-    use crate::nic::{FlowGroup, HashTypes, NicControl, NicError, QueueDatapath, QueueId, ReceiveBatch, TransmitFrame};
+    use crate::nic::{
+        FlowGroup, HashTypes, NicControl, NicError, QueueDatapath, QueueId, ReceiveBatch,
+        TransmitFrame,
+    };
     use crate::pool::BufferPool;
     use crate::rss::{self, FlowTuple};
     use std::vec::Vec;
 
     fn no_delay(_: u32) {}
 
-    fn bring_up(queues: u16, ring: u16) -> (RegisterModel, crate::igb::IgbControl<RegisterModel>, heapless::Vec<crate::igb::IgbQueue<RegisterModel>, 16>) {
+    fn bring_up(
+        queues: u16,
+        ring: u16,
+    ) -> (
+        RegisterModel,
+        crate::igb::IgbControl<RegisterModel>,
+        heapless::Vec<crate::igb::IgbQueue<RegisterModel>, 16>,
+    ) {
         let model = new_model();
-        let config = IgbConfig { ring_size: ring, ..IgbConfig::new(queues) };
+        let config = IgbConfig {
+            ring_size: ring,
+            ..IgbConfig::new(queues)
+        };
         let memory = (0..queues).map(|_| QueueMemory::new_host(ring).unwrap());
         let (control, queue_list) = init(model.clone(), &mut no_delay, &config, memory).unwrap();
         (model, control, queue_list)
@@ -70,35 +92,60 @@ mod tests {
 
     fn udp(source_port: u16) -> Vec<u8> {
         let mut out = std::vec![0u8; 128];
-        let n = build_udp_ipv4(&mut out, [2; 6], MODEL_MAC, ([10, 0, 2, 2], source_port), ([10, 0, 2, 15], 7), b"flotilla");
+        let n = build_udp_ipv4(
+            &mut out,
+            [2; 6],
+            MODEL_MAC,
+            ([10, 0, 2, 2], source_port),
+            ([10, 0, 2, 15], 7),
+            b"flotilla",
+        );
         out.truncate(n);
         out
     }
 
-    const FLOW: FlowTuple = FlowTuple::V4 { source: [10, 0, 2, 2], destination: [10, 0, 2, 15], ports: Some((0, 7)) };
+    const FLOW: FlowTuple = FlowTuple::V4 {
+        source: [10, 0, 2, 2],
+        destination: [10, 0, 2, 15],
+        ports: Some((0, 7)),
+    };
 
     #[test]
     fn init_sequence_follows_the_datasheet_order() {
         let (model, control, queues) = bring_up(4, 64);
         assert_eq!(queues.len(), 4);
         let state = model.state();
-        let reset = state.first_write_with(regs::CTRL, regs::CTRL_RST).expect("reset");
+        let reset = state
+            .first_write_with(regs::CTRL, regs::CTRL_RST)
+            .expect("reset");
         // Interrupts masked before reset, and the reset precedes every ring write.
         assert!(state.first_write(regs::IMC, u32::MAX).unwrap() < reset);
         assert!(reset < state.first_write_with(regs::rdbal(0), 0).unwrap());
         for q in 0..4 {
             // Ring base/length before enable; enable before the receiver is switched on.
-            let base = state.writes.iter().position(|&(o, _)| o == regs::rdbal(q)).unwrap();
-            let enable = state.first_write_with(regs::rxdctl(q), regs::QUEUE_ENABLE).unwrap();
+            let base = state
+                .writes
+                .iter()
+                .position(|&(o, _)| o == regs::rdbal(q))
+                .unwrap();
+            let enable = state
+                .first_write_with(regs::rxdctl(q), regs::QUEUE_ENABLE)
+                .unwrap();
             assert!(base < enable);
             assert!(enable < state.first_write_with(regs::RCTL, regs::RCTL_EN).unwrap());
             assert_eq!(state.register(regs::rdlen(q)), 64 * 16);
             assert_eq!(state.register(regs::srrctl(q)) & 0x7F, 2, "2 KiB buffers");
-            assert_ne!(state.register(regs::srrctl(q)) & regs::SRRCTL_DESCTYPE_ADVANCED_ONE_BUFFER, 0);
+            assert_ne!(
+                state.register(regs::srrctl(q)) & regs::SRRCTL_DESCTYPE_ADVANCED_ONE_BUFFER,
+                0
+            );
             assert_ne!(state.register(regs::txdctl(q)) & regs::QUEUE_ENABLE, 0);
         }
         // RSS: key as little-endian dwords, MRQC = 2 plus hash bits, PCSD set.
-        assert_eq!(state.register(regs::RSSRK), u32::from_le_bytes([0x6d, 0x5a, 0x56, 0xda]));
+        assert_eq!(
+            state.register(regs::RSSRK),
+            u32::from_le_bytes([0x6d, 0x5a, 0x56, 0xda])
+        );
         assert_eq!(state.register(regs::MRQC) & 3, 2);
         assert_eq!(state.register(regs::MRQC), mrqc_value(HashTypes::ALL));
         assert_ne!(state.register(regs::RXCSUM) & regs::RXCSUM_PCSD, 0);
@@ -108,7 +155,11 @@ mod tests {
         assert_eq!(state.register(regs::ivar(1)), 0x8181);
         assert_eq!(state.register(regs::IVAR_MISC), (4 | 0x80) << 8);
         assert_eq!(state.register(regs::EIAC), 0xF);
-        assert_eq!(state.register(regs::EIMS), 1 << 4, "only the link vector until queues opt in");
+        assert_eq!(
+            state.register(regs::EIMS),
+            1 << 4,
+            "only the link vector until queues opt in"
+        );
         drop(state);
         assert_eq!(control.mac_address(), MODEL_MAC);
         assert!(control.link().up);
@@ -119,7 +170,11 @@ mod tests {
     #[test]
     fn ivar_layout_for_upper_queues_and_polled_queues() {
         let model = new_model();
-        let config = IgbConfig { ring_size: 8, msix_vectors: 25, ..IgbConfig::new(16) };
+        let config = IgbConfig {
+            ring_size: 8,
+            msix_vectors: 25,
+            ..IgbConfig::new(16)
+        };
         let memory = (0..16).map(|_| QueueMemory::new_host(8).unwrap());
         let (control, _queues) = init(model.clone(), &mut no_delay, &config, memory).unwrap();
         // Queue 9: IVAR[1], RX in byte 2, TX in byte 3; queue 1 in bytes 0 and 1.
@@ -136,24 +191,45 @@ mod tests {
     fn bad_arguments_are_typed_errors() {
         let model = new_model();
         let none = core::iter::empty();
-        assert_eq!(init(model.clone(), &mut no_delay, &IgbConfig::new(17), none).err(), Some(IgbError::BadQueueCount(17)));
+        assert_eq!(
+            init(model.clone(), &mut no_delay, &IgbConfig::new(17), none).err(),
+            Some(IgbError::BadQueueCount(17))
+        );
         let one = (0..1).map(|_| QueueMemory::new_host(256).unwrap());
         assert_eq!(
             init(model.clone(), &mut no_delay, &IgbConfig::new(2), one).err(),
-            Some(IgbError::QueueMemoryCount { expected: 2, given: 1 })
+            Some(IgbError::QueueMemoryCount {
+                expected: 2,
+                given: 1
+            })
         );
         let small = (0..1).map(|_| QueueMemory::new_host(8).unwrap());
-        assert_eq!(init(model.clone(), &mut no_delay, &IgbConfig::new(1), small).err(), Some(IgbError::RingSizeMismatch(QueueId(0))));
+        assert_eq!(
+            init(model.clone(), &mut no_delay, &IgbConfig::new(1), small).err(),
+            Some(IgbError::RingSizeMismatch(QueueId(0)))
+        );
     }
 
     #[test]
     fn reset_that_never_finishes_times_out() {
-        let model = RegisterModel::new(crate::model::Layout { reset_reads: u32::MAX, ..LAYOUT }, MODEL_MAC);
+        let model = RegisterModel::new(
+            crate::model::Layout {
+                reset_reads: u32::MAX,
+                ..LAYOUT
+            },
+            MODEL_MAC,
+        );
         let memory = (0..1).map(|_| QueueMemory::new_host(8).unwrap());
-        let config = IgbConfig { ring_size: 8, ..IgbConfig::new(1) };
+        let config = IgbConfig {
+            ring_size: 8,
+            ..IgbConfig::new(1)
+        };
         let mut waited = 0u64;
         let mut delay = |us: u32| waited += u64::from(us);
-        assert_eq!(init(model, &mut delay, &config, memory).err(), Some(IgbError::ResetTimeout));
+        assert_eq!(
+            init(model, &mut delay, &config, memory).err(),
+            Some(IgbError::ResetTimeout)
+        );
         assert!(waited >= 10_000, "waited {waited} µs");
     }
 
@@ -166,10 +242,23 @@ mod tests {
         }
         let table = *control.redirection_table();
         for target in 0..4u16 {
-            let port = rss::source_port_for_queue(&rss::DEFAULT_KEY, &table, FLOW, QueueId(target), 1024..=65535).unwrap();
+            let port = rss::source_port_for_queue(
+                &rss::DEFAULT_KEY,
+                &table,
+                FLOW,
+                QueueId(target),
+                1024..=65535,
+            )
+            .unwrap();
             let outcome = model.receive(&udp(port));
             let expected_hash = FLOW.with_source_port(port).hash(&rss::DEFAULT_KEY);
-            assert_eq!(outcome, RxOutcome::Delivered { queue: QueueId(target), hash: expected_hash });
+            assert_eq!(
+                outcome,
+                RxOutcome::Delivered {
+                    queue: QueueId(target),
+                    hash: expected_hash
+                }
+            );
             let mut batch = ReceiveBatch::new();
             let q = usize::from(target);
             assert_eq!(queues[q].receive(&mut pools[q], &mut batch), 1);
@@ -181,14 +270,31 @@ mod tests {
             pools[q].free(batch[0].buffer).unwrap();
         }
         // Move the flow group of a queue-0 flow to queue 3.
-        let port = rss::source_port_for_queue(&rss::DEFAULT_KEY, &table, FLOW, QueueId(0), 1024..=65535).unwrap();
+        let port =
+            rss::source_port_for_queue(&rss::DEFAULT_KEY, &table, FLOW, QueueId(0), 1024..=65535)
+                .unwrap();
         let group = rss::flow_group_of(FLOW.with_source_port(port).hash(&rss::DEFAULT_KEY));
         control.set_flow_group(group, QueueId(3)).unwrap();
         assert_eq!(control.flow_group(group), Ok(QueueId(3)));
-        assert!(matches!(model.receive(&udp(port)), RxOutcome::Delivered { queue: QueueId(3), .. }));
-        assert_eq!(control.set_flow_group(FlowGroup(128), QueueId(0)), Err(NicError::NoSuchFlowGroup(FlowGroup(128))));
-        assert_eq!(control.set_flow_group(FlowGroup(1), QueueId(4)), Err(NicError::NoSuchQueue(QueueId(4))));
-        assert_eq!(control.add_filter(Default::default(), QueueId(0)), Err(NicError::Unsupported));
+        assert!(matches!(
+            model.receive(&udp(port)),
+            RxOutcome::Delivered {
+                queue: QueueId(3),
+                ..
+            }
+        ));
+        assert_eq!(
+            control.set_flow_group(FlowGroup(128), QueueId(0)),
+            Err(NicError::NoSuchFlowGroup(FlowGroup(128)))
+        );
+        assert_eq!(
+            control.set_flow_group(FlowGroup(1), QueueId(4)),
+            Err(NicError::NoSuchQueue(QueueId(4)))
+        );
+        assert_eq!(
+            control.add_filter(Default::default(), QueueId(0)),
+            Err(NicError::Unsupported)
+        );
     }
 
     #[test]
@@ -200,11 +306,26 @@ mod tests {
         assert_eq!(model.receive(&arp), RxOutcome::NoDescriptor(QueueId(0)));
         // Without PCSD the model (like QEMU) does not do RSS: everything goes to queue 0.
         model.poke(regs::RXCSUM, 0);
-        let port = rss::source_port_for_queue(&rss::DEFAULT_KEY, control.redirection_table(), FLOW, QueueId(2), 1024..=65535).unwrap();
-        assert_eq!(model.receive(&udp(port)), RxOutcome::NoDescriptor(QueueId(0)));
+        let port = rss::source_port_for_queue(
+            &rss::DEFAULT_KEY,
+            control.redirection_table(),
+            FLOW,
+            QueueId(2),
+            1024..=65535,
+        )
+        .unwrap();
+        assert_eq!(
+            model.receive(&udp(port)),
+            RxOutcome::NoDescriptor(QueueId(0))
+        );
         model.poke(regs::RXCSUM, regs::RXCSUM_PCSD);
         // Hash types off for UDP: addresses only (all ports of this pair land together).
-        control.set_hash_types(HashTypes { udp_ipv4: false, ..HashTypes::ALL }).unwrap();
+        control
+            .set_hash_types(HashTypes {
+                udp_ipv4: false,
+                ..HashTypes::ALL
+            })
+            .unwrap();
         let a = model.receive(&udp(1000));
         let b = model.receive(&udp(2000));
         assert_eq!(a, b);
@@ -223,7 +344,13 @@ mod tests {
         let mut batch = ReceiveBatch::new();
         assert_eq!(q.receive(&mut pool, &mut batch), 7);
         // Echo them back out.
-        let frames: Vec<TransmitFrame> = batch.iter().map(|f| TransmitFrame { buffer: f.buffer, length: f.length }).collect();
+        let frames: Vec<TransmitFrame> = batch
+            .iter()
+            .map(|f| TransmitFrame {
+                buffer: f.buffer,
+                length: f.length,
+            })
+            .collect();
         assert_eq!(q.transmit(&mut pool, &frames), 7);
         let wire = model.take_transmitted();
         assert_eq!(wire.len(), 7);
@@ -252,7 +379,13 @@ mod tests {
             let mut batch = ReceiveBatch::new();
             let n = q.receive(&mut pool, &mut batch);
             assert_eq!(n, usize::from(round % 15 + 1));
-            let frames: Vec<TransmitFrame> = batch.iter().map(|f| TransmitFrame { buffer: f.buffer, length: f.length }).collect();
+            let frames: Vec<TransmitFrame> = batch
+                .iter()
+                .map(|f| TransmitFrame {
+                    buffer: f.buffer,
+                    length: f.length,
+                })
+                .collect();
             assert_eq!(q.transmit(&mut pool, &frames), n);
             assert_eq!(q.reclaim(&mut pool), n);
             total += n;
@@ -269,7 +402,10 @@ mod tests {
         queues[2].set_interrupt(false);
         assert_eq!(model.peek(regs::EIMS), 1 << 4);
         let writes = &model.state().writes;
-        assert_eq!(writes[writes.len() - 2..], [(regs::EIMS, 4), (regs::EIMC, 4)]);
+        assert_eq!(
+            writes[writes.len() - 2..],
+            [(regs::EIMS, 4), (regs::EIMC, 4)]
+        );
     }
 
     #[test]

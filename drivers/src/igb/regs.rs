@@ -20,6 +20,29 @@ pub const CTRL_EXT: usize = 0x0018;
 pub const CTRL_FD: u32 = 1 << 0;
 /// CTRL: set link up (§8.2.1, needed on copper for the MAC to see the PHY's link).
 pub const CTRL_SLU: u32 = 1 << 6;
+/// CTRL: auto-speed detection enable (§8.2.1); with PHY auto-negotiation it lets the MAC take
+/// the PHY's resolved speed.
+pub const CTRL_ASDE: u32 = 1 << 5;
+/// MDI control: PHY register access (§8.2.4).
+pub const MDIC: usize = 0x0020;
+/// MDIC: operation "write" (bits 27:26 = 01).
+pub const MDIC_OP_WRITE: u32 = 1 << 26;
+/// MDIC: PHY address field shift (bits 25:21); the internal PHY is at address 1.
+pub const MDIC_PHY_SHIFT: u32 = 21;
+/// MDIC: PHY register field shift (bits 20:16).
+pub const MDIC_REG_SHIFT: u32 = 16;
+/// MDIC: the access completed.
+pub const MDIC_READY: u32 = 1 << 28;
+/// MDIC: the access failed.
+pub const MDIC_ERROR: u32 = 1 << 30;
+/// PHY register 0, the IEEE 802.3 control register (BMCR).
+pub const PHY_CONTROL: u32 = 0;
+/// BMCR: auto-negotiation enable.
+pub const PHY_CONTROL_AUTONEG_ENABLE: u32 = 1 << 12;
+/// BMCR: restart auto-negotiation (self-clearing).
+pub const PHY_CONTROL_AUTONEG_RESTART: u32 = 1 << 9;
+/// BMCR: full duplex, 1000 Mb/s (speed select MSB, bit 6) when auto-negotiation is off.
+pub const PHY_CONTROL_DEFAULTS: u32 = 1 << 8 | 1 << 6;
 /// CTRL: device reset, self-clearing (§8.2.1, §4.2 "Reset Operation").
 pub const CTRL_RST: u32 = 1 << 26;
 /// STATUS: link up.

@@ -81,7 +81,15 @@ pub enum IxgbeError {
     QueueEnableTimeout(QueueId),
 }
 
-fn poll<R: RegisterAccess, D: Delay>(r: &R, delay: &mut D, register: usize, mask: u32, expected: u32, tries: u32, step_us: u32) -> bool {
+fn poll<R: RegisterAccess, D: Delay>(
+    r: &R,
+    delay: &mut D,
+    register: usize,
+    mask: u32,
+    expected: u32,
+    tries: u32,
+    step_us: u32,
+) -> bool {
     for _ in 0..tries {
         if r.read32(register) & mask == expected {
             return true;
@@ -136,7 +144,10 @@ where
         }
     }
     if given != queues {
-        return Err(IxgbeError::QueueMemoryCount { expected: queues, given });
+        return Err(IxgbeError::QueueMemoryCount {
+            expected: queues,
+            given,
+        });
     }
     for (index, region) in regions.iter().enumerate() {
         if region.ring_size() != config.ring_size {
@@ -159,20 +170,34 @@ where
     if !poll(r, delay, regs::EEC, regs::EEC_ARD, regs::EEC_ARD, 1000, 10) {
         return Err(IxgbeError::EepromTimeout);
     }
-    if !poll(r, delay, regs::RDRXCTL, regs::RDRXCTL_DMAIDONE, regs::RDRXCTL_DMAIDONE, 1000, 10) {
+    if !poll(
+        r,
+        delay,
+        regs::RDRXCTL,
+        regs::RDRXCTL_DMAIDONE,
+        regs::RDRXCTL_DMAIDONE,
+        1000,
+        10,
+    ) {
         return Err(IxgbeError::DmaInitTimeout);
     }
     r.set_bits(regs::CTRL_EXT, regs::CTRL_EXT_DRV_LOAD);
     // §4.6.4 link setup: KX4/KX/KR auto-negotiation, restart. Link comes up later (no wait).
     let autoc = r.read32(regs::AUTOC) & !regs::AUTOC_LMS_MASK;
-    r.write32(regs::AUTOC, autoc | regs::AUTOC_LMS_KX4_KX_KR | regs::AUTOC_AN_RESTART);
+    r.write32(
+        regs::AUTOC,
+        autoc | regs::AUTOC_LMS_KX4_KX_KR | regs::AUTOC_AN_RESTART,
+    );
     let low = r.read32(regs::RAL0).to_le_bytes();
     let high = r.read32(regs::RAH0).to_le_bytes();
     let mac = [low[0], low[1], low[2], low[3], high[0], high[1]];
 
     // §4.6.7 receive initialization.
     r.clear_bits(regs::RXCTRL, regs::RXCTRL_RXEN);
-    r.set_bits(regs::HLREG0, regs::HLREG0_RXCRCSTRP | regs::HLREG0_TXCRCEN | regs::HLREG0_TXPADEN);
+    r.set_bits(
+        regs::HLREG0,
+        regs::HLREG0_RXCRCSTRP | regs::HLREG0_TXCRCEN | regs::HLREG0_TXPADEN,
+    );
     r.set_bits(regs::RDRXCTL, regs::RDRXCTL_CRCSTRIP);
     r.set_bits(regs::FCTRL, regs::FCTRL_BAM);
     for index in 0..128 {
@@ -185,7 +210,9 @@ where
         r.write32(regs::rdlen(index), 16 * u32::from(config.ring_size));
         r.write32(
             regs::srrctl(index),
-            crate::igb::RX_BUFFER_KIB | regs::SRRCTL_DESCTYPE_ADVANCED_ONE_BUFFER | regs::SRRCTL_DROP_EN,
+            crate::igb::RX_BUFFER_KIB
+                | regs::SRRCTL_DESCTYPE_ADVANCED_ONE_BUFFER
+                | regs::SRRCTL_DROP_EN,
         );
         r.clear_bits(regs::dca_rxctrl(index), regs::DCA_RXCTRL_DESC_WRO);
         r.write32(regs::rdh(index), 0);
@@ -210,7 +237,15 @@ where
     r.set_bits(regs::RXCTRL, regs::RXCTRL_RXEN);
     for index in 0..regions.len() {
         r.write32(regs::rxdctl(index), regs::QUEUE_ENABLE);
-        if !poll(r, delay, regs::rxdctl(index), regs::QUEUE_ENABLE, regs::QUEUE_ENABLE, 100, 10) {
+        if !poll(
+            r,
+            delay,
+            regs::rxdctl(index),
+            regs::QUEUE_ENABLE,
+            regs::QUEUE_ENABLE,
+            100,
+            10,
+        ) {
             return Err(IxgbeError::QueueEnableTimeout(QueueId(index as u16)));
         }
     }
@@ -233,20 +268,35 @@ where
     r.set_bits(regs::DMATXCTL, regs::DMATXCTL_TE);
     for index in 0..regions.len() {
         r.set_bits(regs::txdctl(index), regs::QUEUE_ENABLE);
-        if !poll(r, delay, regs::txdctl(index), regs::QUEUE_ENABLE, regs::QUEUE_ENABLE, 100, 10) {
+        if !poll(
+            r,
+            delay,
+            regs::txdctl(index),
+            regs::QUEUE_ENABLE,
+            regs::QUEUE_ENABLE,
+            100,
+            10,
+        ) {
             return Err(IxgbeError::QueueEnableTimeout(QueueId(index as u16)));
         }
     }
 
     // §7.3.1 MSI-X: queue i → vector i through IVAR (two queues per register), other → `queues`.
-    r.write32(regs::GPIE, regs::GPIE_MSIX_MODE | regs::GPIE_EIAME | regs::GPIE_PBA_SUPPORT);
+    r.write32(
+        regs::GPIE,
+        regs::GPIE_MSIX_MODE | regs::GPIE_EIAME | regs::GPIE_PBA_SUPPORT,
+    );
     let mut ivar = [0u32; 8];
     for queue in 0..usize::from(queues) {
         let entry = queue as u32 | regs::IVAR_VALID;
         let shift = if queue % 2 == 0 { 0 } else { 16 };
         ivar[queue / 2] |= entry << shift | entry << (shift + 8);
     }
-    for (index, value) in ivar.iter().enumerate().take(usize::from(queues).div_ceil(2)) {
+    for (index, value) in ivar
+        .iter()
+        .enumerate()
+        .take(usize::from(queues).div_ceil(2))
+    {
         r.write32(regs::ivar(index), *value);
     }
     let other = u32::from(queues);
@@ -270,7 +320,12 @@ where
             interrupt_mask_clear: regs::EIMC,
             interrupt_bit: Some(index as u32),
         };
-        let _ = list.push(DescriptorQueue::new(QueueId(index as u16), registers.clone(), offsets, region));
+        let _ = list.push(DescriptorQueue::new(
+            QueueId(index as u16),
+            registers.clone(),
+            offsets,
+            region,
+        ));
     }
     Ok((control, list))
 }
@@ -308,8 +363,10 @@ impl<R: RegisterAccess> IxgbeControl<R> {
 
     fn write_key(&self, key: &[u8; KEY_LEN]) {
         for (index, chunk) in key.chunks_exact(4).enumerate() {
-            self.registers
-                .write32(regs::RSSRK + 4 * index, u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]));
+            self.registers.write32(
+                regs::RSSRK + 4 * index,
+                u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+            );
         }
     }
 
@@ -321,7 +378,10 @@ impl<R: RegisterAccess> IxgbeControl<R> {
 
     fn write_table_dword(&self, index: usize) {
         let e = &self.table[4 * index..4 * index + 4];
-        self.registers.write32(regs::RETA + 4 * index, u32::from_le_bytes([e[0], e[1], e[2], e[3]]));
+        self.registers.write32(
+            regs::RETA + 4 * index,
+            u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
+        );
     }
 }
 
@@ -375,7 +435,11 @@ impl<R: RegisterAccess> NicControl for IxgbeControl<R> {
             Some(132) => 2,
             Some(_) => return Err(NicError::Unsupported),
         };
-        let slot = self.filters.iter().position(|used| !used).ok_or(NicError::FiltersFull)?;
+        let slot = self
+            .filters
+            .iter()
+            .position(|used| !used)
+            .ok_or(NicError::FiltersFull)?;
         // "Do not compare" mask: source address, destination address, source port, destination
         // port, protocol.
         let mut mask = 0u32;
@@ -394,8 +458,14 @@ impl<R: RegisterAccess> NicControl for IxgbeControl<R> {
             }
         }
         let r = &self.registers;
-        r.write32(regs::saqf(slot), u32::from_le_bytes(filter.source_ip.unwrap_or_default()));
-        r.write32(regs::daqf(slot), u32::from_le_bytes(filter.destination_ip.unwrap_or_default()));
+        r.write32(
+            regs::saqf(slot),
+            u32::from_le_bytes(filter.source_ip.unwrap_or_default()),
+        );
+        r.write32(
+            regs::daqf(slot),
+            u32::from_le_bytes(filter.destination_ip.unwrap_or_default()),
+        );
         let ports = u32::from(filter.source_port.unwrap_or(0).swap_bytes())
             | u32::from(filter.destination_port.unwrap_or(0).swap_bytes()) << 16;
         r.write32(regs::sdpqf(slot), ports);
@@ -436,6 +506,9 @@ impl<R: RegisterAccess> NicControl for IxgbeControl<R> {
             3 => 10_000,
             _ => 0,
         };
-        LinkState { up, speed_mbps: if up { speed_mbps } else { 0 } }
+        LinkState {
+            up,
+            speed_mbps: if up { speed_mbps } else { 0 },
+        }
     }
 }

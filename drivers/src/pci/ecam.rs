@@ -25,7 +25,11 @@ impl Ecam {
 
     /// The virtual address of `offset` in `address`'s space, or `None` outside the mapped buses.
     pub fn address_of(&self, address: PciAddress, offset: u16) -> Option<usize> {
-        if !self.buses.contains(&address.bus) || address.device >= 32 || address.function >= 8 || offset >= 4096 {
+        if !self.buses.contains(&address.bus)
+            || address.device >= 32
+            || address.function >= 8
+            || offset >= 4096
+        {
             return None;
         }
         Some(
@@ -64,9 +68,25 @@ mod tests {
     fn ecam_addresses_and_bounds() {
         // SAFETY: only `address_of` is used, no access happens.
         let ecam = unsafe { Ecam::new(0xB000_0000, 0..=255) };
-        let address = PciAddress { bus: 1, device: 2, function: 3 };
-        assert_eq!(ecam.address_of(address, 0x10), Some(0xB000_0000 + 0x10_0000 + 0x1_0000 + 0x3000 + 0x10));
-        assert_eq!(ecam.address_of(PciAddress { device: 32, ..address }, 0), None);
+        let address = PciAddress {
+            bus: 1,
+            device: 2,
+            function: 3,
+        };
+        assert_eq!(
+            ecam.address_of(address, 0x10),
+            Some(0xB000_0000 + 0x10_0000 + 0x1_0000 + 0x3000 + 0x10)
+        );
+        assert_eq!(
+            ecam.address_of(
+                PciAddress {
+                    device: 32,
+                    ..address
+                },
+                0
+            ),
+            None
+        );
         assert_eq!(ecam.address_of(address, 4096), None);
         // SAFETY: as above.
         let narrow = unsafe { Ecam::new(0xB000_0000, 0..=0) };
@@ -80,7 +100,11 @@ mod tests {
         page[0] = 0x10C9_8086;
         // SAFETY: bus 0 device 0 function 0 maps to the leaked page, the only one accessed here.
         let mut ecam = unsafe { Ecam::new(page.as_mut_ptr() as usize, 0..=0) };
-        let zero = PciAddress { bus: 0, device: 0, function: 0 };
+        let zero = PciAddress {
+            bus: 0,
+            device: 0,
+            function: 0,
+        };
         assert_eq!(ecam.read(zero, 0), 0x10C9_8086);
         ecam.write(zero, 8, 0xAB);
         assert_eq!(ecam.read(zero, 8), 0xAB);

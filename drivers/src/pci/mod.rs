@@ -84,14 +84,22 @@ pub fn enumerate<C: ConfigAccess>(
 ) {
     for bus in buses {
         for device in 0..32 {
-            let first = PciAddress { bus, device, function: 0 };
+            let first = PciAddress {
+                bus,
+                device,
+                function: 0,
+            };
             if access.read(first, header::ID) & 0xFFFF == 0xFFFF {
                 continue;
             }
             let multi_function = access.read(first, header::HEADER_TYPE) & (1 << 23) != 0;
             let functions = if multi_function { 8 } else { 1 };
             for function in 0..functions {
-                let address = PciAddress { bus, device, function };
+                let address = PciAddress {
+                    bus,
+                    device,
+                    function,
+                };
                 let id = access.read(address, header::ID);
                 if id & 0xFFFF == 0xFFFF {
                     continue;
@@ -170,7 +178,11 @@ pub enum PciError {
 /// Decodes and sizes BAR `index` (PCI 3.0 §6.2.5.1): memory and I/O decode are switched off in
 /// the command register while all-ones is written, so the device never decodes a bogus address,
 /// then the BAR and the command register are restored.
-pub fn read_bar<C: ConfigAccess>(access: &mut C, address: PciAddress, index: u8) -> Result<Bar, PciError> {
+pub fn read_bar<C: ConfigAccess>(
+    access: &mut C,
+    address: PciAddress,
+    index: u8,
+) -> Result<Bar, PciError> {
     if index > 5 {
         return Err(PciError::BadBarIndex(index));
     }
@@ -187,7 +199,14 @@ pub fn read_bar<C: ConfigAccess>(access: &mut C, address: PciAddress, index: u8)
         let mask = access.read(address, offset) & !0x3;
         access.write(address, offset, original);
         let size = (!mask).wrapping_add(1) & 0xFFFF;
-        if mask == 0 { Bar::None } else { Bar::Io { port: original & !0x3, size } }
+        if mask == 0 {
+            Bar::None
+        } else {
+            Bar::Io {
+                port: original & !0x3,
+                size,
+            }
+        }
     } else {
         let is_64bit = (original >> 1) & 0x3 == 0x2;
         let prefetchable = original & 0x8 != 0;
@@ -229,14 +248,21 @@ pub fn enable_device<C: ConfigAccess>(access: &mut C, address: PciAddress) {
     access.write(
         address,
         header::COMMAND_STATUS,
-        command | header::COMMAND_MEMORY | header::COMMAND_BUS_MASTER | header::COMMAND_INTX_DISABLE,
+        command
+            | header::COMMAND_MEMORY
+            | header::COMMAND_BUS_MASTER
+            | header::COMMAND_INTX_DISABLE,
     );
 }
 
 /// Walks the capability list (PCI 3.0 §6.7) and returns the offset of the first capability
 /// with id `id`. At most 48 entries are followed (a list cannot hold more in 256 bytes), so a
 /// looping list ends with an error instead of hanging.
-pub fn find_capability<C: ConfigAccess>(access: &mut C, address: PciAddress, id: u8) -> Result<Option<u16>, PciError> {
+pub fn find_capability<C: ConfigAccess>(
+    access: &mut C,
+    address: PciAddress,
+    id: u8,
+) -> Result<Option<u16>, PciError> {
     if access.read(address, header::COMMAND_STATUS) & header::STATUS_CAPABILITIES == 0 {
         return Ok(None);
     }
@@ -285,30 +311,50 @@ pub mod fake {
 
     impl FakeConfigSpace {
         /// Adds a function with `vendor`, `device`, `header_type`, class.
-        pub fn add(&mut self, address: PciAddress, vendor: u16, device: u16, header_type: u8, class: u8) -> &mut FakeFunction {
+        pub fn add(
+            &mut self,
+            address: PciAddress,
+            vendor: u16,
+            device: u16,
+            header_type: u8,
+            class: u8,
+        ) -> &mut FakeFunction {
             let mut space = [0u32; 64];
             space[0] = u32::from(device) << 16 | u32::from(vendor);
             space[2] = u32::from(class) << 24;
             space[3] = u32::from(header_type) << 16;
-            self.functions.entry(address).or_insert(FakeFunction { space, bar_masks: [0; 6] })
+            self.functions.entry(address).or_insert(FakeFunction {
+                space,
+                bar_masks: [0; 6],
+            })
         }
     }
 
     impl ConfigAccess for FakeConfigSpace {
         fn read(&mut self, address: PciAddress, offset: u16) -> u32 {
             self.reads += 1;
-            self.functions.get(&address).map_or(u32::MAX, |f| f.space[usize::from(offset / 4)])
+            self.functions
+                .get(&address)
+                .map_or(u32::MAX, |f| f.space[usize::from(offset / 4)])
         }
 
         fn write(&mut self, address: PciAddress, offset: u16, value: u32) {
-            let Some(function) = self.functions.get_mut(&address) else { return };
+            let Some(function) = self.functions.get_mut(&address) else {
+                return;
+            };
             let index = usize::from(offset / 4);
             if (4..10).contains(&index) {
                 let mask = function.bar_masks[index - 4];
                 let old = function.space[index];
                 // Writable bits take the value; the low type bits are read-only.
                 // (A mask of all ones marks the upper half of a 64-bit BAR: no type bits.)
-                let read_only = if mask == u32::MAX { 0 } else if old & 1 == 1 { 0x3 } else { 0xF };
+                let read_only = if mask == u32::MAX {
+                    0
+                } else if old & 1 == 1 {
+                    0x3
+                } else {
+                    0xF
+                };
                 function.space[index] = (old & read_only) | (value & mask & !read_only);
             } else if index == 1 {
                 // Status bits are read-only / write-1-to-clear: writing 0 keeps them.
@@ -326,7 +372,11 @@ mod tests {
     use super::*;
 
     fn at(bus: u8, device: u8, function: u8) -> PciAddress {
-        PciAddress { bus, device, function }
+        PciAddress {
+            bus,
+            device,
+            function,
+        }
     }
 
     #[test]
@@ -338,7 +388,9 @@ mod tests {
         space.add(at(0, 3, 0), 0x1234, 0x1111, 0x00, 0x03); // single-function device...
         space.add(at(0, 3, 1), 0xFFFF, 0xFFFF, 0x00, 0x00); // ... whose function 1 must not be probed
         let mut seen = std::vec::Vec::new();
-        enumerate(&mut space, 0..=0, |f| seen.push((f.address, f.vendor, f.device, f.class)));
+        enumerate(&mut space, 0..=0, |f| {
+            seen.push((f.address, f.vendor, f.device, f.class))
+        });
         assert_eq!(
             seen,
             [
@@ -348,7 +400,10 @@ mod tests {
                 (at(0, 3, 0), 0x1234, 0x1111, 0x03),
             ]
         );
-        assert_eq!(find(&mut space, 0..=255, 0x8086, 0x10C9).unwrap().address, at(0, 2, 0));
+        assert_eq!(
+            find(&mut space, 0..=255, 0x8086, 0x10C9).unwrap().address,
+            at(0, 2, 0)
+        );
         assert_eq!(find(&mut space, 0..=3, 0x8086, 0x10FB), None);
     }
 
@@ -368,18 +423,40 @@ mod tests {
         let address = at(0, 2, 0);
         assert_eq!(
             read_bar(&mut space, address, 0),
-            Ok(Bar::Memory { address: 0xFEB8_0000, size: 0x2_0000, is_64bit: false, prefetchable: false })
+            Ok(Bar::Memory {
+                address: 0xFEB8_0000,
+                size: 0x2_0000,
+                is_64bit: false,
+                prefetchable: false
+            })
         );
-        assert_eq!(read_bar(&mut space, address, 1), Ok(Bar::Io { port: 0xC000, size: 32 }));
+        assert_eq!(
+            read_bar(&mut space, address, 1),
+            Ok(Bar::Io {
+                port: 0xC000,
+                size: 32
+            })
+        );
         assert_eq!(
             read_bar(&mut space, address, 2),
-            Ok(Bar::Memory { address: 0x8_0000_0000, size: 0x4000, is_64bit: true, prefetchable: true })
+            Ok(Bar::Memory {
+                address: 0x8_0000_0000,
+                size: 0x4000,
+                is_64bit: true,
+                prefetchable: true
+            })
         );
         assert_eq!(read_bar(&mut space, address, 4), Ok(Bar::None));
-        assert_eq!(read_bar(&mut space, address, 6), Err(PciError::BadBarIndex(6)));
+        assert_eq!(
+            read_bar(&mut space, address, 6),
+            Err(PciError::BadBarIndex(6))
+        );
         // Sizing restored the BARs and the command register.
         let f = &space.functions[&address];
-        assert_eq!((f.space[4], f.space[5], f.space[7]), (0xFEB8_0000, 0xC001, 0x8));
+        assert_eq!(
+            (f.space[4], f.space[5], f.space[7]),
+            (0xFEB8_0000, 0xC001, 0x8)
+        );
         assert_eq!(f.space[1] & 0xFFFF, 7);
     }
 
@@ -396,7 +473,10 @@ mod tests {
         assert_eq!(find_capability(&mut space, address, 0x11), Ok(Some(0x70)));
         assert_eq!(find_capability(&mut space, address, 0x10), Ok(None));
         space.functions.get_mut(&address).unwrap().space[0x70 / 4] = 0x40 << 8 | 0x12; // loop back to 0x40
-        assert_eq!(find_capability(&mut space, address, 0x10), Err(PciError::MalformedCapabilityList));
+        assert_eq!(
+            find_capability(&mut space, address, 0x10),
+            Err(PciError::MalformedCapabilityList)
+        );
         enable_device(&mut space, address);
         let command = space.functions[&address].space[1];
         assert_eq!(command & 0x406, 0x406);

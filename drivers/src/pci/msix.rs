@@ -60,7 +60,11 @@ impl MsiMessage {
         if apic_id > 0xFF {
             return Err(PciError::DestinationTooLarge(apic_id));
         }
-        Ok(Self { address: 0xFEE0_0000 | apic_id << 12, address_high: 0, data: u32::from(vector) })
+        Ok(Self {
+            address: 0xFEE0_0000 | apic_id << 12,
+            address_high: 0,
+            data: u32::from(vector),
+        })
     }
 }
 
@@ -85,7 +89,12 @@ impl MsixCapability {
     /// Programs table entry `entry` with `message`, leaving it unmasked. `table` is the MSI-X
     /// table's BAR, mapped (e.g. [`crate::registers::Mmio`] over that BAR); offsets are relative
     /// to the BAR start.
-    pub fn program<T: RegisterAccess>(&self, table: &T, entry: u16, message: MsiMessage) -> Result<(), PciError> {
+    pub fn program<T: RegisterAccess>(
+        &self,
+        table: &T,
+        entry: u16,
+        message: MsiMessage,
+    ) -> Result<(), PciError> {
         if entry >= self.table_size {
             return Err(PciError::NoSuchVector(entry));
         }
@@ -104,14 +113,21 @@ impl MsixCapability {
         if entry >= self.table_size {
             return Err(PciError::NoSuchVector(entry));
         }
-        table.write32(self.table_offset as usize + ENTRY_SIZE * usize::from(entry) + 12, VECTOR_MASKED);
+        table.write32(
+            self.table_offset as usize + ENTRY_SIZE * usize::from(entry) + 12,
+            VECTOR_MASKED,
+        );
         Ok(())
     }
 
     /// Enables MSI-X for the function (and clears the function mask).
     pub fn enable<C: ConfigAccess>(&self, access: &mut C) {
         let control = access.read(self.address, self.offset);
-        access.write(self.address, self.offset, (control | CONTROL_ENABLE) & !CONTROL_FUNCTION_MASK);
+        access.write(
+            self.address,
+            self.offset,
+            (control | CONTROL_ENABLE) & !CONTROL_FUNCTION_MASK,
+        );
     }
 }
 
@@ -136,7 +152,11 @@ mod tests {
 
     fn igb_like() -> (FakeConfigSpace, PciAddress) {
         let mut space = FakeConfigSpace::default();
-        let address = PciAddress { bus: 0, device: 2, function: 0 };
+        let address = PciAddress {
+            bus: 0,
+            device: 2,
+            function: 0,
+        };
         let f = space.add(address, 0x8086, 0x10C9, 0, 2);
         f.space[1] = header::STATUS_CAPABILITIES;
         f.space[0x34 / 4] = 0x70;
@@ -151,17 +171,41 @@ mod tests {
     fn finds_table_programs_entries_and_enables() {
         let (mut space, address) = igb_like();
         let cap = MsixCapability::find(&mut space, address).unwrap();
-        assert_eq!((cap.table_size, cap.table_bar, cap.table_offset, cap.pba_offset), (10, 3, 0, 0x2000));
+        assert_eq!(
+            (
+                cap.table_size,
+                cap.table_bar,
+                cap.table_offset,
+                cap.pba_offset
+            ),
+            (10, 3, 0, 0x2000)
+        );
         let table = Table::default();
         // Queue 2's vector → APIC id 3, CPU vector 0x41.
-        cap.program(&table, 2, MsiMessage::to_apic(3, 0x41).unwrap()).unwrap();
-        assert_eq!(*table.0.lock().unwrap(), [(44, 1), (32, 0xFEE0_3000), (36, 0), (40, 0x41), (44, 0)]);
-        assert_eq!(cap.program(&table, 10, MsiMessage::to_apic(0, 0x40).unwrap()), Err(PciError::NoSuchVector(10)));
-        assert_eq!(MsiMessage::to_apic(256, 0x40), Err(PciError::DestinationTooLarge(256)));
+        cap.program(&table, 2, MsiMessage::to_apic(3, 0x41).unwrap())
+            .unwrap();
+        assert_eq!(
+            *table.0.lock().unwrap(),
+            [(44, 1), (32, 0xFEE0_3000), (36, 0), (40, 0x41), (44, 0)]
+        );
+        assert_eq!(
+            cap.program(&table, 10, MsiMessage::to_apic(0, 0x40).unwrap()),
+            Err(PciError::NoSuchVector(10))
+        );
+        assert_eq!(
+            MsiMessage::to_apic(256, 0x40),
+            Err(PciError::DestinationTooLarge(256))
+        );
         cap.enable(&mut space);
-        assert_ne!(space.functions[&address].space[0x70 / 4] & CONTROL_ENABLE, 0);
+        assert_ne!(
+            space.functions[&address].space[0x70 / 4] & CONTROL_ENABLE,
+            0
+        );
         let mut plain = FakeConfigSpace::default();
         plain.add(address, 1, 2, 0, 0);
-        assert_eq!(MsixCapability::find(&mut plain, address), Err(PciError::NoMsix));
+        assert_eq!(
+            MsixCapability::find(&mut plain, address),
+            Err(PciError::NoMsix)
+        );
     }
 }

@@ -69,7 +69,11 @@ mod tests {
 
     #[test]
     fn address_encoding() {
-        let address = PciAddress { bus: 0, device: 2, function: 1 };
+        let address = PciAddress {
+            bus: 0,
+            device: 2,
+            function: 1,
+        };
         assert_eq!(config_address(address, 0x3D), 0x8000_1138 | 0x3C & 0xFC);
     }
 }

@@ -22,8 +22,8 @@ use std::vec::Vec;
 
 use crate::frame;
 use crate::nic::{
-    FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError, QueueDatapath,
-    QueueId, QueueStats, ReceiveBatch, ReceivedFrame, TransmitFrame,
+    FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError, QueueDatapath, QueueId,
+    QueueStats, ReceiveBatch, ReceivedFrame, TransmitFrame,
 };
 use crate::pool::{BufferId, BufferPool, BUFFER_SIZE};
 use crate::rss::{self, FlowTuple, RedirectionTable, KEY_LEN};
@@ -134,7 +134,9 @@ struct Device {
 type Shared = Arc<Mutex<Device>>;
 
 fn lock(shared: &Shared) -> MutexGuard<'_, Device> {
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Builds a simulated NIC: the wire, the control object, and one datapath per queue.
@@ -174,7 +176,13 @@ pub fn sim_nic(config: SimConfig) -> (SimWire, SimControl, Vec<SimQueue>) {
             stats: QueueStats::default(),
         })
         .collect();
-    (SimWire { shared: shared.clone() }, SimControl { shared, queues }, datapaths)
+    (
+        SimWire {
+            shared: shared.clone(),
+        },
+        SimControl { shared, queues },
+        datapaths,
+    )
 }
 
 impl Device {
@@ -193,7 +201,14 @@ impl Device {
     }
 
     fn filter_queue(&self, parsed: &frame::ParsedFrame) -> Option<QueueId> {
-        let Some(FlowTuple::V4 { source, destination, ports }) = parsed.tuple else { return None };
+        let Some(FlowTuple::V4 {
+            source,
+            destination,
+            ports,
+        }) = parsed.tuple
+        else {
+            return None;
+        };
         let (source_port, destination_port) = match ports {
             Some((s, d)) => (Some(s), Some(d)),
             None => (None, None),
@@ -203,7 +218,8 @@ impl Device {
                 && f.source_ip.is_none_or(|a| a == source)
                 && f.destination_ip.is_none_or(|a| a == destination)
                 && f.source_port.is_none_or(|p| Some(p) == source_port)
-                && f.destination_port.is_none_or(|p| Some(p) == destination_port)
+                && f.destination_port
+                    .is_none_or(|p| Some(p) == destination_port)
         };
         let mut best: Option<(u8, QueueId)> = None;
         for (filter, queue) in self.filters.iter().flatten() {
@@ -216,8 +232,12 @@ impl Device {
 
     /// The queue and RSS hash for `frame_bytes`, as the hardware would pick them.
     fn steer(&self, frame_bytes: &[u8]) -> (QueueId, u32) {
-        let Some(parsed) = frame::parse(frame_bytes) else { return (QueueId(0), 0) };
-        let hash = parsed.hash_tuple(self.hash_types).map_or(0, |tuple| tuple.hash(&self.key));
+        let Some(parsed) = frame::parse(frame_bytes) else {
+            return (QueueId(0), 0);
+        };
+        let hash = parsed
+            .hash_tuple(self.hash_types)
+            .map_or(0, |tuple| tuple.hash(&self.key));
         if let Some(queue) = self.filter_queue(&parsed) {
             return (queue, hash);
         }
@@ -318,18 +338,28 @@ impl SimWire {
 
     /// Interrupts raised for `queue` while its interrupt was enabled.
     pub fn interrupts(&self, queue: QueueId) -> u64 {
-        lock(&self.shared).queues.get(usize::from(queue.0)).map_or(0, |q| q.interrupts)
+        lock(&self.shared)
+            .queues
+            .get(usize::from(queue.0))
+            .map_or(0, |q| q.interrupts)
     }
 
     /// The pcap capture so far (frames in, as delivered after faults, and frames out), or
     /// `None` when capture is off.
     pub fn pcap(&self) -> Option<Vec<u8>> {
-        lock(&self.shared).capture.as_ref().map(|c| c.bytes().to_vec())
+        lock(&self.shared)
+            .capture
+            .as_ref()
+            .map(|c| c.bytes().to_vec())
     }
 
     /// Writes the capture to `path`.
     pub fn write_pcap(&self, path: &std::path::Path) -> std::io::Result<()> {
-        std::fs::write(path, self.pcap().unwrap_or_else(|| PcapWriter::new().bytes().to_vec()))
+        std::fs::write(
+            path,
+            self.pcap()
+                .unwrap_or_else(|| PcapWriter::new().bytes().to_vec()),
+        )
     }
 }
 
@@ -390,7 +420,11 @@ impl NicControl for SimControl {
             return Err(NicError::NoSuchQueue(queue));
         }
         let mut device = lock(&self.shared);
-        let slot = device.filters.iter().position(Option::is_none).ok_or(NicError::FiltersFull)?;
+        let slot = device
+            .filters
+            .iter()
+            .position(Option::is_none)
+            .ok_or(NicError::FiltersFull)?;
         device.filters[slot] = Some((filter, queue));
         Ok(slot as u16)
     }
@@ -407,7 +441,10 @@ impl NicControl for SimControl {
     }
 
     fn link(&self) -> LinkState {
-        LinkState { up: true, speed_mbps: 10_000 }
+        LinkState {
+            up: true,
+            speed_mbps: 10_000,
+        }
     }
 }
 
@@ -438,15 +475,24 @@ impl QueueDatapath for SimQueue {
         };
         let mut received = 0;
         for (bytes, hash) in frames {
-            let Some(buffer) = self.posted.pop_front() else { break };
+            let Some(buffer) = self.posted.pop_front() else {
+                break;
+            };
             let length = bytes.len().min(BUFFER_SIZE);
             let Ok(target) = pool.bytes_mut(buffer) else {
                 self.stats.rx_errors += 1;
                 continue;
             };
             target[..length].copy_from_slice(&bytes[..length]);
-            let checksum = frame::parse(&bytes).map(|p| p.checksum_status(&bytes)).unwrap_or_default();
-            let _ = batch.push(ReceivedFrame { buffer, length: length as u16, rss_hash: hash, checksum });
+            let checksum = frame::parse(&bytes)
+                .map(|p| p.checksum_status(&bytes))
+                .unwrap_or_default();
+            let _ = batch.push(ReceivedFrame {
+                buffer,
+                length: length as u16,
+                rss_hash: hash,
+                checksum,
+            });
             self.stats.rx_packets += 1;
             self.stats.rx_bytes += length as u64;
             received += 1;
@@ -475,7 +521,9 @@ impl QueueDatapath for SimQueue {
                 self.stats.tx_ring_full += (frames.len() - accepted) as u64;
                 break;
             }
-            let Ok(bytes) = pool.bytes(frame.buffer) else { break };
+            let Ok(bytes) = pool.bytes(frame.buffer) else {
+                break;
+            };
             let data = bytes[..usize::from(frame.length).min(BUFFER_SIZE)].to_vec();
             let time = device.time_us;
             if let Some(capture) = device.capture.as_mut() {
@@ -502,7 +550,10 @@ impl QueueDatapath for SimQueue {
 
     fn stats(&self) -> QueueStats {
         let dropped = lock(&self.shared).queues[usize::from(self.id.0)].rx_no_descriptor;
-        QueueStats { rx_no_descriptor: dropped, ..self.stats }
+        QueueStats {
+            rx_no_descriptor: dropped,
+            ..self.stats
+        }
     }
 
     fn set_interrupt(&mut self, enabled: bool) {
@@ -516,17 +567,29 @@ mod tests {
     use crate::frame::build_udp_ipv4;
     use crate::nic::MAX_BATCH;
 
-    const FLOW: FlowTuple = FlowTuple::V4 { source: [10, 0, 0, 1], destination: [10, 0, 0, 2], ports: Some((0, 9)) };
+    const FLOW: FlowTuple = FlowTuple::V4 {
+        source: [10, 0, 0, 1],
+        destination: [10, 0, 0, 2],
+        ports: Some((0, 9)),
+    };
 
     fn udp(port: u16) -> Vec<u8> {
         let mut out = std::vec![0u8; 128];
-        let n = build_udp_ipv4(&mut out, [2; 6], [4; 6], ([10, 0, 0, 1], port), ([10, 0, 0, 2], 9), b"sim");
+        let n = build_udp_ipv4(
+            &mut out,
+            [2; 6],
+            [4; 6],
+            ([10, 0, 0, 1], port),
+            ([10, 0, 0, 2], 9),
+            b"sim",
+        );
         out.truncate(n);
         out
     }
 
     fn port_for(queue: u16, table: &RedirectionTable) -> u16 {
-        rss::source_port_for_queue(&rss::DEFAULT_KEY, table, FLOW, QueueId(queue), 1024..=65535).unwrap()
+        rss::source_port_for_queue(&rss::DEFAULT_KEY, table, FLOW, QueueId(queue), 1024..=65535)
+            .unwrap()
     }
 
     #[test]
@@ -539,28 +602,55 @@ mod tests {
         let table = control.redirection_table();
         for target in 0..4 {
             let port = port_for(target, &table);
-            assert_eq!(wire.inject(&udp(port)), InjectOutcome::Delivered(QueueId(target)));
+            assert_eq!(
+                wire.inject(&udp(port)),
+                InjectOutcome::Delivered(QueueId(target))
+            );
             let mut batch = ReceiveBatch::new();
             let q = usize::from(target);
             assert_eq!(queues[q].receive(&mut pools[q], &mut batch), 1);
-            assert_eq!(batch[0].rss_hash, FLOW.with_source_port(port).hash(&rss::DEFAULT_KEY));
+            assert_eq!(
+                batch[0].rss_hash,
+                FLOW.with_source_port(port).hash(&rss::DEFAULT_KEY)
+            );
             assert!(batch[0].checksum.l4_ok);
-            assert_eq!(&pools[q].bytes(batch[0].buffer).unwrap()[..usize::from(batch[0].length)], &udp(port)[..]);
+            assert_eq!(
+                &pools[q].bytes(batch[0].buffer).unwrap()[..usize::from(batch[0].length)],
+                &udp(port)[..]
+            );
         }
         let port = port_for(0, &table);
         let group = rss::flow_group_of(FLOW.with_source_port(port).hash(&rss::DEFAULT_KEY));
         control.set_flow_group(group, QueueId(2)).unwrap();
         assert_eq!(wire.predict(&udp(port)), QueueId(2));
         let slot = control
-            .add_filter(FiveTupleFilter { source_port: Some(port), priority: 1, ..Default::default() }, QueueId(1))
+            .add_filter(
+                FiveTupleFilter {
+                    source_port: Some(port),
+                    priority: 1,
+                    ..Default::default()
+                },
+                QueueId(1),
+            )
             .unwrap();
-        assert_eq!(wire.inject(&udp(port)), InjectOutcome::Delivered(QueueId(1)));
+        assert_eq!(
+            wire.inject(&udp(port)),
+            InjectOutcome::Delivered(QueueId(1))
+        );
         control.remove_filter(slot).unwrap();
-        assert_eq!(control.remove_filter(slot), Err(NicError::NoSuchFilter(slot)));
+        assert_eq!(
+            control.remove_filter(slot),
+            Err(NicError::NoSuchFilter(slot))
+        );
         for _ in 0..SIM_FILTERS {
-            control.add_filter(FiveTupleFilter::default(), QueueId(0)).unwrap();
+            control
+                .add_filter(FiveTupleFilter::default(), QueueId(0))
+                .unwrap();
         }
-        assert_eq!(control.add_filter(FiveTupleFilter::default(), QueueId(0)), Err(NicError::FiltersFull));
+        assert_eq!(
+            control.add_filter(FiveTupleFilter::default(), QueueId(0)),
+            Err(NicError::FiltersFull)
+        );
         let mut arp = std::vec![0u8; 60];
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         control.set_flow_group(FlowGroup(0), QueueId(3)).unwrap();
@@ -569,11 +659,20 @@ mod tests {
 
     #[test]
     fn bounded_ring_drops_when_full_and_counts() {
-        let (wire, _control, mut queues) = sim_nic(SimConfig { ring_size: 8, ..SimConfig::new(1) });
+        let (wire, _control, mut queues) = sim_nic(SimConfig {
+            ring_size: 8,
+            ..SimConfig::new(1)
+        });
         let mut pool = BufferPool::new_host(32);
         assert_eq!(queues[0].refill(&mut pool), 7);
         let outcomes: Vec<_> = (0..10).map(|_| wire.inject(&udp(1))).collect();
-        assert_eq!(outcomes.iter().filter(|o| **o == InjectOutcome::RingFull(QueueId(0))).count(), 3);
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == InjectOutcome::RingFull(QueueId(0)))
+                .count(),
+            3
+        );
         assert_eq!(queues[0].stats().rx_no_descriptor, 3);
         let mut batch = ReceiveBatch::new();
         assert_eq!(queues[0].receive(&mut pool, &mut batch), 7);
@@ -583,8 +682,17 @@ mod tests {
     #[test]
     fn faults_are_deterministic_per_seed_and_visible() {
         let run = |seed: u64| {
-            let faults = FaultConfig { seed, drop_per_mille: 100, corrupt_per_mille: 100, truncate_per_mille: 100, reorder_per_mille: 100 };
-            let (wire, _control, mut queues) = sim_nic(SimConfig { faults, ..SimConfig::new(1) });
+            let faults = FaultConfig {
+                seed,
+                drop_per_mille: 100,
+                corrupt_per_mille: 100,
+                truncate_per_mille: 100,
+                reorder_per_mille: 100,
+            };
+            let (wire, _control, mut queues) = sim_nic(SimConfig {
+                faults,
+                ..SimConfig::new(1)
+            });
             let mut pool = BufferPool::new_host(512);
             queues[0].refill(&mut pool);
             let outcomes: Vec<_> = (0..200u16).map(|i| wire.inject(&udp(2000 + i))).collect();
@@ -596,7 +704,10 @@ mod tests {
                     break;
                 }
                 for f in &batch {
-                    received.push((pool.bytes(f.buffer).unwrap()[..usize::from(f.length)].to_vec(), f.checksum));
+                    received.push((
+                        pool.bytes(f.buffer).unwrap()[..usize::from(f.length)].to_vec(),
+                        f.checksum,
+                    ));
                 }
             }
             (outcomes, received, wire.stats())
@@ -610,7 +721,12 @@ mod tests {
         assert_ne!(a_out, c_out, "another seed gives other faults");
         // Every fault kind happened and shows: lost frames, checksum errors, short frames,
         // out-of-order ports.
-        assert!(a_stats.lost > 0 && a_stats.corrupted > 0 && a_stats.truncated > 0 && a_stats.reordered > 0);
+        assert!(
+            a_stats.lost > 0
+                && a_stats.corrupted > 0
+                && a_stats.truncated > 0
+                && a_stats.reordered > 0
+        );
         assert_eq!(a_rx.len() as u64, 200 - a_stats.lost);
         assert!(a_rx.iter().any(|(_, checksum)| checksum.error));
         assert!(a_rx.iter().any(|(bytes, _)| bytes.len() < udp(0).len()));
@@ -619,12 +735,18 @@ mod tests {
             .filter(|(b, _)| b.len() >= 36)
             .map(|(b, _)| u16::from_be_bytes([b[34], b[35]]))
             .collect();
-        assert!(ports.windows(2).any(|w| w[0] > w[1]), "some frames arrive out of order");
+        assert!(
+            ports.windows(2).any(|w| w[0] > w[1]),
+            "some frames arrive out of order"
+        );
     }
 
     #[test]
     fn transmit_reclaim_pcap_and_threads() {
-        let (wire, _control, queues) = sim_nic(SimConfig { ring_size: 16, ..SimConfig::new(2) });
+        let (wire, _control, queues) = sim_nic(SimConfig {
+            ring_size: 16,
+            ..SimConfig::new(2)
+        });
         wire.set_time_us(1_000_000);
         let handles: Vec<_> = queues
             .into_iter()
@@ -634,8 +756,18 @@ mod tests {
                     let frames: Vec<TransmitFrame> = (0..20u16)
                         .map(|i| {
                             let buffer = pool.alloc().unwrap();
-                            let n = build_udp_ipv4(pool.bytes_mut(buffer).unwrap(), [4; 6], [2; 6], ([10, 0, 0, 2], 9), ([10, 0, 0, 1], 3000 + i), b"out");
-                            TransmitFrame { buffer, length: n as u16 }
+                            let n = build_udp_ipv4(
+                                pool.bytes_mut(buffer).unwrap(),
+                                [4; 6],
+                                [2; 6],
+                                ([10, 0, 0, 2], 9),
+                                ([10, 0, 0, 1], 3000 + i),
+                                b"out",
+                            );
+                            TransmitFrame {
+                                buffer,
+                                length: n as u16,
+                            }
                         })
                         .collect();
                     let accepted = queue.transmit(&mut pool, &frames);
@@ -673,6 +805,10 @@ mod tests {
         assert_eq!(wire.interrupts(QueueId(0)), 100);
         let mut batch = ReceiveBatch::new();
         assert_eq!(queues[0].receive(&mut pool, &mut batch), MAX_BATCH);
-        assert_eq!(queues[0].receive(&mut pool, &mut batch), 0, "a full batch takes nothing");
+        assert_eq!(
+            queues[0].receive(&mut pool, &mut batch),
+            0,
+            "a full batch takes nothing"
+        );
     }
 }

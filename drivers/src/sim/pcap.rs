@@ -38,10 +38,13 @@ impl PcapWriter {
     /// Appends `frame` seen at `time_us` microseconds.
     pub fn record(&mut self, time_us: u64, frame: &[u8]) {
         let kept = frame.len().min(SNAP_LEN as usize);
-        self.bytes.extend_from_slice(&((time_us / 1_000_000) as u32).to_le_bytes());
-        self.bytes.extend_from_slice(&((time_us % 1_000_000) as u32).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&((time_us / 1_000_000) as u32).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&((time_us % 1_000_000) as u32).to_le_bytes());
         self.bytes.extend_from_slice(&(kept as u32).to_le_bytes());
-        self.bytes.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(frame.len() as u32).to_le_bytes());
         self.bytes.extend_from_slice(&frame[..kept]);
         self.records += 1;
     }

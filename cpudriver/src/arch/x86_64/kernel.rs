@@ -9,12 +9,13 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use x2apic::lapic::LocalApic;
 
-use super::{acpi, apic, channels, console, gdt, heap, interrupts, percore, port, smp, tsc};
+use super::{acpi, apic, channels, console, gdt, heap, interrupts, net, percore, port, smp, tsc};
 use crate::boot_info::BootInfo;
 use crate::cmdline::{Cmdline, FaultKind, KernelOptions, LogLevel, OptionProblem};
 use crate::memory::{split_per_core, CoreMemory, FrameAllocator, PhysicalRange};
 use crate::messages::KernelMessage;
 use crate::topology::{CoreDescription, MAX_CORES};
+use drivers::nic::QueueDatapath;
 use urpc::CoreMessage;
 
 /// Size of each application processor's boot stack (its only stack).
@@ -63,6 +64,8 @@ pub struct BootShared {
     pub platform: acpi::Platform,
     /// Each core's URPC channel area (see `channels`).
     pub urpc_areas: [u64; MAX_CORES],
+    /// The NIC's per-core queues and MAC, when there is a NIC.
+    pub nic: Option<net::NicHandoff>,
     /// Each core's state: NOT_STARTED, ONLINE or START_FAILED. Written once by the core itself
     /// (Release) or by core 0 on a failed start; read by core 0 (Acquire).
     online: [AtomicU32; MAX_CORES],
@@ -247,6 +250,20 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
     // SAFETY: the areas were just cut out of the slices, are identity-mapped, and no other core
     // runs yet.
     unsafe { channels::initialise_all(&urpc_areas, cores.len()) };
+    // Each core's NIC descriptor rings sit just below its channel area.
+    let mut ring_areas = [0u64; MAX_CORES];
+    for (index, slice) in memory.iter_mut().enumerate().take(cores.len()) {
+        let Some(last) = slice.ranges.last_mut() else {
+            continue;
+        };
+        last.end -= net::ring_area_size();
+        ring_areas[index] = last.end;
+    }
+    let nic = net::bring_up(&platform, &cores, &ring_areas[..cores.len()], tsc_per_ms);
+    let (nic_control, nic) = match nic {
+        Some((control, handoff)) => (Some(control), Some(handoff)),
+        None => (None, None),
+    };
     let mut frames = FrameAllocator::new(memory[0].clone());
     let apic_ticks_per_ms = apic::calibrate_timer(&mut bsp_apic, tsc_per_ms);
     let shared: &'static BootShared = allocate_static(
@@ -261,10 +278,12 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
             image,
             platform,
             urpc_areas,
+            nic,
             online: core::array::from_fn(|_| AtomicU32::new(NOT_STARTED)),
         },
     );
-    let core = set_up_core(shared, 0, frames, bsp_apic);
+    let mut core = set_up_core(shared, 0, frames, bsp_apic);
+    core.nic_control = nic_control;
 
     // The trampoline page: the highest free page below the EBDA that the map calls usable.
     let page = info
@@ -370,6 +389,12 @@ pub struct Core {
     rtt: RttState,
     /// Keep polling (no halt) until this TSC: set by message traffic.
     busy_until: u64,
+    /// This core's network (queue, pool, stack), when the machine has a NIC.
+    network: Option<net::CoreNetwork>,
+    /// Core 0: the NIC's control side (RSS, redirection table), changed by agreement.
+    nic_control: Option<drivers::igb::IgbControl<drivers::registers::Mmio>>,
+    /// Each core's APIC id, for wake-up IPIs.
+    apic_ids: alloc::vec::Vec<u32>,
 }
 
 /// The latency self-test: core 0 walks the ordered pairs; the first core of each pair pings the
@@ -449,9 +474,14 @@ fn set_up_core(
     // SAFETY: core 0 initialised every channel before this core was started.
     let channels =
         unsafe { channels::Channels::attach(&shared.urpc_areas, shared.cores.len(), index) };
+    let network = set_up_network(shared, index, &mut frames);
+    let apic_ids = shared.cores.iter().map(|c| c.apic_id).collect();
     // Release: this core's set-up happens-before core 0 reads ONLINE.
     shared.online[index].store(ONLINE, Ordering::Release);
     Core {
+        network,
+        nic_control: None,
+        apic_ids,
         shared,
         index,
         frames,
@@ -460,6 +490,43 @@ fn set_up_core(
         channels,
         rtt: RttState::default(),
         busy_until: 0,
+    }
+}
+
+fn set_up_network(
+    shared: &'static BootShared,
+    index: usize,
+    frames: &mut FrameAllocator,
+) -> Option<net::CoreNetwork> {
+    let handoff = shared.nic.as_ref()?;
+    // SAFETY: slot `index` is this core's; core 0 filled it before starting this core.
+    let queue = unsafe { handoff.queues[index].take() }?;
+    let pool_bytes = (frames.available() / 4).min(4 << 20) & !0xFFF;
+    let pool_base = frames.allocate(pool_bytes, 4096).ok()?;
+    match net::CoreNetwork::new(
+        index,
+        shared.cores.len(),
+        handoff,
+        queue,
+        (pool_base, pool_bytes as usize),
+        shared.cmdline.as_str(),
+        shared.tsc_per_ms,
+    ) {
+        Ok(network) => {
+            let addresses = network.net.config().addresses;
+            crate::kprintln!(
+                "netd: core {} up ip={:?} queue={} buffers={}",
+                index,
+                addresses,
+                index,
+                network.pool.capacity()
+            );
+            Some(network)
+        }
+        Err(error) => {
+            log::error!("network stack: {error:?}");
+            None
+        }
     }
 }
 
@@ -560,8 +627,84 @@ impl Core {
             KernelMessage::RttDone { peer, p50, p99 } => {
                 self.pair_done(from, peer as usize, p50, p99)
             }
+            KernelMessage::NetChunk {
+                total,
+                offset,
+                length,
+                data,
+            } => {
+                self.net_chunk(from, total, offset, &data[..usize::from(length)]);
+            }
             KernelMessage::Core(other) => log::debug!("urpc from core {from}: {other:?}"),
         }
+    }
+
+    fn net_chunk(&mut self, from: usize, total: u16, offset: u16, data: &[u8]) {
+        let tsc_per_ms = self.shared.tsc_per_ms;
+        let Some(network) = self.network.as_mut() else {
+            return;
+        };
+        let Some(bytes) = network.reassemble(from, total, offset, data) else {
+            return;
+        };
+        match netd::PeerMessage::decode(&bytes) {
+            Ok(message) => {
+                let mut peers = net::UrpcPeers {
+                    endpoints: &mut self.channels.endpoints,
+                    apic_ids: &self.apic_ids,
+                    tsc_per_ms,
+                };
+                network.net.handle_peer_message(
+                    net::instant(tsc_per_ms),
+                    &message,
+                    &mut network.pool,
+                    &mut peers,
+                );
+            }
+            Err(error) => log::warn!("netd message from core {from}: {error:?}; dropped"),
+        }
+    }
+
+    /// Prints this core's network counters (the `netd.report=` option).
+    fn report_network(&self) {
+        let Some(network) = self.network.as_ref() else {
+            return;
+        };
+        let counters = network.net.counters();
+        let queue = network.queue.stats();
+        let drops: u64 = counters.drops.iter().sum();
+        crate::kprintln!(
+            "netd: stats core={} rx_frames={} tx_frames={} forwarded_in={} forwarded_out={} drops={} queue_rx={} queue_tx={} queue_no_descriptor={}",
+            self.index,
+            counters.rx_frames,
+            counters.tx_frames,
+            counters.forwarded_in,
+            counters.forwarded_out,
+            drops,
+            queue.rx_packets,
+            queue.tx_packets,
+            queue.rx_no_descriptor
+        );
+    }
+
+    /// One bounded step of the network: returns whether more work is waiting.
+    fn poll_network(&mut self) -> bool {
+        let tsc_per_ms = self.shared.tsc_per_ms;
+        let Some(network) = self.network.as_mut() else {
+            return false;
+        };
+        let mut peers = net::UrpcPeers {
+            endpoints: &mut self.channels.endpoints,
+            apic_ids: &self.apic_ids,
+            tsc_per_ms,
+        };
+        let outcome = network.net.poll(
+            net::instant(tsc_per_ms),
+            &mut network.queue,
+            &mut network.pool,
+            &mut peers,
+        );
+        outcome.more_work || outcome.received > 0
     }
 
     fn start_pinging(&mut self, peer: usize, rounds: u32) {
@@ -678,6 +821,7 @@ impl Core {
         let options = self.shared.options;
         let injection = options.fault.is_some() || options.hang.is_some();
         let mut alive_reported = false;
+        let mut next_report_ms = u64::from(options.netd_report_ms);
         let _ = (&self.frames, &self.apic);
         if self.index == 0 && options.urpc_matrix_rounds > 0 && self.cores() > 1 {
             crate::kprintln!(
@@ -723,7 +867,8 @@ impl Core {
                     self.start_pair(n + 1);
                 }
             }
-            if self.poll_channels() > 0 || self.rtt.pinging.is_some() {
+            let network_busy = self.poll_network();
+            if self.poll_channels() > 0 || self.rtt.pinging.is_some() || network_busy {
                 self.busy_until =
                     tsc::now() + POLL_AFTER_TRAFFIC_US * self.shared.tsc_per_ms / 1000;
             }
@@ -749,6 +894,10 @@ impl Core {
                     percore::ticks()
                 );
             }
+            if options.netd_report_ms > 0 && elapsed_ms >= next_report_ms {
+                next_report_ms = elapsed_ms + u64::from(options.netd_report_ms);
+                self.report_network();
+            }
             if now < self.busy_until {
                 core::hint::spin_loop();
                 continue;
@@ -762,6 +911,10 @@ impl Core {
     fn halt_until_event(&mut self) {
         x86_64::instructions::interrupts::disable();
         let mut pending = false;
+        if let Some(network) = self.network.as_mut() {
+            // An interrupt only starts polling: the queue's vector auto-masks when it fires.
+            network.queue.set_interrupt(true);
+        }
         for endpoint in self.channels.endpoints.iter_mut().flatten() {
             if endpoint.receiver.prepare_to_sleep() == urpc::SleepDecision::MessagePending {
                 pending = true;

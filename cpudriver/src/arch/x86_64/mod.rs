@@ -12,6 +12,7 @@ pub mod gdt;
 pub mod heap;
 pub mod interrupts;
 pub mod kernel;
+pub mod net;
 pub mod percore;
 pub mod port;
 pub mod smp;
