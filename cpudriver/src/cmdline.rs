@@ -90,6 +90,24 @@ pub struct KernelOptions {
     pub urpc_matrix_rounds: u32,
     /// `netd.report=MS`: every core prints its network counters every MS milliseconds (0: off).
     pub netd_report_ms: u32,
+    /// `monitor.heartbeat_ms=N`: the monitors' heartbeat period (default 50, 1..=10000).
+    pub heartbeat_ms: u32,
+    /// `monitor.miss=K`: heartbeats missed in a row before a core is declared failed (default 4).
+    pub missed_heartbeats: u32,
+    /// `netd.move=GROUP:CORE@MS`: MS ms after the machine is complete, core 0 proposes moving
+    /// flow group GROUP to CORE (an agreement round, then the NIC is reprogrammed).
+    pub move_flow_group: Option<FlowGroupMove>,
+}
+
+/// A flow-group move asked for on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowGroupMove {
+    /// The redirection table entry.
+    pub group: u16,
+    /// The core that gets it.
+    pub to: u32,
+    /// Milliseconds after the machine is complete.
+    pub after_ms: u32,
 }
 
 impl Default for KernelOptions {
@@ -102,6 +120,9 @@ impl Default for KernelOptions {
             exit_when_ready: false,
             urpc_matrix_rounds: 200,
             netd_report_ms: 0,
+            heartbeat_ms: 50,
+            missed_heartbeats: 4,
+            move_flow_group: None,
         }
     }
 }
@@ -127,14 +148,7 @@ pub enum OptionProblem {
 }
 
 /// Keys other subsystems own; the CPU driver does not warn about them.
-pub const FOREIGN_KEYS: &[&str] = &[
-    "ip",
-    "gw",
-    "mac",
-    "monitor.heartbeat_ms",
-    "monitor.miss",
-    "netd.batch",
-];
+pub const FOREIGN_KEYS: &[&str] = &["ip", "gw"];
 
 impl KernelOptions {
     /// Parses the CPU driver's options; every problem is passed to `report`.
@@ -165,6 +179,21 @@ impl KernelOptions {
                     .ok()
                     .filter(|ms| *ms >= 10)
                     .map(|ms| options.netd_report_ms = ms)
+                    .is_some(),
+                "monitor.heartbeat_ms" => value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|ms| (1..=10_000).contains(ms))
+                    .map(|ms| options.heartbeat_ms = ms)
+                    .is_some(),
+                "monitor.miss" => value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|k| (1..=1000).contains(k))
+                    .map(|k| options.missed_heartbeats = k)
+                    .is_some(),
+                "netd.move" => parse_move(value)
+                    .map(|request| options.move_flow_group = Some(request))
                     .is_some(),
                 "urpc" => parse_urpc(value)
                     .map(|rounds| options.urpc_matrix_rounds = rounds)
@@ -199,6 +228,17 @@ fn parse_level(value: &str) -> Option<LogLevel> {
         "debug" => LogLevel::Debug,
         "trace" => LogLevel::Trace,
         _ => return None,
+    })
+}
+
+fn parse_move(value: &str) -> Option<FlowGroupMove> {
+    let (group, rest) = value.split_once(':')?;
+    let (to, after) = rest.split_once('@')?;
+    let group: u16 = group.parse().ok().filter(|g| *g < 128)?;
+    Some(FlowGroupMove {
+        group,
+        to: to.parse().ok()?,
+        after_ms: after.parse().ok()?,
     })
 }
 
@@ -267,6 +307,22 @@ mod tests {
         assert_eq!(options.tick_hz, 250);
         assert!(options.exit_when_ready);
         assert_eq!(options.urpc_matrix_rounds, 50);
+        let moved = KernelOptions::parse(
+            Cmdline("netd.move=5:2@300 monitor.heartbeat_ms=20 monitor.miss=3"),
+            |e| panic!("{e:?}"),
+        );
+        assert_eq!(
+            moved.move_flow_group,
+            Some(FlowGroupMove {
+                group: 5,
+                to: 2,
+                after_ms: 300
+            })
+        );
+        assert_eq!((moved.heartbeat_ms, moved.missed_heartbeats), (20, 3));
+        let mut errors = 0;
+        let _ = KernelOptions::parse(Cmdline("netd.move=200:1@5"), |_| errors += 1);
+        assert_eq!(errors, 1, "flow group 200 does not exist");
         assert_eq!(
             KernelOptions::parse(Cmdline("urpc=off"), |_| panic!()).urpc_matrix_rounds,
             0

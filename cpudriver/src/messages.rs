@@ -5,8 +5,8 @@
 //! [`urpc::CoreMessage`] (ping, pong, inline, buffer) in urpc's own format; `0x10` RttStart
 //! (bytes 4..8 peer, 8..12 rounds), `0x11` RttDone (4..8 peer, 8..16 p50, 16..24 p99), `0x20`
 //! NetChunk (byte 1 length ≤ 48, 2..4 total, 4..6 offset, 8..56 data: a piece of a netd peer
-//! message, which may span many slots). Every other byte is zero, and a decoder rejects anything
-//! else.
+//! message, which may span many slots), `0x30` Monitor (byte 1 length ≤ 54, 2..56 the monitor
+//! message's own encoding). Every other byte is zero, and a decoder rejects anything else.
 #![forbid(unsafe_code)]
 
 use urpc::{CoreMessage, DecodeError, Message, Payload, RegionTable};
@@ -14,6 +14,10 @@ use urpc::{CoreMessage, DecodeError, Message, Payload, RegionTable};
 const RTT_START: u8 = 0x10;
 const RTT_DONE: u8 = 0x11;
 const NET_CHUNK: u8 = 0x20;
+const MONITOR: u8 = 0x30;
+
+/// Bytes of a monitor message a slot carries.
+pub const MONITOR_MESSAGE_BYTES: usize = 54;
 
 /// Bytes of a network message one chunk carries.
 pub const NET_CHUNK_BYTES: usize = 48;
@@ -49,6 +53,13 @@ pub enum KernelMessage {
         length: u8,
         /// The piece (zero past `length`).
         data: [u8; NET_CHUNK_BYTES],
+    },
+    /// A control-plane message (`monitor::Message`'s encoding).
+    Monitor {
+        /// Bytes used in `bytes`.
+        length: u8,
+        /// The encoded message (zero past `length`).
+        bytes: [u8; MONITOR_MESSAGE_BYTES],
     },
 }
 
@@ -104,6 +115,12 @@ impl Message for KernelMessage {
                 let used = usize::from(*length).min(NET_CHUNK_BYTES);
                 payload[8..8 + used].copy_from_slice(&data[..used]);
             }
+            KernelMessage::Monitor { length, bytes } => {
+                payload[0] = MONITOR;
+                payload[1] = *length;
+                let used = usize::from(*length).min(MONITOR_MESSAGE_BYTES);
+                payload[2..2 + used].copy_from_slice(&bytes[..used]);
+            }
         }
     }
 
@@ -146,6 +163,16 @@ impl Message for KernelMessage {
                     length,
                     data,
                 })
+            }
+            MONITOR => {
+                let length = payload[1];
+                if usize::from(length) > MONITOR_MESSAGE_BYTES || length == 0 {
+                    return Err(DecodeError::InlineTooLong { length });
+                }
+                expect_zero(payload, 2 + usize::from(length)..payload.len())?;
+                let mut bytes = [0u8; MONITOR_MESSAGE_BYTES];
+                bytes.copy_from_slice(&payload[2..2 + MONITOR_MESSAGE_BYTES]);
+                Ok(KernelMessage::Monitor { length, bytes })
             }
             _ => CoreMessage::decode(payload, regions).map(KernelMessage::Core),
         }

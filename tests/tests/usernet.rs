@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 /// A free loopback TCP port (and, very likely, UDP port) to forward.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Retries `attempt` for up to `limit` (the link needs ~0.5 s of virtual time after boot).
@@ -43,9 +47,18 @@ fn read_until(stream: &mut TcpStream, end: &[u8]) -> std::io::Result<Vec<u8>> {
 fn http_echo_and_memcached_answer_through_user_networking() {
     let (http, echo, memcached) = (free_port(), free_port(), free_port());
     let mut config = MachineConfig::kernel(kernel(), 4, "urpc=off");
-    config.network = Network::User(vec![("tcp", http, 80), ("tcp", echo, 7), ("udp", echo, 7), ("tcp", memcached, 11211)]);
+    config.network = Network::User(vec![
+        ("tcp", http, 80),
+        ("tcp", echo, 7),
+        ("udp", echo, 7),
+        ("tcp", memcached, 11211),
+    ]);
     let (_machine, console) = boot_until_ready(&config);
-    assert!(console.iter().any(|l| l.starts_with("netd: nic igb")), "{}", console.join("\n"));
+    assert!(
+        console.iter().any(|l| l.starts_with("netd: nic igb")),
+        "{}",
+        console.join("\n")
+    );
     let timeout = Some(Duration::from_secs(10));
 
     let page = retry(Duration::from_secs(30), || {
@@ -71,11 +84,15 @@ fn http_echo_and_memcached_answer_through_user_networking() {
     }
 
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
     let mut answered = 0;
     for datagram in 0..8 {
         let message = format!("datagram {datagram}");
-        socket.send_to(message.as_bytes(), ("127.0.0.1", echo)).unwrap();
+        socket
+            .send_to(message.as_bytes(), ("127.0.0.1", echo))
+            .unwrap();
         let mut buffer = [0u8; 256];
         if let Ok((n, _)) = socket.recv_from(&mut buffer) {
             assert_eq!(&buffer[..n], message.as_bytes());
@@ -88,12 +105,21 @@ fn http_echo_and_memcached_answer_through_user_networking() {
         let mut stream = TcpStream::connect(("127.0.0.1", memcached)).unwrap();
         stream.set_read_timeout(timeout).unwrap();
         let key = format!("user{connection}");
-        stream.write_all(format!("set {key} 7 0 5\r\nvalue\r\n").as_bytes()).unwrap();
+        stream
+            .write_all(format!("set {key} 7 0 5\r\nvalue\r\n").as_bytes())
+            .unwrap();
         assert_eq!(read_until(&mut stream, b"\r\n").unwrap(), b"STORED\r\n");
-        stream.write_all(format!("get {key} nothing\r\n").as_bytes()).unwrap();
+        stream
+            .write_all(format!("get {key} nothing\r\n").as_bytes())
+            .unwrap();
         let reply = read_until(&mut stream, b"END\r\n").unwrap();
-        assert_eq!(String::from_utf8_lossy(&reply), format!("VALUE {key} 7 5\r\nvalue\r\nEND\r\n"));
-        stream.write_all(format!("delete {key}\r\ndelete {key}\r\n").as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            format!("VALUE {key} 7 5\r\nvalue\r\nEND\r\n")
+        );
+        stream
+            .write_all(format!("delete {key}\r\ndelete {key}\r\n").as_bytes())
+            .unwrap();
         let reply = read_until(&mut stream, b"NOT_FOUND\r\n").unwrap();
         assert_eq!(reply, b"DELETED\r\nNOT_FOUND\r\n");
     }

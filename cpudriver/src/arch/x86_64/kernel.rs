@@ -9,7 +9,9 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use x2apic::lapic::LocalApic;
 
-use super::{acpi, apic, channels, console, gdt, heap, interrupts, net, percore, port, smp, tsc};
+use super::{
+    acpi, apic, channels, console, control, gdt, heap, interrupts, net, percore, port, smp, tsc,
+};
 use crate::boot_info::BootInfo;
 use crate::cmdline::{Cmdline, FaultKind, KernelOptions, LogLevel, OptionProblem};
 use crate::memory::{split_per_core, CoreMemory, FrameAllocator, PhysicalRange};
@@ -395,6 +397,18 @@ pub struct Core {
     nic_control: Option<drivers::igb::IgbControl<drivers::registers::Mmio>>,
     /// Each core's APIC id, for wake-up IPIs.
     apic_ids: alloc::vec::Vec<u32>,
+    /// This core's monitor (the control plane).
+    monitor: monitor::Monitor<control::KernelHooks>,
+    /// Messages the monitor queued, sent after each call into it.
+    outgoing: control::Outgoing,
+    /// Agreements this core began: transaction, TSC at the start, the change.
+    agreements: alloc::vec::Vec<(monitor::TxId, u64, monitor::Change)>,
+    /// Who owns each flow group (the redirection table, as this core knows it).
+    flow_owners: [monitor::CoreId; 128],
+    /// Core 0: TSC when the machine became complete (the monitor's boot handshake).
+    machine_complete_tsc: Option<u64>,
+    /// Core 0: whether the `netd.move=` request was made.
+    move_requested: bool,
 }
 
 /// The latency self-test: core 0 walks the ordered pairs; the first core of each pair pings the
@@ -476,12 +490,22 @@ fn set_up_core(
         unsafe { channels::Channels::attach(&shared.urpc_areas, shared.cores.len(), index) };
     let network = set_up_network(shared, index, &mut frames);
     let apic_ids = shared.cores.iter().map(|c| c.apic_id).collect();
+    let monitor = set_up_monitor(shared, index);
+    let queues = shared.nic.as_ref().map_or(1, |nic| nic.queue_count);
+    let table = drivers::rss::default_table(queues);
+    let flow_owners = core::array::from_fn(|g| monitor::CoreId::new(table[g]).expect("queue < 64"));
     // Release: this core's set-up happens-before core 0 reads ONLINE.
     shared.online[index].store(ONLINE, Ordering::Release);
     Core {
         network,
         nic_control: None,
         apic_ids,
+        monitor,
+        outgoing: control::Outgoing::default(),
+        agreements: alloc::vec::Vec::new(),
+        flow_owners,
+        machine_complete_tsc: None,
+        move_requested: false,
         shared,
         index,
         frames,
@@ -491,6 +515,31 @@ fn set_up_core(
         rtt: RttState::default(),
         busy_until: 0,
     }
+}
+
+fn set_up_monitor(
+    shared: &'static BootShared,
+    index: usize,
+) -> monitor::Monitor<control::KernelHooks> {
+    let me = monitor::CoreId::new(index as u8).expect("at most 64 cores");
+    let mut config = monitor::Config::new(me, monitor::CoreSet::first(shared.cores.len()));
+    config.heartbeat_period_ns = u64::from(shared.options.heartbeat_ms) * 1_000_000;
+    config.missed_heartbeats = shared.options.missed_heartbeats;
+    let slice = &shared.memory[index];
+    let info = monitor::CoreInfo {
+        core: me,
+        apic_id: shared.cores[index].apic_id,
+        numa_node: shared.cores[index].node.unwrap_or(0) as u16,
+        memory: monitor::Region {
+            base: slice.ranges.first().map_or(0, |r| r.start),
+            len: slice.total(),
+        },
+    };
+    let hooks = control::KernelHooks {
+        counters: [0; monitor::COUNTERS],
+    };
+    monitor::Monitor::new(config, info, hooks, control::now(shared.tsc_per_ms))
+        .unwrap_or_else(|error| fatal(format_args!("monitor: {error:?}")))
 }
 
 fn set_up_network(
@@ -635,6 +684,21 @@ impl Core {
             } => {
                 self.net_chunk(from, total, offset, &data[..usize::from(length)]);
             }
+            KernelMessage::Monitor { length, bytes } => {
+                let Some(peer) = monitor::CoreId::new(from as u8) else {
+                    return;
+                };
+                let now = control::now(self.shared.tsc_per_ms);
+                if let Err(error) = self.monitor.handle_bytes(
+                    now,
+                    peer,
+                    &bytes[..usize::from(length)],
+                    &mut self.outgoing,
+                ) {
+                    log::warn!("monitor message from core {from}: {error:?}; dropped");
+                }
+                self.after_monitor();
+            }
             KernelMessage::Core(other) => log::debug!("urpc from core {from}: {other:?}"),
         }
     }
@@ -705,6 +769,197 @@ impl Core {
             &mut peers,
         );
         outcome.more_work || outcome.received > 0
+    }
+
+    /// Milliseconds since the kernel started (core 0's entry; TSCs are synchronised).
+    fn uptime_ms(&self) -> u64 {
+        (tsc::now() - self.shared.image.entry_tsc) / self.shared.tsc_per_ms
+    }
+
+    /// Sends what the monitor queued and applies the events it raised.
+    fn after_monitor(&mut self) {
+        for (to, message) in core::mem::take(&mut self.outgoing.0) {
+            let mut encoded = [0u8; monitor::MESSAGE_BYTES];
+            let length = message.encode(&mut encoded);
+            if length > crate::messages::MONITOR_MESSAGE_BYTES {
+                log::error!("monitor message of {length} bytes does not fit a slot: {message:?}");
+                continue;
+            }
+            let mut bytes = [0u8; crate::messages::MONITOR_MESSAGE_BYTES];
+            bytes[..length].copy_from_slice(&encoded[..length]);
+            // The monitor re-sends what is not acknowledged, so a full ring may drop.
+            let apic_id = self.shared.cores[to.index()].apic_id;
+            if let Some(endpoint) = self
+                .channels
+                .endpoints
+                .get_mut(to.index())
+                .and_then(Option::as_mut)
+            {
+                let message = KernelMessage::Monitor {
+                    length: length as u8,
+                    bytes,
+                };
+                if net::send_kernel_message(endpoint, apic_id, &message, self.shared.tsc_per_ms, 1)
+                    .is_ok()
+                {
+                    endpoint
+                        .sender
+                        .notify_if_sleeping(&mut channels::IpiNotifier { apic_id });
+                }
+            }
+        }
+        while let Some(event) = self.monitor.poll_event() {
+            self.monitor_event(event);
+        }
+    }
+
+    fn monitor_event(&mut self, event: monitor::Event) {
+        use monitor::{Change, Event, Protocol};
+        match event {
+            Event::MachineComplete { members } => {
+                if self.index == 0 {
+                    self.machine_complete_tsc = Some(tsc::now());
+                    crate::kprintln!(
+                        "monitor: machine complete, {} cores, at {} ms",
+                        members.len(),
+                        self.uptime_ms()
+                    );
+                    // The first agreement: open the HTTP port on every core.
+                    self.begin_agreement(Change::OpenPort {
+                        proto: Protocol::Tcp,
+                        port: 80,
+                    });
+                }
+            }
+            Event::CoreFailed(core) => {
+                crate::kprintln!(
+                    "monitor: core {} saw core {} fail at {} ms",
+                    self.index,
+                    core.index(),
+                    self.uptime_ms()
+                );
+                let moved =
+                    monitor::reassign_flow_groups(&mut self.flow_owners, self.monitor.live());
+                self.apply_flow_table();
+                if self.index == 0 {
+                    crate::kprintln!(
+                        "monitor: {} flow groups of core {} moved to the live cores",
+                        moved,
+                        core.index()
+                    );
+                }
+            }
+            Event::Fenced => {
+                crate::kprintln!(
+                    "monitor: core {} was declared failed by the others; it stops",
+                    self.index
+                );
+                port::halt_forever();
+            }
+            Event::ChangeCommitted { tx, change } => {
+                if let Some(position) = self.agreements.iter().position(|(id, _, _)| *id == tx) {
+                    let (_, started, _) = self.agreements.swap_remove(position);
+                    let micros = (tsc::now() - started) * 1000 / self.shared.tsc_per_ms;
+                    crate::kprintln!(
+                        "monitor: agreement {:?} committed on {} cores in {} us",
+                        change,
+                        self.monitor.live().len(),
+                        micros
+                    );
+                }
+                if let Change::MoveFlowGroup { group, to, .. } = change {
+                    if let Some(slot) = self.flow_owners.get_mut(usize::from(group)) {
+                        *slot = to;
+                    }
+                    self.apply_flow_table();
+                    if self.index == 0 {
+                        crate::kprintln!(
+                            "monitor: flow group {} now on core {}",
+                            group,
+                            to.index()
+                        );
+                    }
+                }
+            }
+            Event::ChangeAborted { tx, change } => {
+                self.agreements.retain(|(id, _, _)| *id != tx);
+                crate::kprintln!("monitor: agreement {:?} aborted", change);
+            }
+            other => log::debug!("monitor event: {other:?}"),
+        }
+    }
+
+    fn begin_agreement(&mut self, change: monitor::Change) {
+        let now = control::now(self.shared.tsc_per_ms);
+        match self
+            .monitor
+            .begin_agreement(now, change, &mut self.outgoing)
+        {
+            Ok(tx) => self.agreements.push((tx, tsc::now(), change)),
+            Err(error) => log::warn!("agreement {change:?}: {error:?}"),
+        }
+        self.after_monitor();
+    }
+
+    /// Applies `flow_owners` to this core's stack and, on core 0, to the NIC.
+    fn apply_flow_table(&mut self) {
+        let owners: [netd::CoreId; 128] =
+            core::array::from_fn(|g| self.flow_owners[g].index() as u16);
+        if let Some(network) = self.network.as_mut() {
+            network.net.set_flow_table(&owners);
+        }
+        if let Some(control) = self.nic_control.as_mut() {
+            use drivers::nic::{FlowGroup, NicControl, QueueId};
+            for (group, owner) in owners.iter().enumerate() {
+                if control.flow_group(FlowGroup(group as u8)) != Ok(QueueId(*owner)) {
+                    if let Err(error) =
+                        control.set_flow_group(FlowGroup(group as u8), QueueId(*owner))
+                    {
+                        log::error!("redirection table entry {group}: {error:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Feeds the monitor its clock and, on core 0, makes a requested flow-group move.
+    fn run_monitor(&mut self) {
+        let now = control::now(self.shared.tsc_per_ms);
+        if now >= self.monitor.next_deadline() {
+            if let Some(network) = self.network.as_ref() {
+                let counters = network.net.counters();
+                self.monitor.hooks_mut().counters[..6].copy_from_slice(&[
+                    counters.rx_frames,
+                    counters.tx_frames,
+                    counters.rx_bytes,
+                    counters.tx_bytes,
+                    counters.forwarded_in,
+                    counters.forwarded_out,
+                ]);
+            }
+            self.monitor.tick(now, &mut self.outgoing);
+            self.after_monitor();
+        }
+        if let (Some(request), Some(complete)) = (
+            self.shared.options.move_flow_group,
+            self.machine_complete_tsc,
+        ) {
+            if !self.move_requested
+                && tsc::now() - complete >= u64::from(request.after_ms) * self.shared.tsc_per_ms
+            {
+                self.move_requested = true;
+                let from = self.flow_owners[usize::from(request.group)];
+                match monitor::CoreId::new(request.to as u8).filter(|to| to.index() < self.cores())
+                {
+                    Some(to) => self.begin_agreement(monitor::Change::MoveFlowGroup {
+                        group: request.group,
+                        from,
+                        to,
+                    }),
+                    None => crate::kprintln!("monitor: netd.move: no core {}", request.to),
+                }
+            }
+        }
     }
 
     fn start_pinging(&mut self, peer: usize, rounds: u32) {
@@ -820,7 +1075,7 @@ impl Core {
     pub fn run(mut self) -> ! {
         let options = self.shared.options;
         let injection = options.fault.is_some() || options.hang.is_some();
-        let mut alive_reported = false;
+        let mut next_alive_ms = 500;
         let mut next_report_ms = u64::from(options.netd_report_ms);
         let _ = (&self.frames, &self.apic);
         if self.index == 0 && options.urpc_matrix_rounds > 0 && self.cores() > 1 {
@@ -867,6 +1122,7 @@ impl Core {
                     self.start_pair(n + 1);
                 }
             }
+            self.run_monitor();
             let network_busy = self.poll_network();
             if self.poll_channels() > 0 || self.rtt.pinging.is_some() || network_busy {
                 self.busy_until =
@@ -881,12 +1137,16 @@ impl Core {
             }
             if let Some(hang) = options.hang {
                 if hang.core as usize == self.index && elapsed_ms >= hang.after_ms as u64 {
-                    crate::kprintln!("flotilla: core {} hangs now (hang= option)", self.index);
+                    crate::kprintln!(
+                        "flotilla: core {} hangs now at {} ms (hang= option)",
+                        self.index,
+                        self.uptime_ms()
+                    );
                     port::halt_forever();
                 }
             }
-            if injection && !alive_reported && elapsed_ms >= 500 {
-                alive_reported = true;
+            if injection && elapsed_ms >= next_alive_ms {
+                next_alive_ms += 1000;
                 crate::kprintln!(
                     "flotilla: core {} alive after {} ms, ticks={}",
                     self.index,

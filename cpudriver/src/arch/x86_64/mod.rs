@@ -8,6 +8,7 @@ pub mod acpi;
 pub mod apic;
 pub mod channels;
 pub mod console;
+pub mod control;
 pub mod gdt;
 pub mod heap;
 pub mod interrupts;
