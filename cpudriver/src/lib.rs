@@ -15,6 +15,7 @@ pub mod boot_info;
 pub mod cmdline;
 pub mod memory;
 pub mod messages;
+pub mod stats;
 pub mod topology;
 
 #[cfg(target_os = "none")]

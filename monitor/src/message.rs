@@ -23,7 +23,7 @@ use crate::types::{
 pub const MESSAGE_BYTES: usize = 56;
 
 /// Number of counters each core reports in a statistics gathering.
-pub const COUNTERS: usize = 12;
+pub const COUNTERS: usize = 24;
 
 /// Number of counters carried by one [`Message::StatsReply`].
 pub const COUNTERS_PER_MESSAGE: usize = 6;

@@ -841,7 +841,7 @@ fn chaos_stats_gather_every_live_core() {
         for c in expected.iter() {
             assert_eq!(
                 sim.nodes[0].monitor.gathered(c).unwrap()[COUNTERS - 1],
-                c.index() as u64 * 1000 + 11
+                c.index() as u64 * 1000 + (COUNTERS as u64 - 1)
             );
         }
     }

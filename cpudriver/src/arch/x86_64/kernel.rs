@@ -409,7 +409,13 @@ pub struct Core {
     machine_complete_tsc: Option<u64>,
     /// Core 0: whether the `netd.move=` request was made.
     move_requested: bool,
+    /// TSC of this core's last statistics gathering (refreshed every `STATS_PERIOD_MS`).
+    last_stats_tsc: u64,
 }
+
+/// Cores with a network gather every core's counters this often, so `/stats` is never stale by
+/// more than this.
+const STATS_PERIOD_MS: u64 = 2_000;
 
 /// The latency self-test: core 0 walks the ordered pairs; the first core of each pair pings the
 /// second `rounds` times and reports percentiles back to core 0.
@@ -506,6 +512,7 @@ fn set_up_core(
         flow_owners,
         machine_complete_tsc: None,
         move_requested: false,
+        last_stats_tsc: 0,
         shared,
         index,
         frames,
@@ -768,9 +775,46 @@ impl Core {
             &mut network.pool,
             &mut peers,
         );
+        if outcome.stats_wanted {
+            // `/stats` was asked for: gather every core's counters through the monitors; the
+            // page shows the latest gathering (and this core's own counters live).
+            self.gather_stats();
+        }
         outcome.more_work || outcome.received > 0
     }
 
+    fn gather_stats(&mut self) {
+        let now = control::now(self.shared.tsc_per_ms);
+        match self.monitor.request_stats(now, &mut self.outgoing) {
+            Ok(_) => {}
+            Err(error) => log::debug!("stats gathering: {error:?}"),
+        }
+        self.after_monitor();
+    }
+
+    /// Hands the gathered counters of every core that answered to this core's stack.
+    fn stats_ready(&mut self, responded: monitor::CoreSet) {
+        let now = net::instant(self.shared.tsc_per_ms);
+        let Some(network) = self.network.as_mut() else {
+            return;
+        };
+        let template = network.net.stats(now);
+        let mut cores = alloc::vec::Vec::new();
+        for core in responded.iter() {
+            let Some(values) = self.monitor.gathered(core) else {
+                continue;
+            };
+            let (counters, uptime_ms) = crate::stats::unpack(values);
+            cores.push(netd::CoreStats {
+                core: core.index() as u16,
+                uptime_ms,
+                counters,
+                path_count: 0,
+                ..template
+            });
+        }
+        network.net.update_stats(&cores);
+    }
     /// Milliseconds since the kernel started (core 0's entry; TSCs are synchronised).
     fn uptime_ms(&self) -> u64 {
         (tsc::now() - self.shared.image.entry_tsc) / self.shared.tsc_per_ms
@@ -885,6 +929,7 @@ impl Core {
                 self.agreements.retain(|(id, _, _)| *id != tx);
                 crate::kprintln!("monitor: agreement {:?} aborted", change);
             }
+            Event::StatsReady { responded, .. } => self.stats_ready(responded),
             other => log::debug!("monitor event: {other:?}"),
         }
     }
@@ -927,18 +972,19 @@ impl Core {
         let now = control::now(self.shared.tsc_per_ms);
         if now >= self.monitor.next_deadline() {
             if let Some(network) = self.network.as_ref() {
-                let counters = network.net.counters();
-                self.monitor.hooks_mut().counters[..6].copy_from_slice(&[
-                    counters.rx_frames,
-                    counters.tx_frames,
-                    counters.rx_bytes,
-                    counters.tx_bytes,
-                    counters.forwarded_in,
-                    counters.forwarded_out,
-                ]);
+                let uptime = self.uptime_ms();
+                self.monitor.hooks_mut().counters =
+                    crate::stats::pack(network.net.counters(), uptime);
             }
             self.monitor.tick(now, &mut self.outgoing);
             self.after_monitor();
+            if self.network.is_some()
+                && self.monitor.is_machine_complete()
+                && tsc::now() - self.last_stats_tsc > STATS_PERIOD_MS * self.shared.tsc_per_ms
+            {
+                self.last_stats_tsc = tsc::now();
+                self.gather_stats();
+            }
         }
         if let (Some(request), Some(complete)) = (
             self.shared.options.move_flow_group,
