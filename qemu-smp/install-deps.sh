@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the host packages Flotilla needs to boot and test: QEMU 10 from bookworm-backports
-# (bookworm's own QEMU 7.2 has no igb NIC), OVMF, GRUB BIOS and EFI modules, xorriso and mtools.
-# Used by `qemu-smp` (which embeds this file) and by `.ci/run`. Debian bookworm, as root.
+# (bookworm's own QEMU 7.2 has no igb NIC), OVMF, GRUB BIOS and EFI modules, xorriso and mtools;
+# and the unmodified network clients the tap tests drive the guest with (ping, curl, nc, Python 3
+# with pymemcache). Used by `qemu-smp` (which embeds this file) and by `.ci/run`. Debian
+# bookworm, as root.
 set -euo pipefail
 
 need=()
@@ -14,21 +16,36 @@ command -v xorriso >/dev/null 2>&1 || need+=(xorriso)
 command -v mformat >/dev/null 2>&1 || need+=(mtools)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 
-if [ ${#need[@]} -eq 0 ]; then
-  echo "install-deps: QEMU (with igb), OVMF and GRUB tools are present"
+# Network clients for tests/tests/net.rs (plain bookworm packages). pymemcache is looked for in
+# Debian's own /usr/bin/python3, where python3-pymemcache installs it.
+clients=()
+command -v ping >/dev/null 2>&1 || clients+=(iputils-ping)
+command -v curl >/dev/null 2>&1 || clients+=(curl)
+command -v nc >/dev/null 2>&1 || clients+=(netcat-openbsd)
+/usr/bin/python3 -c 'import pymemcache' >/dev/null 2>&1 || clients+=(python3 python3-pymemcache)
+
+if [ ${#need[@]} -eq 0 ] && [ ${#clients[@]} -eq 0 ]; then
+  echo "install-deps: QEMU (with igb), OVMF, GRUB tools and the network test clients are present"
   exit 0
 fi
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || ! grep -q bookworm /etc/os-release 2>/dev/null; then
-  echo "install-deps: missing: ${need[*]}" >&2
+  echo "install-deps: missing: ${need[*]} ${clients[*]}" >&2
   echo "install-deps: on Debian bookworm, as root, run:" >&2
   echo "  echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/backports.list" >&2
-  echo "  apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86 && apt-get install -y ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2" >&2
-  echo "install-deps: elsewhere, install QEMU >= 8.0 (for the igb NIC), OVMF, grub-mkrescue with BIOS and EFI modules, xorriso and mtools" >&2
+  echo "  apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86 && apt-get install -y ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2 iputils-ping curl netcat-openbsd python3 python3-pymemcache" >&2
+  echo "install-deps: elsewhere, install QEMU >= 8.0 (for the igb NIC), OVMF, grub-mkrescue with BIOS and EFI modules, xorriso, mtools, ping, curl, nc and Python 3 with pymemcache" >&2
   exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+if [ ${#need[@]} -eq 0 ]; then
+  echo "install-deps: missing network test clients: ${clients[*]}; installing with apt-get"
+  apt-get update -qq
+  apt-get install -y -qq "${clients[@]}" >/dev/null
+  echo "install-deps: done"
+  exit 0
+fi
 echo "install-deps: missing: ${need[*]}; installing with apt-get (Debian bookworm, root)"
 if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
   uri=$(grep -hs '^URIs:' /etc/apt/sources.list.d/debian.sources | head -1 | awk '{print $2}')
@@ -43,4 +60,8 @@ echo "install-deps: apt-get install -t bookworm-backports qemu-system-x86"
 apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
 echo "install-deps: apt-get install ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2"
 apt-get install -y -qq ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2 >/dev/null
+if [ ${#clients[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${clients[*]}"
+  apt-get install -y -qq "${clients[@]}" >/dev/null
+fi
 echo "install-deps: done: $(qemu-system-x86_64 --version | head -1)"

@@ -90,9 +90,9 @@ pub struct KernelOptions {
     pub urpc_matrix_rounds: u32,
     /// `netd.report=MS`: every core prints its network counters every MS milliseconds (0: off).
     pub netd_report_ms: u32,
-    /// `monitor.heartbeat_ms=N`: the monitors' heartbeat period (default 50, 1..=10000).
+    /// `monitor.heartbeat_ms=N`: the monitors' heartbeat period (default 100, 1..=10000).
     pub heartbeat_ms: u32,
-    /// `monitor.miss=K`: heartbeats missed in a row before a core is declared failed (default 4).
+    /// `monitor.miss=K`: heartbeats missed in a row before a core is declared failed (default 5).
     pub missed_heartbeats: u32,
     /// `netd.move=GROUP:CORE@MS`: MS ms after the machine is complete, core 0 proposes moving
     /// flow group GROUP to CORE (an agreement round, then the NIC is reprogrammed).
@@ -120,8 +120,8 @@ impl Default for KernelOptions {
             exit_when_ready: false,
             urpc_matrix_rounds: 200,
             netd_report_ms: 0,
-            heartbeat_ms: 50,
-            missed_heartbeats: 4,
+            heartbeat_ms: 100,
+            missed_heartbeats: 5,
             move_flow_group: None,
         }
     }

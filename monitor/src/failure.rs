@@ -22,6 +22,25 @@ impl<H: Hooks> Monitor<H> {
         self.send_all(out, to, Message::Heartbeat { failed });
     }
 
+    /// If this monitor did not run for more than a heartbeat period, its own core was paused
+    /// (descheduled by a hypervisor, or busy): nothing from the peers could be heard meanwhile,
+    /// so the pause beyond one period is added to every peer's last sign of life. Without this,
+    /// a paused detector wakes up and declares every peer failed at once.
+    pub(crate) fn forgive_own_pause(&mut self, now: Instant) {
+        if let Some(last) = self.last_tick {
+            let gap = now.as_nanos().saturating_sub(last.as_nanos());
+            if gap > self.config.heartbeat_period_ns {
+                let pause = gap - self.config.heartbeat_period_ns;
+                for heard in self.last_heard.iter_mut().flatten() {
+                    *heard = heard.after(pause);
+                }
+                self.started = self.started.after(pause);
+                self.counters.pauses_forgiven += 1;
+            }
+        }
+        self.last_tick = Some(now);
+    }
+
     /// Declares failed every live peer silent for too long.
     pub(crate) fn detect_failures(&mut self, now: Instant, out: &mut impl Outbox) {
         let mut silent = CoreSet::EMPTY;
@@ -122,6 +141,62 @@ mod tests {
 
     fn c(i: u8) -> CoreId {
         CoreId::new(i).unwrap()
+    }
+
+    #[test]
+    fn a_paused_detector_does_not_declare_its_peers_failed() {
+        use crate::message::{Message, Vote};
+        use crate::monitor::{Config, Hooks, Monitor, Outbox};
+        use crate::types::{Change, Region};
+        struct NullHooks;
+        impl Hooks for NullHooks {
+            fn vote(&mut self, _: &Change) -> Vote {
+                Vote::Yes
+            }
+            fn allocate_region(&mut self, _: u64) -> Option<Region> {
+                None
+            }
+            fn free_region(&mut self, _: Region) {}
+            fn counters(&mut self) -> [u64; crate::message::COUNTERS] {
+                [0; crate::message::COUNTERS]
+            }
+        }
+        #[derive(Default)]
+        struct Sink;
+        impl Outbox for Sink {
+            fn send(&mut self, _: CoreId, _: Message) {}
+        }
+        let mut config = Config::new(c(0), CoreSet::first(2));
+        config.heartbeat_period_ns = 10_000_000;
+        config.missed_heartbeats = 3;
+        let info = crate::types::CoreInfo {
+            core: c(0),
+            apic_id: 0,
+            numa_node: 0,
+            memory: Region { base: 0, len: 1 },
+        };
+        let mut monitor = Monitor::new(config, info, NullHooks, Instant::from_nanos(0)).unwrap();
+        let mut out = Sink::default();
+        monitor.handle(
+            Instant::from_nanos(1_000_000),
+            c(1),
+            Message::Heartbeat {
+                failed: CoreSet::EMPTY,
+            },
+            &mut out,
+        );
+        monitor.tick(Instant::from_nanos(2_000_000), &mut out);
+        // This core is paused for a second; on waking it must not condemn core 1 ...
+        monitor.tick(Instant::from_nanos(1_002_000_000), &mut out);
+        assert!(monitor.live().contains(c(1)));
+        assert_eq!(monitor.counters().pauses_forgiven, 1);
+        // ... but a peer that stays silent while this core runs is still declared failed.
+        let mut now = 1_002_000_000;
+        while now < 1_100_000_000 {
+            now += 2_000_000;
+            monitor.tick(Instant::from_nanos(now), &mut out);
+        }
+        assert!(!monitor.live().contains(c(1)));
     }
 
     #[test]

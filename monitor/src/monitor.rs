@@ -115,6 +115,9 @@ pub struct MonitorCounters {
     pub decode_errors: u64,
     /// Events lost because the caller did not drain the queue.
     pub events_dropped: u64,
+    /// Times `tick` found it had not run for more than a heartbeat period (this core was
+    /// descheduled or busy): the silence of peers during such a pause is not held against them.
+    pub pauses_forgiven: u64,
 }
 
 /// Capacity of the queue of messages this monitor sends to itself.
@@ -137,6 +140,8 @@ pub struct Monitor<H: Hooks> {
     pub(crate) failed: CoreSet,
     pub(crate) fenced: bool,
     pub(crate) last_heard: [Option<Instant>; MAX_CORES],
+    /// When `tick` last ran (to notice this core's own pauses).
+    pub(crate) last_tick: Option<Instant>,
     pub(crate) next_heartbeat: Instant,
     pub(crate) next_sweep: Instant,
 
@@ -191,6 +196,7 @@ impl<H: Hooks> Monitor<H> {
             failed: CoreSet::EMPTY,
             fenced: false,
             last_heard: [None; MAX_CORES],
+            last_tick: None,
             next_heartbeat: now,
             next_sweep: now,
             peers,
@@ -306,6 +312,7 @@ impl<H: Hooks> Monitor<H> {
         if self.fenced {
             return;
         }
+        self.forgive_own_pause(now);
         if now >= self.next_heartbeat {
             self.next_heartbeat = now.after(self.config.heartbeat_period_ns);
             self.send_heartbeats(out);

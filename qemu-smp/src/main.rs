@@ -396,7 +396,13 @@ fn run_tests() -> ExitCode {
     let root = qemu_smp::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let steps: [(&str, Vec<&str>, Option<&str>); 2] = [
-        ("host and QEMU tests", vec!["test", "--workspace"], None),
+        // One test at a time: QEMU tests each run several guest cores on this host's few cores,
+        // and two at once starve each other's guests (timeouts, false failure verdicts).
+        (
+            "host and QEMU tests",
+            vec!["test", "--workspace", "--", "--test-threads=1"],
+            None,
+        ),
         (
             "loom model tests of the URPC channel",
             vec![

@@ -17,7 +17,8 @@ fn ms_at(line: &str) -> u64 {
 
 #[test]
 fn agreement_commits_and_a_hung_core_is_detected_by_all_others() {
-    // Heartbeat every 50 ms, failed after 4 missed: detection within 200 ms plus one period.
+    // Heartbeat every 50 ms, failed after 4 missed: detection within 200 ms plus one period
+    // (the test runs alone; the kernel's default is 100 ms x 5).
     let config = MachineConfig::kernel(
         kernel(),
         4,

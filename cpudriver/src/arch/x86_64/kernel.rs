@@ -411,6 +411,9 @@ pub struct Core {
     move_requested: bool,
     /// TSC of this core's last statistics gathering (refreshed every `STATS_PERIOD_MS`).
     last_stats_tsc: u64,
+    /// A data message (not control-plane chatter) arrived since the last loop iteration: keep
+    /// polling instead of halting.
+    data_traffic: bool,
 }
 
 /// Cores with a network gather every core's counters this often, so `/stats` is never stale by
@@ -513,6 +516,7 @@ fn set_up_core(
         machine_complete_tsc: None,
         move_requested: false,
         last_stats_tsc: 0,
+        data_traffic: false,
         shared,
         index,
         frames,
@@ -643,6 +647,9 @@ impl Core {
     }
 
     fn handle(&mut self, from: usize, message: KernelMessage) {
+        // Heartbeats and other monitor messages must not keep a core spinning: under TCG on a
+        // small host, spinning cores starve the others and make the failure detector fire.
+        self.data_traffic |= !matches!(message, KernelMessage::Monitor { .. });
         match message {
             KernelMessage::Core(CoreMessage::Ping {
                 sequence,
@@ -1170,7 +1177,9 @@ impl Core {
             }
             self.run_monitor();
             let network_busy = self.poll_network();
-            if self.poll_channels() > 0 || self.rtt.pinging.is_some() || network_busy {
+            self.poll_channels();
+            if core::mem::take(&mut self.data_traffic) || self.rtt.pinging.is_some() || network_busy
+            {
                 self.busy_until =
                     tsc::now() + POLL_AFTER_TRAFFIC_US * self.shared.tsc_per_ms / 1000;
             }
