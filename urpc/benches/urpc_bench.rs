@@ -29,11 +29,11 @@ const BATCH: usize = 16;
 /// Round trips discarded before measuring.
 const WARM_UP_ROUND_TRIPS: usize = 20_000;
 /// Longest one latency measurement may run.
-const LATENCY_TIME_CAP: Duration = Duration::from_secs(2);
+const LATENCY_TIME_CAP: Duration = Duration::from_secs(1);
 /// Messages per throughput measurement, unless the time cap comes first.
 const MESSAGES: u64 = 10_000_000;
 /// Longest one throughput measurement may run (the producer stops sending then).
-const THROUGHPUT_TIME_CAP: Duration = Duration::from_secs(2);
+const THROUGHPUT_TIME_CAP: Duration = Duration::from_secs(1);
 /// A wait for the peer longer than this means it is stuck: abort the run.
 const STUCK: Duration = Duration::from_secs(10);
 /// Whether wait loops execute `pause` between polls (`--pause`); default: tight polling.

@@ -73,7 +73,8 @@
 //! The two fences are totally ordered: if the receiver's fence comes first, the sender's load sees
 //! the flag and notifies; if the sender's comes first, the receiver's load sees the message and it
 //! does not halt. Either way no wakeup is lost. The fence costs an `mfence`, which is why
-//! `try_send` does not notify by itself: call `notify_if_sleeping` once per batch of sends.
+//! `try_send` does not notify by itself: call `notify_if_sleeping` once per batch of sends, and
+//! before waiting on `Full`.
 
 use core::mem::{size_of, MaybeUninit};
 use core::ptr::{self, addr_of_mut};
@@ -256,7 +257,8 @@ pub struct Endpoint<'a, const SLOTS: usize = DEFAULT_SLOTS> {
 ///
 /// It lives in memory shared by two cores; see the module documentation for the protocol.
 /// Obtain one with [`ChannelRegion::init`], [`ChannelRegion::init_raw`] (the kernel's way, over a
-/// region of [`ChannelRegion::SIZE`] bytes), or [`ChannelRegion::new_boxed`] on the host.
+/// region of [`ChannelRegion::SIZE`] bytes), or `ChannelRegion::new_boxed` on the host (feature
+/// `std`).
 #[repr(C)]
 pub struct ChannelRegion<const SLOTS: usize = DEFAULT_SLOTS> {
     control: ControlLine,
@@ -541,7 +543,8 @@ impl<'a, const SLOTS: usize> Sender<'a, SLOTS> {
         Ok(())
     }
 
-    /// Wakes the receiver if it announced it is halting: call after publishing a batch.
+    /// Wakes the receiver if it announced it is halting: call after publishing a batch, and
+    /// before waiting on [`SendError::Full`] (a halted receiver returns no credits).
     ///
     /// Returns whether `notifier` was called. See the module documentation for the fences.
     #[inline]

@@ -18,6 +18,9 @@
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
+#[cfg(all(feature = "std", not(test)))]
+extern crate std;
+
 pub mod channel;
 pub mod message;
 mod sync;
