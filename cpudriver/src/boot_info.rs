@@ -233,10 +233,8 @@ pub fn parse_multiboot2<M: PhysicalMemory>(
                 have_map = true;
             }
             // ACPI old (14) and new (15): a copy of the RSDP inside this tag. The new one wins.
-            14 | 15 => {
-                if info.rsdp.is_none() || tag_type == 15 {
-                    info.rsdp = Some(address + offset as u64 + 8);
-                }
+            14 | 15 if info.rsdp.is_none() || tag_type == 15 => {
+                info.rsdp = Some(address + offset as u64 + 8);
             }
             _ => {}
         }

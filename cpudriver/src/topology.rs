@@ -104,10 +104,8 @@ pub fn parse_srat(table: &[u8]) -> Result<NumaInfo, SratError> {
                     let _ = info.memory.push((range, u32_at(entry, 2)));
                 }
             }
-            2 if size >= 24 => {
-                if u32_at(entry, 12) & 1 != 0 {
-                    let _ = info.cores.push((u32_at(entry, 8), u32_at(entry, 4)));
-                }
+            2 if size >= 24 && u32_at(entry, 12) & 1 != 0 => {
+                let _ = info.cores.push((u32_at(entry, 8), u32_at(entry, 4)));
             }
             _ => {}
         }

@@ -146,10 +146,8 @@ mod tests {
         assert_eq!(mmio.read32(8), 0xDEAD_BEEF);
         assert_eq!(mmio.read32(4), 0x10);
         // SAFETY: null is rejected before any access.
-        assert_eq!(
-            unsafe { Mmio::new(0, 16) }.unwrap_err(),
-            RegisterError::BadBase
-        );
+        let null = unsafe { Mmio::new(0, 16) };
+        assert_eq!(null.unwrap_err(), RegisterError::BadBase);
     }
 
     #[test]

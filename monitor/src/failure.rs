@@ -161,7 +161,6 @@ mod tests {
                 [0; crate::message::COUNTERS]
             }
         }
-        #[derive(Default)]
         struct Sink;
         impl Outbox for Sink {
             fn send(&mut self, _: CoreId, _: Message) {}
@@ -176,7 +175,7 @@ mod tests {
             memory: Region { base: 0, len: 1 },
         };
         let mut monitor = Monitor::new(config, info, NullHooks, Instant::from_nanos(0)).unwrap();
-        let mut out = Sink::default();
+        let mut out = Sink;
         monitor.handle(
             Instant::from_nanos(1_000_000),
             c(1),

@@ -4,7 +4,9 @@
 //!
 //! Run with `cargo bench -p netd`. Loops are bounded; figures vary with the machine.
 
-use drivers::nic::{ChecksumStatus, QueueDatapath, QueueId, QueueStats, ReceiveBatch, ReceivedFrame, TransmitFrame};
+use drivers::nic::{
+    ChecksumStatus, QueueDatapath, QueueId, QueueStats, ReceiveBatch, ReceivedFrame, TransmitFrame,
+};
 use drivers::pool::BufferPool;
 use netd::app::default_applications;
 use netd::classify::{checksum_add, checksum_fold};
@@ -43,7 +45,12 @@ impl QueueDatapath for ReplayQueue {
             let Some(buffer) = pool.alloc() else { break };
             // Stands for the NIC's DMA into the buffer.
             pool.bytes_mut(buffer).unwrap()[..frame.len()].copy_from_slice(frame);
-            let _ = batch.push(ReceivedFrame { buffer, length: frame.len() as u16, rss_hash: 0, checksum: self.checksum });
+            let _ = batch.push(ReceivedFrame {
+                buffer,
+                length: frame.len() as u16,
+                rss_hash: 0,
+                checksum: self.checksum,
+            });
             self.next += 1;
             self.remaining -= 1;
             count += 1;
@@ -127,7 +134,13 @@ fn echo(packets: usize, payload: usize, checksum: ChecksumStatus) -> (f64, u64) 
     let mut peers = NoPeers;
     let body = vec![0x5a; payload];
     // Learn the client's address first, then replay 16 flows.
-    let mut queue = ReplayQueue { frames: vec![arp_request()], next: 0, remaining: 1, checksum, transmitted: 0 };
+    let mut queue = ReplayQueue {
+        frames: vec![arp_request()],
+        next: 0,
+        remaining: 1,
+        checksum,
+        transmitted: 0,
+    };
     net.poll(now, &mut queue, &mut pool, &mut peers);
     queue.frames = (0..16).map(|n| udp_frame(40000 + n, &body)).collect();
     queue.remaining = packets;
@@ -148,7 +161,11 @@ fn echo(packets: usize, payload: usize, checksum: ChecksumStatus) -> (f64, u64) 
     }
     let elapsed = start.elapsed().as_nanos() as f64;
     if queue.transmitted != packets as u64 {
-        eprintln!("{:?}\n{:?}", net.counters(), net.path(netd::PathKey::Udp(7)).unwrap().counters());
+        eprintln!(
+            "{:?}\n{:?}",
+            net.counters(),
+            net.path(netd::PathKey::Udp(7)).unwrap().counters()
+        );
     }
     assert_eq!(queue.transmitted, packets as u64, "every datagram echoed");
     (elapsed / packets as f64, polls)
@@ -158,8 +175,15 @@ fn main() {
     let packets = 400_000;
     println!("netd datapath benchmark: one core, RX ring -> classifier -> UDP path (smoltcp + echo) -> TX ring");
     println!("line-rate budget: {LINE_RATE_BUDGET_NS:.1} ns/packet (10 GbE, 64-byte frames)");
-    let nic_checked = ChecksumStatus { ipv4_ok: true, l4_ok: true, error: false };
-    for (label, status) in [("NIC-verified checksums", nic_checked), ("software-verified checksums", ChecksumStatus::default())] {
+    let nic_checked = ChecksumStatus {
+        ipv4_ok: true,
+        l4_ok: true,
+        error: false,
+    };
+    for (label, status) in [
+        ("NIC-verified checksums", nic_checked),
+        ("software-verified checksums", ChecksumStatus::default()),
+    ] {
         for payload in [18usize, 512, 1472] {
             // Warm up, then measure.
             let _ = echo(20_000, payload, status);
@@ -173,12 +197,23 @@ fn main() {
     }
     // The classifier alone, for scale.
     let config = NetConfig::new(STACK_MAC, 0, 1);
-    let net = CoreNet::new(config, default_applications(&config), cycles, Instant::from_millis(0)).unwrap();
+    let net = CoreNet::new(
+        config,
+        default_applications(&config),
+        cycles,
+        Instant::from_millis(0),
+    )
+    .unwrap();
     let frame = udp_frame(40000, &[0x5a; 18]);
     let rounds = 2_000_000;
     let start = WallClock::now();
     for _ in 0..rounds {
-        black_box(net.classifier().classify(black_box(&frame), ChecksumStatus::default(), 0, false));
+        black_box(net.classifier().classify(
+            black_box(&frame),
+            ChecksumStatus::default(),
+            0,
+            false,
+        ));
     }
     let ns = start.elapsed().as_nanos() as f64 / rounds as f64;
     println!("classifier alone (software checksums, 64-byte frame): {ns:.1} ns/frame");

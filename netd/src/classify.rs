@@ -149,7 +149,12 @@ impl FlowTable {
 }
 
 /// Builds the 12-byte RSS input for an IPv4 TCP/UDP flow as the NIC sees it on receive.
-pub fn rss_input(source: [u8; 4], destination: [u8; 4], source_port: u16, destination_port: u16) -> [u8; 12] {
+pub fn rss_input(
+    source: [u8; 4],
+    destination: [u8; 4],
+    source_port: u16,
+    destination_port: u16,
+) -> [u8; 12] {
     let mut input = [0u8; 12];
     input[0..4].copy_from_slice(&source);
     input[4..8].copy_from_slice(&destination);
@@ -249,12 +254,21 @@ impl Classifier {
     }
 
     fn lookup(table: &[(u16, PathIndex)], port: u16) -> Option<PathIndex> {
-        table.iter().find(|(p, _)| *p == port).map(|(_, path)| *path)
+        table
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, path)| *path)
     }
 
     /// Classifies one frame. `forwarded` marks a frame another core already forwarded here: it is
     /// never forwarded again.
-    pub fn classify(&self, frame: &[u8], checksum: ChecksumStatus, rss_hash: u32, forwarded: bool) -> Verdict {
+    pub fn classify(
+        &self,
+        frame: &[u8],
+        checksum: ChecksumStatus,
+        rss_hash: u32,
+        forwarded: bool,
+    ) -> Verdict {
         match self.classify_inner(frame, checksum, rss_hash, forwarded) {
             Ok(verdict) => verdict,
             Err(reason) => Verdict::Drop(reason),
@@ -291,13 +305,20 @@ impl Classifier {
             return Err(DropReason::Truncated);
         }
         let operation = be16(arp, 6);
-        if be16(arp, 0) != 1 || be16(arp, 2) != 0x0800 || arp[4] != 6 || arp[5] != 4 || !(1..=2).contains(&operation) {
+        if be16(arp, 0) != 1
+            || be16(arp, 2) != 0x0800
+            || arp[4] != 6
+            || arp[5] != 4
+            || !(1..=2).contains(&operation)
+        {
             return Err(DropReason::BadArp);
         }
         if arp[24..28] != self.ip {
             return Err(DropReason::NotForUs);
         }
-        self.arp.map(Verdict::Deliver).ok_or(DropReason::UnsupportedEtherType)
+        self.arp
+            .map(Verdict::Deliver)
+            .ok_or(DropReason::UnsupportedEtherType)
     }
 
     fn classify_ipv4(
@@ -329,10 +350,15 @@ impl Classifier {
         }
         let source: [u8; 4] = [packet[12], packet[13], packet[14], packet[15]];
         let destination: [u8; 4] = [packet[16], packet[17], packet[18], packet[19]];
-        if destination != self.ip && destination != [255; 4] && destination != self.subnet_broadcast {
+        if destination != self.ip && destination != [255; 4] && destination != self.subnet_broadcast
+        {
             return Err(DropReason::NotForUs);
         }
-        if source == [0; 4] || source == [255; 4] || source[0] >= 224 || source == self.subnet_broadcast {
+        if source == [0; 4]
+            || source == [255; 4]
+            || source[0] >= 224
+            || source == self.subnet_broadcast
+        {
             return Err(DropReason::BadSource);
         }
         let flags_fragment = be16(packet, 6);
@@ -353,7 +379,9 @@ impl Classifier {
                 if checksum_fold(checksum_add(0, payload)) != 0xffff {
                     return Err(DropReason::BadChecksum);
                 }
-                self.icmp.map(Verdict::Deliver).ok_or(DropReason::UnsupportedProtocol)
+                self.icmp
+                    .map(Verdict::Deliver)
+                    .ok_or(DropReason::UnsupportedProtocol)
             }
             17 => {
                 if payload.len() < 8 {
@@ -371,10 +399,19 @@ impl Classifier {
                     }
                 }
                 let (source_port, destination_port) = (be16(payload, 0), be16(payload, 2));
-                if let Some(core) = self.misdelivered(source, destination, source_port, destination_port, rss_hash, forwarded) {
+                if let Some(core) = self.misdelivered(
+                    source,
+                    destination,
+                    source_port,
+                    destination_port,
+                    rss_hash,
+                    forwarded,
+                ) {
                     return Ok(Verdict::Forward(core));
                 }
-                Self::lookup(&self.udp, destination_port).map(Verdict::Deliver).ok_or(DropReason::NoSuchPort)
+                Self::lookup(&self.udp, destination_port)
+                    .map(Verdict::Deliver)
+                    .ok_or(DropReason::NoSuchPort)
             }
             6 => {
                 if payload.len() < 20 {
@@ -391,10 +428,19 @@ impl Classifier {
                     return Err(DropReason::NotForUs);
                 }
                 let (source_port, destination_port) = (be16(payload, 0), be16(payload, 2));
-                if let Some(core) = self.misdelivered(source, destination, source_port, destination_port, rss_hash, forwarded) {
+                if let Some(core) = self.misdelivered(
+                    source,
+                    destination,
+                    source_port,
+                    destination_port,
+                    rss_hash,
+                    forwarded,
+                ) {
                     return Ok(Verdict::Forward(core));
                 }
-                Self::lookup(&self.tcp, destination_port).map(Verdict::Deliver).ok_or(DropReason::NoSuchPort)
+                Self::lookup(&self.tcp, destination_port)
+                    .map(Verdict::Deliver)
+                    .ok_or(DropReason::NoSuchPort)
             }
             _ => Err(DropReason::UnsupportedProtocol),
         }
@@ -414,7 +460,12 @@ impl Classifier {
             return None;
         }
         let hash = match (rss_hash, self.hash) {
-            (0, Some(hash)) => hash(&rss_input(source, destination, source_port, destination_port)),
+            (0, Some(hash)) => hash(&rss_input(
+                source,
+                destination,
+                source_port,
+                destination_port,
+            )),
             (0, None) => return None,
             (hash, _) => hash,
         };

@@ -122,7 +122,10 @@ mod tests {
 
     #[test]
     fn defaults_when_absent() {
-        assert_eq!(parse_command_line("console=ttyS0 quiet"), Ok(Addresses::default()));
+        assert_eq!(
+            parse_command_line("console=ttyS0 quiet"),
+            Ok(Addresses::default())
+        );
         assert_eq!(parse_command_line(""), Ok(Addresses::default()));
     }
 
@@ -136,11 +139,29 @@ mod tests {
 
     #[test]
     fn rejects_bad_values() {
-        assert_eq!(parse_command_line("ip=10.0.0.1"), Err(CommandLineError::BadPrefix));
-        assert_eq!(parse_command_line("ip=10.0.0.1/33"), Err(CommandLineError::BadPrefix));
-        assert_eq!(parse_command_line("ip=10.0.0/8"), Err(CommandLineError::BadAddress));
-        assert_eq!(parse_command_line("gw=10.0.0.256"), Err(CommandLineError::BadAddress));
-        assert_eq!(parse_command_line("gw=10.0.0.1.2"), Err(CommandLineError::BadAddress));
-        assert_eq!(parse_command_line("gw=+1.0.0.1"), Err(CommandLineError::BadAddress));
+        assert_eq!(
+            parse_command_line("ip=10.0.0.1"),
+            Err(CommandLineError::BadPrefix)
+        );
+        assert_eq!(
+            parse_command_line("ip=10.0.0.1/33"),
+            Err(CommandLineError::BadPrefix)
+        );
+        assert_eq!(
+            parse_command_line("ip=10.0.0/8"),
+            Err(CommandLineError::BadAddress)
+        );
+        assert_eq!(
+            parse_command_line("gw=10.0.0.256"),
+            Err(CommandLineError::BadAddress)
+        );
+        assert_eq!(
+            parse_command_line("gw=10.0.0.1.2"),
+            Err(CommandLineError::BadAddress)
+        );
+        assert_eq!(
+            parse_command_line("gw=+1.0.0.1"),
+            Err(CommandLineError::BadAddress)
+        );
     }
 }

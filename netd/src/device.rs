@@ -87,7 +87,12 @@ impl phy::TxToken for FrameTx<'_, '_> {
                 staging.length = Some(length);
                 result
             }
-            FrameTx::Pool { pool, queue, buffer, .. } => {
+            FrameTx::Pool {
+                pool,
+                queue,
+                buffer,
+                ..
+            } => {
                 // `transmit` allocated the buffer; a missing one cannot happen, but stays harmless.
                 let id = buffer.take();
                 let mut scratch = [0u8; 0];
@@ -113,7 +118,12 @@ impl phy::TxToken for FrameTx<'_, '_> {
 impl Drop for FrameTx<'_, '_> {
     fn drop(&mut self) {
         // smoltcp may drop a token unused: give its buffer back.
-        if let FrameTx::Pool { pool, buffer: Some(id), .. } = self {
+        if let FrameTx::Pool {
+            pool,
+            buffer: Some(id),
+            ..
+        } = self
+        {
             let _ = pool.free(*id);
         }
     }
@@ -128,7 +138,11 @@ impl<'a> PathDevice<'a> {
                 }
                 Some(FrameTx::Staging(staging))
             }
-            TxSink::Pool { pool, queue, reserve } => {
+            TxSink::Pool {
+                pool,
+                queue,
+                reserve,
+            } => {
                 if queue.is_full() || pool.available() <= *reserve {
                     return None;
                 }

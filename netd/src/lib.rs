@@ -26,7 +26,9 @@ mod tests;
 pub use classify::{pick_source_port, DropReason, FlowTable, PathKey, RssHashFn, Verdict};
 pub use config::{parse_command_line, Addresses, CoreId, Ipv4Cidr, NetConfig};
 pub use path::{CycleCounter, PathCounters};
-pub use peers::{KvOperation, KvReply, KvRequest, KvStatus, NeighbourEntry, PeerError, PeerMessage, Peers};
+pub use peers::{
+    KvOperation, KvReply, KvRequest, KvStatus, NeighbourEntry, PeerError, PeerMessage, Peers,
+};
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{CoreNet, NetError, PollOutcome};
 pub use stats::{CoreCounters, CoreStats, PathStats};

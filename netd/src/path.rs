@@ -198,7 +198,11 @@ mod tests {
     #[test]
     fn lrp_queue_tail_drops_at_its_limit() {
         let mut queue = LrpQueue::new(2);
-        let frame = |n| QueuedFrame { buffer: BufferId(n), length: 60, forwarded: false };
+        let frame = |n| QueuedFrame {
+            buffer: BufferId(n),
+            length: 60,
+            forwarded: false,
+        };
         assert!(queue.push(frame(1)).is_ok());
         assert!(queue.push(frame(2)).is_ok());
         assert_eq!(queue.push(frame(3)), Err(frame(3)));

@@ -208,7 +208,8 @@ impl<'a> PeerMessage<'a> {
                 out[6..12].copy_from_slice(&entry.mac);
             }
             PeerMessage::Frame(frame) => {
-                let frame_length = u16::try_from(frame.len()).map_err(|_| MessageError::BadField)?;
+                let frame_length =
+                    u16::try_from(frame.len()).map_err(|_| MessageError::BadField)?;
                 out[0] = 2;
                 out[1] = 0;
                 put_u16(out, 2, frame_length);
@@ -218,7 +219,8 @@ impl<'a> PeerMessage<'a> {
                 if request.key.len() > MAX_KEY {
                     return Err(MessageError::BadField);
                 }
-                let value_length = u32::try_from(request.value.len()).map_err(|_| MessageError::BadField)?;
+                let value_length =
+                    u32::try_from(request.value.len()).map_err(|_| MessageError::BadField)?;
                 out[0] = 3;
                 out[1] = request.operation as u8;
                 out[2] = u8::from(request.noreply);
@@ -237,7 +239,8 @@ impl<'a> PeerMessage<'a> {
                 if reply.key.len() > MAX_KEY {
                     return Err(MessageError::BadField);
                 }
-                let value_length = u32::try_from(reply.value.len()).map_err(|_| MessageError::BadField)?;
+                let value_length =
+                    u32::try_from(reply.value.len()).map_err(|_| MessageError::BadField)?;
                 out[0] = 4;
                 out[1] = reply.status as u8;
                 out[2] = reply.key.len() as u8;
@@ -264,7 +267,10 @@ impl<'a> PeerMessage<'a> {
                 if bytes.len() < 12 {
                     return Err(MessageError::TooShort);
                 }
-                let mut entry = NeighbourEntry { ip: [0; 4], mac: [0; 6] };
+                let mut entry = NeighbourEntry {
+                    ip: [0; 4],
+                    mac: [0; 6],
+                };
                 entry.ip.copy_from_slice(&bytes[2..6]);
                 entry.mac.copy_from_slice(&bytes[6..12]);
                 Ok(PeerMessage::Neighbour(entry))
@@ -293,7 +299,9 @@ impl<'a> PeerMessage<'a> {
                     sequence: get_u32(bytes, 12),
                     flags: get_u32(bytes, 16),
                     key: bytes.get(24..key_end).ok_or(MessageError::TooShort)?,
-                    value: bytes.get(key_end..value_end).ok_or(MessageError::TooShort)?,
+                    value: bytes
+                        .get(key_end..value_end)
+                        .ok_or(MessageError::TooShort)?,
                 }))
             }
             4 => {
@@ -313,7 +321,9 @@ impl<'a> PeerMessage<'a> {
                     flags: get_u32(bytes, 12),
                     cas: u64::from_le_bytes(cas),
                     key: bytes.get(32..key_end).ok_or(MessageError::TooShort)?,
-                    value: bytes.get(key_end..value_end).ok_or(MessageError::TooShort)?,
+                    value: bytes
+                        .get(key_end..value_end)
+                        .ok_or(MessageError::TooShort)?,
                 }))
             }
             other => Err(MessageError::BadTag(other)),
@@ -339,12 +349,18 @@ mod tests {
         let length = message.encode(&mut buffer).unwrap();
         assert_eq!(length, message.encoded_len());
         assert_eq!(PeerMessage::decode(&buffer[..length]).unwrap(), message);
-        assert_eq!(message.encode(&mut buffer[..length - 1]), Err(MessageError::TooShort));
+        assert_eq!(
+            message.encode(&mut buffer[..length - 1]),
+            Err(MessageError::TooShort)
+        );
     }
 
     #[test]
     fn messages_round_trip_and_small_ones_fit_a_slot() {
-        let neighbour = PeerMessage::Neighbour(NeighbourEntry { ip: [10, 0, 2, 2], mac: [2, 0, 0, 0, 0, 1] });
+        let neighbour = PeerMessage::Neighbour(NeighbourEntry {
+            ip: [10, 0, 2, 2],
+            mac: [2, 0, 0, 0, 0, 1],
+        });
         assert!(neighbour.fits_one_slot());
         round_trip(neighbour);
         round_trip(PeerMessage::Frame(&[1, 2, 3, 4, 5]));
@@ -360,7 +376,13 @@ mod tests {
         });
         assert_eq!(get.encoded_len(), 24 + 33);
         round_trip(get);
-        let short_get = PeerMessage::KvRequest(KvRequest { key: b"k", ..match get { PeerMessage::KvRequest(r) => r, _ => unreachable!() } });
+        let short_get = PeerMessage::KvRequest(KvRequest {
+            key: b"k",
+            ..match get {
+                PeerMessage::KvRequest(r) => r,
+                _ => unreachable!(),
+            }
+        });
         assert!(short_get.fits_one_slot());
         round_trip(PeerMessage::KvReply(KvReply {
             status: KvStatus::Value,
@@ -377,7 +399,10 @@ mod tests {
     fn decode_rejects_garbage_without_panicking() {
         assert_eq!(PeerMessage::decode(&[]), Err(MessageError::TooShort));
         assert_eq!(PeerMessage::decode(&[9]), Err(MessageError::BadTag(9)));
-        assert_eq!(PeerMessage::decode(&[2, 0, 200, 0, 1]), Err(MessageError::TooShort));
+        assert_eq!(
+            PeerMessage::decode(&[2, 0, 200, 0, 1]),
+            Err(MessageError::TooShort)
+        );
         let mut seed = 0x1234_5678u32;
         for length in 0..80 {
             for _ in 0..50 {

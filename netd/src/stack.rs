@@ -5,7 +5,9 @@ use crate::app::{AppContext, Application};
 use crate::classify::{Classifier, DropReason, PathIndex, PathKey, RssHashFn, Verdict, MAX_PATHS};
 use crate::config::{CoreId, NetConfig, FLOW_GROUPS};
 use crate::device::{capabilities, PathDevice, Staging, TxQueue, TxSink};
-use crate::path::{CycleCounter, ListenerConfig, LrpQueue, Path, PathCounters, QueuedFrame, TcpSlot};
+use crate::path::{
+    CycleCounter, ListenerConfig, LrpQueue, Path, PathCounters, QueuedFrame, TcpSlot,
+};
 use crate::peers::{NeighbourEntry, PeerMessage, Peers};
 use crate::stats::{CoreCounters, CoreStats, PathStats};
 use drivers::nic::{ChecksumStatus, QueueDatapath, ReceiveBatch, ReceivedFrame, MAX_BATCH};
@@ -141,14 +143,20 @@ impl CoreNet {
             return Err(NetError::TooManyPaths);
         }
         let mut interface_config = Config::new(HardwareAddress::Ethernet(mac));
-        interface_config.random_seed = config.random_seed ^ u64::from(config.core).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        interface_config.random_seed =
+            config.random_seed ^ u64::from(config.core).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let mut iface = Interface::new(interface_config, &mut NullDevice, now);
         let [a, b, c, d] = config.addresses.ip.address;
         iface.update_ip_addrs(|addresses| {
-            let _ = addresses.push(IpCidr::new(IpAddress::v4(a, b, c, d), config.addresses.ip.prefix));
+            let _ = addresses.push(IpCidr::new(
+                IpAddress::v4(a, b, c, d),
+                config.addresses.ip.prefix,
+            ));
         });
         let [a, b, c, d] = config.addresses.gateway;
-        let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
+        let _ = iface
+            .routes_mut()
+            .add_default_ipv4_route(Ipv4Address::new(a, b, c, d));
 
         let mut classifier = Classifier::new(
             config.mac,
@@ -183,8 +191,14 @@ impl CoreNet {
                 PathKey::Arp | PathKey::Icmp => return Err(NetError::BadEndpoint(key)),
                 PathKey::Udp(port) => {
                     let mut socket = udp::Socket::new(
-                        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BYTES]),
-                        udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; UDP_PACKETS], vec![0; UDP_BYTES]),
+                        udp::PacketBuffer::new(
+                            vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
+                            vec![0; UDP_BYTES],
+                        ),
+                        udp::PacketBuffer::new(
+                            vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
+                            vec![0; UDP_BYTES],
+                        ),
                     );
                     socket.bind(port).map_err(|_| NetError::BadEndpoint(key))?;
                     path.udp = Some(path.sockets.add(socket));
@@ -392,7 +406,13 @@ impl CoreNet {
                 };
                 let start = (self.cycles)();
                 let uptime_ms = (now - self.started).total_millis();
-                let Self { paths, config, stats, stats_wanted, .. } = self;
+                let Self {
+                    paths,
+                    config,
+                    stats,
+                    stats_wanted,
+                    ..
+                } = self;
                 let path = &mut paths[index];
                 let mut run_again = false;
                 if let Some(app) = path.app.as_mut() {
@@ -423,14 +443,19 @@ impl CoreNet {
         self.counters.rx_bytes += u64::from(frame.length);
         let length = usize::from(frame.length).min(BUFFER_SIZE);
         let verdict = match pool.bytes(frame.buffer) {
-            Ok(bytes) => self.classifier.classify(&bytes[..length], frame.checksum, frame.rss_hash, false),
+            Ok(bytes) => {
+                self.classifier
+                    .classify(&bytes[..length], frame.checksum, frame.rss_hash, false)
+            }
             Err(_) => return,
         };
         match verdict {
             Verdict::Deliver(path) => self.enqueue(path, frame.buffer, frame.length, false, pool),
             Verdict::Forward(core) => {
                 let sent = match pool.bytes(frame.buffer) {
-                    Ok(bytes) => peers.send(core, &PeerMessage::Frame(&bytes[..length])).is_ok(),
+                    Ok(bytes) => peers
+                        .send(core, &PeerMessage::Frame(&bytes[..length]))
+                        .is_ok(),
                     Err(_) => false,
                 };
                 if sent {
@@ -453,7 +478,9 @@ impl CoreNet {
             self.counters.drops[DropReason::BadLength as usize] += 1;
             return;
         }
-        let verdict = self.classifier.classify(bytes, ChecksumStatus::default(), 0, true);
+        let verdict = self
+            .classifier
+            .classify(bytes, ChecksumStatus::default(), 0, true);
         let path = match verdict {
             Verdict::Deliver(path) => path,
             Verdict::Drop(reason) => {
@@ -476,12 +503,23 @@ impl CoreNet {
         self.enqueue(path, buffer, bytes.len() as u16, true, pool);
     }
 
-    fn enqueue(&mut self, path: PathIndex, buffer: BufferId, length: u16, forwarded: bool, pool: &mut BufferPool) {
+    fn enqueue(
+        &mut self,
+        path: PathIndex,
+        buffer: BufferId,
+        length: u16,
+        forwarded: bool,
+        pool: &mut BufferPool,
+    ) {
         let Some(path) = self.paths.get_mut(usize::from(path.0)) else {
             let _ = pool.free(buffer);
             return;
         };
-        let frame = QueuedFrame { buffer, length, forwarded };
+        let frame = QueuedFrame {
+            buffer,
+            length,
+            forwarded,
+        };
         if path.queue.push(frame).is_err() {
             path.counters.queue_drops += 1;
             let _ = pool.free(buffer);
@@ -493,7 +531,13 @@ impl CoreNet {
     fn install_neighbour(&mut self, now: Instant, entry: NeighbourEntry) {
         let start = (self.cycles)();
         let frame = arp_reply_frame(entry, self.config.mac, self.config.addresses.ip.address);
-        let Self { iface, paths, staging, arp_path, .. } = self;
+        let Self {
+            iface,
+            paths,
+            staging,
+            arp_path,
+            ..
+        } = self;
         let path = &mut paths[*arp_path];
         let mut device = PathDevice {
             rx: Some(&frame),
@@ -507,10 +551,19 @@ impl CoreNet {
     }
 
     /// Runs one path: its queued frames through smoltcp, then its application, then egress.
-    fn run_path(&mut self, index: usize, now: Instant, pool: &mut BufferPool, peers: &mut impl Peers) {
+    fn run_path(
+        &mut self,
+        index: usize,
+        now: Instant,
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+    ) {
         let start = (self.cycles)();
         let uptime_ms = (now - self.started).total_millis();
-        let wants_stats = self.paths[index].app.as_ref().is_some_and(|app| app.wants_stats());
+        let wants_stats = self.paths[index]
+            .app
+            .as_ref()
+            .is_some_and(|app| app.wants_stats());
         if wants_stats {
             let own = self.stats(now);
             match self.stats.iter_mut().find(|entry| entry.core == own.core) {
@@ -577,7 +630,10 @@ impl CoreNet {
                     let sent = pool.alloc().and_then(|buffer| {
                         let target = pool.bytes_mut(buffer).ok()?;
                         target[..length].copy_from_slice(&staging.bytes[..length]);
-                        let out = drivers::nic::TransmitFrame { buffer, length: length as u16 };
+                        let out = drivers::nic::TransmitFrame {
+                            buffer,
+                            length: length as u16,
+                        };
                         match tx_queue.push(out) {
                             Ok(()) => Some(()),
                             Err(_) => {
@@ -644,7 +700,9 @@ impl CoreNet {
                         }
                     }
                     // Keep the backlog armed so a burst of connections is not refused.
-                    while listening < path.listener.backlog && path.tcp.len() < path.listener.max_sockets {
+                    while listening < path.listener.backlog
+                        && path.tcp.len() < path.listener.max_sockets
+                    {
                         add_listener(path);
                         listening += 1;
                     }
@@ -706,18 +764,28 @@ fn add_listener(path: &mut Path) {
     );
     if socket.listen(port).is_ok() {
         let handle = path.sockets.add(socket);
-        path.tcp.push(TcpSlot { handle, active: false });
+        path.tcp.push(TcpSlot {
+            handle,
+            active: false,
+        });
     }
 }
 
 /// The sender of an ARP packet aimed at us, if it is a unicast neighbour on our subnet.
 fn arp_sender(frame: &[u8], config: &NetConfig) -> Option<NeighbourEntry> {
     let arp = frame.get(14..42)?;
-    let mut entry = NeighbourEntry { ip: [0; 4], mac: [0; 6] };
+    let mut entry = NeighbourEntry {
+        ip: [0; 4],
+        mac: [0; 6],
+    };
     entry.mac.copy_from_slice(&arp[8..14]);
     entry.ip.copy_from_slice(&arp[14..18]);
     let prefix = u32::from(config.addresses.ip.prefix.min(32));
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    };
     let ours = u32::from_be_bytes(config.addresses.ip.address);
     let theirs = u32::from_be_bytes(entry.ip);
     let unicast_mac = entry.mac[0] & 1 == 0 && entry.mac != [0; 6];

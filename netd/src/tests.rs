@@ -7,7 +7,9 @@ use crate::config::{CoreId, NetConfig};
 use crate::peers::{PeerError, PeerMessage, Peers};
 use crate::stack::{CoreNet, PollOutcome};
 use crate::{DropReason, PathKey, Verdict};
-use drivers::nic::{ChecksumStatus, QueueDatapath, QueueId, QueueStats, ReceiveBatch, ReceivedFrame, TransmitFrame};
+use drivers::nic::{
+    ChecksumStatus, QueueDatapath, QueueId, QueueStats, ReceiveBatch, ReceivedFrame, TransmitFrame,
+};
 use drivers::pool::BufferPool;
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
@@ -64,11 +66,18 @@ impl QueueDatapath for FakeQueue {
     fn receive(&mut self, pool: &mut BufferPool, batch: &mut ReceiveBatch) -> usize {
         let mut count = 0;
         while !batch.is_full() {
-            let Some((bytes, rss_hash, checksum)) = self.inbox.pop_front() else { break };
+            let Some((bytes, rss_hash, checksum)) = self.inbox.pop_front() else {
+                break;
+            };
             let buffer = pool.alloc().expect("pool has buffers");
             let length = bytes.len().min(2048);
             pool.bytes_mut(buffer).unwrap()[..length].copy_from_slice(&bytes[..length]);
-            let _ = batch.push(ReceivedFrame { buffer, length: length as u16, rss_hash, checksum });
+            let _ = batch.push(ReceivedFrame {
+                buffer,
+                length: length as u16,
+                rss_hash,
+                checksum,
+            });
             count += 1;
         }
         count
@@ -152,13 +161,20 @@ impl Cluster {
         let cores = (0..core_count)
             .map(|core| {
                 let config = config(core, core_count);
-                let mut net = CoreNet::new(config, default_applications(&config), fake_cycles, now).unwrap();
+                let mut net =
+                    CoreNet::new(config, default_applications(&config), fake_cycles, now).unwrap();
                 net.set_rss_hash(test_hash);
                 SimCore {
                     net,
-                    nic: FakeQueue { queue: core, ..FakeQueue::default() },
+                    nic: FakeQueue {
+                        queue: core,
+                        ..FakeQueue::default()
+                    },
                     pool: BufferPool::new_host(1024),
-                    mailbox: Mailbox { core_count, ..Mailbox::default() },
+                    mailbox: Mailbox {
+                        core_count,
+                        ..Mailbox::default()
+                    },
                 }
             })
             .collect();
@@ -185,7 +201,12 @@ impl Cluster {
             let l4 = 14 + header;
             let source_port = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
             let destination_port = u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]);
-            test_hash(&rss_input(source, destination, source_port, destination_port))
+            test_hash(&rss_input(
+                source,
+                destination,
+                source_port,
+                destination_port,
+            ))
         } else {
             let mut input = [0u8; 8];
             input[..4].copy_from_slice(&source);
@@ -197,7 +218,11 @@ impl Cluster {
 
     pub(crate) fn inject(&mut self, frame: &[u8]) -> CoreId {
         let (core, hash) = self.steer(frame);
-        self.cores[usize::from(core)].nic.inbox.push_back((frame.to_vec(), hash, ChecksumStatus::default()));
+        self.cores[usize::from(core)].nic.inbox.push_back((
+            frame.to_vec(),
+            hash,
+            ChecksumStatus::default(),
+        ));
         core
     }
 
@@ -206,9 +231,14 @@ impl Cluster {
     pub(crate) fn round(&mut self) -> bool {
         let mut busy = false;
         for core in self.cores.iter_mut() {
-            let outcome: PollOutcome = core.net.poll(self.now, &mut core.nic, &mut core.pool, &mut core.mailbox);
+            let outcome: PollOutcome =
+                core.net
+                    .poll(self.now, &mut core.nic, &mut core.pool, &mut core.mailbox);
             busy |= outcome.more_work || outcome.received > 0 || outcome.transmitted > 0;
-            if outcome.next_deadline.is_some_and(|deadline| deadline <= self.now) {
+            if outcome
+                .next_deadline
+                .is_some_and(|deadline| deadline <= self.now)
+            {
                 busy = true;
             }
             self.wire.append(&mut core.nic.sent);
@@ -220,7 +250,8 @@ impl Cluster {
                 self.peer_messages += 1;
                 let message = PeerMessage::decode(&bytes).unwrap();
                 let core = &mut self.cores[usize::from(to)];
-                core.net.handle_peer_message(self.now, &message, &mut core.pool, &mut core.mailbox);
+                core.net
+                    .handle_peer_message(self.now, &message, &mut core.pool, &mut core.mailbox);
             }
         }
         self.now += Duration::from_millis(1);
@@ -241,14 +272,22 @@ impl Cluster {
     }
 
     pub(crate) fn drops(&self, reason: DropReason) -> u64 {
-        self.cores.iter().map(|core| core.net.counters().drops[reason as usize]).sum()
+        self.cores
+            .iter()
+            .map(|core| core.net.counters().drops[reason as usize])
+            .sum()
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Hand-built frames.
 
-pub(crate) fn ethernet(destination: [u8; 6], source: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ethernet(
+    destination: [u8; 6],
+    source: [u8; 6],
+    ethertype: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut frame = Vec::with_capacity(14 + payload.len());
     frame.extend_from_slice(&destination);
     frame.extend_from_slice(&source);
@@ -285,7 +324,12 @@ pub(crate) fn udp_frame(source_port: u16, destination_port: u16, payload: &[u8])
     datagram.extend_from_slice(payload);
     let checksum = l4_checksum(CLIENT_IP, STACK_IP, 17, &datagram);
     datagram[6..8].copy_from_slice(&checksum.to_be_bytes());
-    ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &ipv4(CLIENT_IP, STACK_IP, 17, &datagram))
+    ethernet(
+        STACK_MAC,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(CLIENT_IP, STACK_IP, 17, &datagram),
+    )
 }
 
 pub(crate) fn tcp_syn(source_port: u16, destination_port: u16) -> Vec<u8> {
@@ -297,7 +341,12 @@ pub(crate) fn tcp_syn(source_port: u16, destination_port: u16) -> Vec<u8> {
     segment.extend_from_slice(&[0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
     let checksum = l4_checksum(CLIENT_IP, STACK_IP, 6, &segment);
     segment[16..18].copy_from_slice(&checksum.to_be_bytes());
-    ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &ipv4(CLIENT_IP, STACK_IP, 6, &segment))
+    ethernet(
+        STACK_MAC,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(CLIENT_IP, STACK_IP, 6, &segment),
+    )
 }
 
 pub(crate) fn icmp_echo(identifier: u16, sequence: u16, data: &[u8]) -> Vec<u8> {
@@ -307,7 +356,12 @@ pub(crate) fn icmp_echo(identifier: u16, sequence: u16, data: &[u8]) -> Vec<u8> 
     message.extend_from_slice(data);
     let checksum = !checksum_fold(checksum_add(0, &message));
     message[2..4].copy_from_slice(&checksum.to_be_bytes());
-    ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &ipv4(CLIENT_IP, STACK_IP, 1, &message))
+    ethernet(
+        STACK_MAC,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(CLIENT_IP, STACK_IP, 1, &message),
+    )
 }
 
 pub(crate) fn arp_request(sender_mac: [u8; 6], sender_ip: [u8; 4], target_ip: [u8; 4]) -> Vec<u8> {
@@ -320,7 +374,12 @@ pub(crate) fn arp_request(sender_mac: [u8; 6], sender_ip: [u8; 4], target_ip: [u
 }
 
 /// Source ports whose flows the NIC steers to `core`.
-pub(crate) fn ports_for_core(cluster: &Cluster, core: CoreId, destination_port: u16, count: usize) -> Vec<u16> {
+pub(crate) fn ports_for_core(
+    cluster: &Cluster,
+    core: CoreId,
+    destination_port: u16,
+    count: usize,
+) -> Vec<u16> {
     (40000..u16::MAX)
         .filter(|port| {
             let hash = test_hash(&rss_input(CLIENT_IP, STACK_IP, *port, destination_port));
@@ -331,7 +390,9 @@ pub(crate) fn ports_for_core(cluster: &Cluster, core: CoreId, destination_port: 
 }
 
 fn frames_to_client(wire: &[Vec<u8>]) -> Vec<&Vec<u8>> {
-    wire.iter().filter(|frame| frame[0..6] == CLIENT_MAC).collect()
+    wire.iter()
+        .filter(|frame| frame[0..6] == CLIENT_MAC)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -394,25 +455,48 @@ impl Client {
         iface.update_ip_addrs(|addresses| {
             let _ = addresses.push(IpCidr::new(IpAddress::v4(10, 0, 2, 2), 24));
         });
-        Self { iface, device, sockets: SocketSet::new(vec![]) }
+        Self {
+            iface,
+            device,
+            sockets: SocketSet::new(vec![]),
+        }
     }
 
     pub(crate) fn tcp_socket(&mut self) -> smoltcp::iface::SocketHandle {
-        let socket = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 65536]));
+        let socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 65536]),
+            tcp::SocketBuffer::new(vec![0; 65536]),
+        );
         self.sockets.add(socket)
     }
 
-    pub(crate) fn connect(&mut self, handle: smoltcp::iface::SocketHandle, local_port: u16, remote_port: u16) {
+    pub(crate) fn connect(
+        &mut self,
+        handle: smoltcp::iface::SocketHandle,
+        local_port: u16,
+        remote_port: u16,
+    ) {
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         socket
-            .connect(self.iface.context(), (Ipv4Address::new(10, 0, 2, 15), remote_port), local_port)
+            .connect(
+                self.iface.context(),
+                (Ipv4Address::new(10, 0, 2, 15), remote_port),
+                local_port,
+            )
             .unwrap();
     }
 
     /// Client and cluster exchange frames for `rounds` rounds or until `done` holds.
-    pub(crate) fn exchange(&mut self, cluster: &mut Cluster, rounds: usize, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+    pub(crate) fn exchange(
+        &mut self,
+        cluster: &mut Cluster,
+        rounds: usize,
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) -> bool {
         for _ in 0..rounds {
-            let _ = self.iface.poll(cluster.now, &mut self.device, &mut self.sockets);
+            let _ = self
+                .iface
+                .poll(cluster.now, &mut self.device, &mut self.sockets);
             for frame in self.device.tx.drain(..) {
                 cluster.inject(&frame);
             }
@@ -422,7 +506,9 @@ impl Client {
                     self.device.rx.push_back(frame);
                 }
             }
-            let _ = self.iface.poll(cluster.now, &mut self.device, &mut self.sockets);
+            let _ = self
+                .iface
+                .poll(cluster.now, &mut self.device, &mut self.sockets);
             if done(self) {
                 return true;
             }
@@ -450,11 +536,12 @@ impl Client {
                 sent += socket.send_slice(&request[sent..]).unwrap();
             }
             while socket.can_recv() {
-                socket.recv(|bytes| {
-                    reply.extend_from_slice(bytes);
-                    (bytes.len(), ())
-                })
-                .unwrap();
+                socket
+                    .recv(|bytes| {
+                        reply.extend_from_slice(bytes);
+                        (bytes.len(), ())
+                    })
+                    .unwrap();
             }
             complete(&reply)
         });
@@ -476,51 +563,121 @@ fn classifier_maps_each_protocol_to_its_path_or_a_reason() {
     let cluster = Cluster::new(1);
     let classifier = cluster.cores[0].net.classifier().clone();
     let index_of = |key| {
-        cluster.cores[0].net.paths().iter().position(|path| path.key() == key).unwrap() as u8
+        cluster.cores[0]
+            .net
+            .paths()
+            .iter()
+            .position(|path| path.key() == key)
+            .unwrap() as u8
     };
     let deliver = |key| Verdict::Deliver(crate::classify::PathIndex(index_of(key)));
-    assert_eq!(deliver_verdict(&classifier, &arp_request(CLIENT_MAC, CLIENT_IP, STACK_IP)), deliver(PathKey::Arp));
     assert_eq!(
-        deliver_verdict(&classifier, &arp_request(CLIENT_MAC, CLIENT_IP, [10, 0, 2, 99])),
+        deliver_verdict(&classifier, &arp_request(CLIENT_MAC, CLIENT_IP, STACK_IP)),
+        deliver(PathKey::Arp)
+    );
+    assert_eq!(
+        deliver_verdict(
+            &classifier,
+            &arp_request(CLIENT_MAC, CLIENT_IP, [10, 0, 2, 99])
+        ),
         Verdict::Drop(DropReason::NotForUs)
     );
-    assert_eq!(deliver_verdict(&classifier, &icmp_echo(1, 1, b"ping")), deliver(PathKey::Icmp));
-    assert_eq!(deliver_verdict(&classifier, &udp_frame(5000, 7, b"hi")), deliver(PathKey::Udp(7)));
-    assert_eq!(deliver_verdict(&classifier, &tcp_syn(5000, 80)), deliver(PathKey::Tcp(80)));
-    assert_eq!(deliver_verdict(&classifier, &tcp_syn(5000, 11211)), deliver(PathKey::Tcp(11211)));
-    assert_eq!(deliver_verdict(&classifier, &udp_frame(5000, 9, b"hi")), Verdict::Drop(DropReason::NoSuchPort));
-    assert_eq!(deliver_verdict(&classifier, &tcp_syn(5000, 22)), Verdict::Drop(DropReason::NoSuchPort));
+    assert_eq!(
+        deliver_verdict(&classifier, &icmp_echo(1, 1, b"ping")),
+        deliver(PathKey::Icmp)
+    );
+    assert_eq!(
+        deliver_verdict(&classifier, &udp_frame(5000, 7, b"hi")),
+        deliver(PathKey::Udp(7))
+    );
+    assert_eq!(
+        deliver_verdict(&classifier, &tcp_syn(5000, 80)),
+        deliver(PathKey::Tcp(80))
+    );
+    assert_eq!(
+        deliver_verdict(&classifier, &tcp_syn(5000, 11211)),
+        deliver(PathKey::Tcp(11211))
+    );
+    assert_eq!(
+        deliver_verdict(&classifier, &udp_frame(5000, 9, b"hi")),
+        Verdict::Drop(DropReason::NoSuchPort)
+    );
+    assert_eq!(
+        deliver_verdict(&classifier, &tcp_syn(5000, 22)),
+        Verdict::Drop(DropReason::NoSuchPort)
+    );
 
     // Truncations and bad headers.
     let udp = udp_frame(5000, 7, b"hello");
-    assert_eq!(deliver_verdict(&classifier, &udp[..10]), Verdict::Drop(DropReason::Truncated));
-    assert_eq!(deliver_verdict(&classifier, &udp[..30]), Verdict::Drop(DropReason::Truncated));
-    assert_eq!(deliver_verdict(&classifier, &udp[..40]), Verdict::Drop(DropReason::BadLength));
+    assert_eq!(
+        deliver_verdict(&classifier, &udp[..10]),
+        Verdict::Drop(DropReason::Truncated)
+    );
+    assert_eq!(
+        deliver_verdict(&classifier, &udp[..30]),
+        Verdict::Drop(DropReason::Truncated)
+    );
+    assert_eq!(
+        deliver_verdict(&classifier, &udp[..40]),
+        Verdict::Drop(DropReason::BadLength)
+    );
     let mut bad = udp.clone();
     bad[14] = 0x65; // version 6
-    assert_eq!(deliver_verdict(&classifier, &bad), Verdict::Drop(DropReason::BadIpHeader));
+    assert_eq!(
+        deliver_verdict(&classifier, &bad),
+        Verdict::Drop(DropReason::BadIpHeader)
+    );
     let mut bad = udp.clone();
     bad[14] = 0x44; // header length 16
-    assert_eq!(deliver_verdict(&classifier, &bad), Verdict::Drop(DropReason::BadIpHeader));
+    assert_eq!(
+        deliver_verdict(&classifier, &bad),
+        Verdict::Drop(DropReason::BadIpHeader)
+    );
     let mut bad = udp.clone();
     bad[24] ^= 0xff; // IP header checksum
-    assert_eq!(deliver_verdict(&classifier, &bad), Verdict::Drop(DropReason::BadChecksum));
+    assert_eq!(
+        deliver_verdict(&classifier, &bad),
+        Verdict::Drop(DropReason::BadChecksum)
+    );
     let mut bad = udp.clone();
     let last = bad.len() - 1;
     bad[last] ^= 0x55; // UDP payload: UDP checksum
-    assert_eq!(deliver_verdict(&classifier, &bad), Verdict::Drop(DropReason::BadChecksum));
+    assert_eq!(
+        deliver_verdict(&classifier, &bad),
+        Verdict::Drop(DropReason::BadChecksum)
+    );
     // ... unless the NIC checked the checksum and found it right,
-    let nic_ok = ChecksumStatus { ipv4_ok: true, l4_ok: true, error: false };
-    assert!(matches!(classifier.classify(&bad, nic_ok, 0, false), Verdict::Deliver(_)));
+    let nic_ok = ChecksumStatus {
+        ipv4_ok: true,
+        l4_ok: true,
+        error: false,
+    };
+    assert!(matches!(
+        classifier.classify(&bad, nic_ok, 0, false),
+        Verdict::Deliver(_)
+    ));
     // and the NIC's word that a checksum is wrong is final.
-    let nic_error = ChecksumStatus { ipv4_ok: false, l4_ok: false, error: true };
-    assert_eq!(classifier.classify(&udp, nic_error, 0, false), Verdict::Drop(DropReason::BadChecksum));
+    let nic_error = ChecksumStatus {
+        ipv4_ok: false,
+        l4_ok: false,
+        error: true,
+    };
+    assert_eq!(
+        classifier.classify(&udp, nic_error, 0, false),
+        Verdict::Drop(DropReason::BadChecksum)
+    );
     let mut bad = tcp_syn(5000, 80);
     bad[50] ^= 1; // TCP checksum
-    assert_eq!(deliver_verdict(&classifier, &bad), Verdict::Drop(DropReason::BadChecksum));
+    assert_eq!(
+        deliver_verdict(&classifier, &bad),
+        Verdict::Drop(DropReason::BadChecksum)
+    );
     let mut bad = icmp_echo(1, 1, b"x");
     bad[40] ^= 1;
-    assert_eq!(deliver_verdict(&classifier, &bad), Verdict::Drop(DropReason::BadChecksum));
+    assert_eq!(
+        deliver_verdict(&classifier, &bad),
+        Verdict::Drop(DropReason::BadChecksum)
+    );
 
     // Fragments, other addresses, other protocols.
     let mut fragment = ipv4(CLIENT_IP, STACK_IP, 17, &[0u8; 16]);
@@ -529,20 +686,53 @@ fn classifier_maps_each_protocol_to_its_path_or_a_reason() {
     let checksum = !checksum_fold(checksum_add(0, &fragment[..20]));
     fragment[10..12].copy_from_slice(&checksum.to_be_bytes());
     assert_eq!(
-        deliver_verdict(&classifier, &ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &fragment)),
+        deliver_verdict(
+            &classifier,
+            &ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &fragment)
+        ),
         Verdict::Drop(DropReason::Fragment)
     );
-    let other_ip = ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &ipv4(CLIENT_IP, [10, 0, 2, 16], 17, &[0u8; 8]));
-    assert_eq!(deliver_verdict(&classifier, &other_ip), Verdict::Drop(DropReason::NotForUs));
+    let other_ip = ethernet(
+        STACK_MAC,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(CLIENT_IP, [10, 0, 2, 16], 17, &[0u8; 8]),
+    );
+    assert_eq!(
+        deliver_verdict(&classifier, &other_ip),
+        Verdict::Drop(DropReason::NotForUs)
+    );
     let mut other_mac = udp.clone();
     other_mac[5] ^= 1;
-    assert_eq!(deliver_verdict(&classifier, &other_mac), Verdict::Drop(DropReason::NotForUs));
-    let gre = ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &ipv4(CLIENT_IP, STACK_IP, 47, &[0u8; 8]));
-    assert_eq!(deliver_verdict(&classifier, &gre), Verdict::Drop(DropReason::UnsupportedProtocol));
+    assert_eq!(
+        deliver_verdict(&classifier, &other_mac),
+        Verdict::Drop(DropReason::NotForUs)
+    );
+    let gre = ethernet(
+        STACK_MAC,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(CLIENT_IP, STACK_IP, 47, &[0u8; 8]),
+    );
+    assert_eq!(
+        deliver_verdict(&classifier, &gre),
+        Verdict::Drop(DropReason::UnsupportedProtocol)
+    );
     let ipv6 = ethernet(STACK_MAC, CLIENT_MAC, 0x86dd, &[0u8; 40]);
-    assert_eq!(deliver_verdict(&classifier, &ipv6), Verdict::Drop(DropReason::UnsupportedEtherType));
-    let zero_source = ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &ipv4([0; 4], STACK_IP, 17, &[0u8; 8]));
-    assert_eq!(deliver_verdict(&classifier, &zero_source), Verdict::Drop(DropReason::BadSource));
+    assert_eq!(
+        deliver_verdict(&classifier, &ipv6),
+        Verdict::Drop(DropReason::UnsupportedEtherType)
+    );
+    let zero_source = ethernet(
+        STACK_MAC,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4([0; 4], STACK_IP, 17, &[0u8; 8]),
+    );
+    assert_eq!(
+        deliver_verdict(&classifier, &zero_source),
+        Verdict::Drop(DropReason::BadSource)
+    );
 }
 
 #[test]
@@ -559,9 +749,15 @@ fn classifier_forwards_misdelivered_flows_once() {
         assert_eq!(verdict, Verdict::Forward(owner));
     }
     // A forwarded frame is never forwarded again, whatever the table says.
-    assert!(matches!(classifier.classify(&frame, ChecksumStatus::default(), hash, true), Verdict::Deliver(_)));
+    assert!(matches!(
+        classifier.classify(&frame, ChecksumStatus::default(), hash, true),
+        Verdict::Deliver(_)
+    ));
     // Without a NIC hash, the stack computes it.
-    assert_eq!(classifier.classify(&frame, ChecksumStatus::default(), 0, false), verdict);
+    assert_eq!(
+        classifier.classify(&frame, ChecksumStatus::default(), 0, false),
+        verdict
+    );
 }
 
 /// A tiny deterministic generator for the fuzz-style tests.
@@ -569,7 +765,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u32 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) as u32
     }
 }
@@ -590,7 +789,9 @@ fn random_and_mutated_frames_never_panic_and_are_all_counted() {
     for round in 0..4000 {
         let mut frame = if round % 5 == 0 {
             let length = (random.next() % 120) as usize;
-            (0..length).map(|_| random.next() as u8).collect::<Vec<u8>>()
+            (0..length)
+                .map(|_| random.next() as u8)
+                .collect::<Vec<u8>>()
         } else {
             let mut frame = seeds[round % seeds.len()].clone();
             for _ in 0..=(random.next() % 4) {
@@ -606,8 +807,17 @@ fn random_and_mutated_frames_never_panic_and_are_all_counted() {
             frame.truncate(2048);
         }
         // The classifier alone, with any NIC hash and checksum status.
-        let status = ChecksumStatus { ipv4_ok: random.next().is_multiple_of(2), l4_ok: random.next().is_multiple_of(2), error: false };
-        let _ = classifier.classify(&frame, status, random.next(), random.next().is_multiple_of(2));
+        let status = ChecksumStatus {
+            ipv4_ok: random.next().is_multiple_of(2),
+            l4_ok: random.next().is_multiple_of(2),
+            error: false,
+        };
+        let _ = classifier.classify(
+            &frame,
+            status,
+            random.next(),
+            random.next().is_multiple_of(2),
+        );
         // The whole stack.
         cluster.inject(&frame);
         injected += 1;
@@ -621,15 +831,27 @@ fn random_and_mutated_frames_never_panic_and_are_all_counted() {
         .iter()
         .map(|core| {
             let dropped: u64 = core.net.counters().drops.iter().sum();
-            let delivered: u64 = core.net.paths().iter().map(|path| path.counters().packets + path.counters().queue_drops).sum();
+            let delivered: u64 = core
+                .net
+                .paths()
+                .iter()
+                .map(|path| path.counters().packets + path.counters().queue_drops)
+                .sum();
             let forwarded_in = core.net.counters().forwarded_in;
             let forwarded_out = core.net.counters().forwarded_out;
             dropped + delivered + forwarded_out - forwarded_in.min(delivered)
         })
         .sum();
-    let received: u64 = cluster.cores.iter().map(|core| core.net.counters().rx_frames).sum();
+    let received: u64 = cluster
+        .cores
+        .iter()
+        .map(|core| core.net.counters().rx_frames)
+        .sum();
     assert_eq!(received, injected);
-    assert!(counted >= injected, "every frame is dropped with a reason, delivered or forwarded");
+    assert!(
+        counted >= injected,
+        "every frame is dropped with a reason, delivered or forwarded"
+    );
     assert!(cluster.drops(DropReason::Truncated) > 0);
     assert!(cluster.drops(DropReason::BadChecksum) > 0);
     // Buffers all went back to the pools.
@@ -647,7 +869,10 @@ fn udp_echo_over_four_cores_runs_on_the_flow_owner() {
     for core in 0..4u16 {
         for port in ports_for_core(&cluster, core, 7, 3) {
             let payload = format!("echo from {port}");
-            assert_eq!(cluster.inject(&udp_frame(port, 7, payload.as_bytes())), core);
+            assert_eq!(
+                cluster.inject(&udp_frame(port, 7, payload.as_bytes())),
+                core
+            );
         }
     }
     cluster.settle();
@@ -670,7 +895,10 @@ fn udp_echo_over_four_cores_runs_on_the_flow_owner() {
 #[test]
 fn arp_is_answered_on_queue_zero_and_neighbours_reach_every_core() {
     let mut cluster = Cluster::new(4);
-    assert_eq!(cluster.inject(&arp_request(CLIENT_MAC, CLIENT_IP, STACK_IP)), 0);
+    assert_eq!(
+        cluster.inject(&arp_request(CLIENT_MAC, CLIENT_IP, STACK_IP)),
+        0
+    );
     cluster.settle();
     let replies = frames_to_client(&cluster.wire);
     assert_eq!(replies.len(), 1);
@@ -715,14 +943,25 @@ fn lrp_queue_tail_drops_when_the_application_is_behind() {
     let mut cluster = Cluster::new(1);
     cluster.inject(&arp_request(CLIENT_MAC, CLIENT_IP, STACK_IP));
     cluster.settle();
-    cluster.cores[0].net.path_mut(PathKey::Udp(7)).unwrap().set_queue_limit(4);
+    cluster.cores[0]
+        .net
+        .path_mut(PathKey::Udp(7))
+        .unwrap()
+        .set_queue_limit(4);
     // Grow the adaptive batch to its maximum: a full ring of junk frames doubles it each poll.
     for _ in 0..4 {
         let core = &mut cluster.cores[0];
         for _ in 0..64 {
-            core.nic.inbox.push_back((vec![0u8; 10], 0, ChecksumStatus::default()));
+            core.nic
+                .inbox
+                .push_back((vec![0u8; 10], 0, ChecksumStatus::default()));
         }
-        core.net.poll(cluster.now, &mut core.nic, &mut core.pool, &mut core.mailbox);
+        core.net.poll(
+            cluster.now,
+            &mut core.nic,
+            &mut core.pool,
+            &mut core.mailbox,
+        );
     }
     let core = &mut cluster.cores[0];
     core.nic.inbox.clear();
@@ -732,12 +971,20 @@ fn lrp_queue_tail_drops_when_the_application_is_behind() {
         cluster.inject(&udp_frame(6000 + n, 7, b"burst"));
     }
     let core = &mut cluster.cores[0];
-    let outcome = core.net.poll(cluster.now, &mut core.nic, &mut core.pool, &mut core.mailbox);
+    let outcome = core.net.poll(
+        cluster.now,
+        &mut core.nic,
+        &mut core.pool,
+        &mut core.mailbox,
+    );
     assert_eq!(outcome.received, 10);
     let counters = cluster.path_counters(0, PathKey::Udp(7));
     assert_eq!(counters.packets, 4);
     assert_eq!(counters.queue_drops, 6);
-    assert_eq!(counters.tx_packets, 4, "dropped frames cost no protocol work");
+    assert_eq!(
+        counters.tx_packets, 4,
+        "dropped frames cost no protocol work"
+    );
     // Other paths are unaffected: ICMP still gets through in the same kind of burst.
     let pings: Vec<Vec<u8>> = (0..3).map(|n| icmp_echo(1, n, b"p")).collect();
     for ping in &pings {
@@ -745,7 +992,10 @@ fn lrp_queue_tail_drops_when_the_application_is_behind() {
     }
     cluster.settle();
     assert_eq!(cluster.path_counters(0, PathKey::Icmp).packets, 3);
-    assert_eq!(cluster.cores[0].pool.available(), cluster.cores[0].pool.capacity());
+    assert_eq!(
+        cluster.cores[0].pool.available(),
+        cluster.cores[0].pool.capacity()
+    );
 }
 
 #[test]
@@ -754,11 +1004,18 @@ fn batch_size_adapts_between_min_and_max() {
     let core = &mut cluster.cores[0];
     assert_eq!(core.net.batch_size(), crate::stack::MIN_BATCH);
     for _ in 0..1000 {
-        core.nic.inbox.push_back((vec![0u8; 10], 0, ChecksumStatus::default()));
+        core.nic
+            .inbox
+            .push_back((vec![0u8; 10], 0, ChecksumStatus::default()));
     }
     let mut sizes = Vec::new();
     for _ in 0..8 {
-        let outcome = core.net.poll(cluster.now, &mut core.nic, &mut core.pool, &mut core.mailbox);
+        let outcome = core.net.poll(
+            cluster.now,
+            &mut core.nic,
+            &mut core.pool,
+            &mut core.mailbox,
+        );
         assert!(outcome.received <= drivers::nic::MAX_BATCH);
         assert!(outcome.more_work);
         sizes.push(outcome.received);
@@ -767,11 +1024,19 @@ fn batch_size_adapts_between_min_and_max() {
     core.nic.inbox.clear();
     let mut last = PollOutcome::default();
     for _ in 0..6 {
-        last = core.net.poll(cluster.now, &mut core.nic, &mut core.pool, &mut core.mailbox);
+        last = core.net.poll(
+            cluster.now,
+            &mut core.nic,
+            &mut core.pool,
+            &mut core.mailbox,
+        );
     }
     assert!(!last.more_work);
     assert_eq!(core.net.batch_size(), crate::stack::MIN_BATCH);
-    assert_eq!(core.net.counters().drops[DropReason::Truncated as usize], 4 + 8 + 16 + 32 + 64 * 4);
+    assert_eq!(
+        core.net.counters().drops[DropReason::Truncated as usize],
+        4 + 8 + 16 + 32 + 64 * 4
+    );
 }
 
 #[test]
@@ -798,14 +1063,25 @@ fn misdelivered_frames_are_forwarded_exactly_once() {
     assert_eq!(cluster.cores[3].net.counters().forwarded_in, 0);
     let counters = cluster.path_counters(2, PathKey::Udp(7));
     assert_eq!((counters.packets, counters.forwarded_in), (1, 1));
-    assert_eq!(frames_to_client(&cluster.wire).len(), 1, "the owner answered");
+    assert_eq!(
+        frames_to_client(&cluster.wire).len(),
+        1,
+        "the owner answered"
+    );
     // When the channel is full the frame is dropped and counted.
     cluster.cores[1].mailbox.refuse = true;
     cluster.inject(&frame);
     cluster.settle();
-    assert_eq!(cluster.cores[1].net.counters().drops[DropReason::ForwardFailed as usize], 1);
+    assert_eq!(
+        cluster.cores[1].net.counters().drops[DropReason::ForwardFailed as usize],
+        1
+    );
     // A steady flow the tables agree on is never forwarded.
-    let total_forwarded: u64 = cluster.cores.iter().map(|core| core.net.counters().forwarded_out).sum();
+    let total_forwarded: u64 = cluster
+        .cores
+        .iter()
+        .map(|core| core.net.counters().forwarded_out)
+        .sum();
     let steady = ports_for_core(&cluster, 3, 7, 1)[0];
     let (_, steady_hash) = cluster.steer(&udp_frame(steady, 7, b""));
     if FlowTable::group_of_hash(steady_hash) != group {
@@ -813,7 +1089,11 @@ fn misdelivered_frames_are_forwarded_exactly_once() {
             cluster.inject(&udp_frame(steady, 7, b"steady"));
         }
         cluster.settle();
-        let after: u64 = cluster.cores.iter().map(|core| core.net.counters().forwarded_out).sum();
+        let after: u64 = cluster
+            .cores
+            .iter()
+            .map(|core| core.net.counters().forwarded_out)
+            .sum();
         assert_eq!(after, total_forwarded);
     }
 }
@@ -825,7 +1105,9 @@ fn tcp_echo_handshake_and_data_with_a_smoltcp_client() {
     for core in 0..2u16 {
         let port = ports_for_core(&cluster, core, 7, 1)[0];
         let message = format!("hello core {core}, this is a longer line to echo\n").repeat(40);
-        let reply = client.request(&mut cluster, port, 7, message.as_bytes(), |reply| reply.len() >= message.len());
+        let reply = client.request(&mut cluster, port, 7, message.as_bytes(), |reply| {
+            reply.len() >= message.len()
+        });
         assert_eq!(reply, message.as_bytes());
         let counters = cluster.path_counters(usize::from(core), PathKey::Tcp(7));
         assert_eq!(counters.connections, 1);
@@ -837,7 +1119,10 @@ fn tcp_echo_handshake_and_data_with_a_smoltcp_client() {
     // Connections closed: sockets return to listening.
     let _ = client.exchange(&mut cluster, 50, |_| false);
     for core in &cluster.cores {
-        assert_eq!(core.net.path(PathKey::Tcp(7)).unwrap().open_connections(), 0);
+        assert_eq!(
+            core.net.path(PathKey::Tcp(7)).unwrap().open_connections(),
+            0
+        );
     }
 }
 
@@ -853,7 +1138,9 @@ fn a_burst_of_connections_is_not_refused() {
         })
         .collect();
     let all_up = client.exchange(&mut cluster, 200, |client| {
-        handles.iter().all(|handle| client.sockets.get::<tcp::Socket>(*handle).state() == tcp::State::Established)
+        handles.iter().all(|handle| {
+            client.sockets.get::<tcp::Socket>(*handle).state() == tcp::State::Established
+        })
     });
     assert!(all_up, "every connection of the burst was accepted");
     let _ = client.exchange(&mut cluster, 5, |_| false);
@@ -870,26 +1157,46 @@ fn http_serves_the_page_and_stats() {
         let text = String::from_utf8_lossy(reply);
         match (text.find("\r\n\r\n"), text.find("Content-Length: ")) {
             (Some(end), Some(at)) => {
-                let length: usize = text[at + 16..].split("\r\n").next().unwrap().parse().unwrap();
+                let length: usize = text[at + 16..]
+                    .split("\r\n")
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 reply.len() >= end + 4 + length
             }
             _ => false,
         }
     };
     let port = ports_for_core(&cluster, 1, 80, 1)[0];
-    let page = client.request(&mut cluster, port, 80, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", complete);
+    let page = client.request(
+        &mut cluster,
+        port,
+        80,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        complete,
+    );
     let page = String::from_utf8(page).unwrap();
     assert!(page.starts_with("HTTP/1.1 200 OK\r\n"), "{page}");
     assert!(page.contains("<h1>flotilla</h1>"));
     assert!(page.contains("2 cores, this answer from core 1"));
 
     // The kernel hands over a gathered snapshot; /stats serves it with this core's entry fresh.
-    let snapshot = [cluster.cores[0].net.stats(cluster.now), cluster.cores[1].net.stats(cluster.now)];
+    let snapshot = [
+        cluster.cores[0].net.stats(cluster.now),
+        cluster.cores[1].net.stats(cluster.now),
+    ];
     for core in cluster.cores.iter_mut() {
         core.net.update_stats(&snapshot);
     }
     let port = ports_for_core(&cluster, 0, 80, 1)[0];
-    let stats = client.request(&mut cluster, port, 80, b"GET /stats HTTP/1.1\r\nConnection: close\r\n\r\n", complete);
+    let stats = client.request(
+        &mut cluster,
+        port,
+        80,
+        b"GET /stats HTTP/1.1\r\nConnection: close\r\n\r\n",
+        complete,
+    );
     let stats = String::from_utf8(stats).unwrap();
     assert!(stats.contains("Content-Type: application/json"));
     let body = &stats[stats.find("\r\n\r\n").unwrap() + 4..];
@@ -899,9 +1206,19 @@ fn http_serves_the_page_and_stats() {
     assert!(body.contains("\"bad_checksum\":0"));
     assert_eq!(body.matches('{').count(), body.matches('}').count());
 
-    let missing = client.request(&mut cluster, port + 1, 80, b"GET /nope HTTP/1.1\r\n\r\n", complete);
+    let missing = client.request(
+        &mut cluster,
+        port + 1,
+        80,
+        b"GET /nope HTTP/1.1\r\n\r\n",
+        complete,
+    );
     let missing = String::from_utf8(missing).unwrap();
-    assert!(missing.starts_with("HTTP/1.1 404") || missing.is_empty() || missing.starts_with("HTTP/1.1 404"));
+    assert!(
+        missing.starts_with("HTTP/1.1 404")
+            || missing.is_empty()
+            || missing.starts_with("HTTP/1.1 404")
+    );
 }
 
 #[test]
@@ -911,7 +1228,12 @@ fn memcached_partitions_keys_across_cores_and_keeps_reply_order() {
     let mut client = Client::new(cluster.now);
     // Keys owned by each core.
     let keys: Vec<String> = (0..3u16)
-        .map(|owner| (0..).map(|n| format!("key{n}")).find(|key| key_owner(key.as_bytes(), 3) == owner).unwrap())
+        .map(|owner| {
+            (0..)
+                .map(|n| format!("key{n}"))
+                .find(|key| key_owner(key.as_bytes(), 3) == owner)
+                .unwrap()
+        })
         .collect();
     // The connection lands on core 0; the keys of cores 1 and 2 travel by peer messages.
     let port = ports_for_core(&cluster, 0, 11211, 1)[0];
@@ -934,8 +1256,17 @@ fn memcached_partitions_keys_across_cores_and_keeps_reply_order() {
         String::from_utf8_lossy(reply).ends_with(expected_end)
     });
     let reply = String::from_utf8(reply).unwrap();
-    let cas_line_start = reply.find(&format!("VALUE {} 1 7 ", keys[1])).expect("gets reply");
-    let cas: String = reply[cas_line_start..].split("\r\n").next().unwrap().rsplit(' ').next().unwrap().into();
+    let cas_line_start = reply
+        .find(&format!("VALUE {} 1 7 ", keys[1]))
+        .expect("gets reply");
+    let cas: String = reply[cas_line_start..]
+        .split("\r\n")
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .into();
     let expected = format!(
         "STORED\r\nSTORED\r\nSTORED\r\n\
          VALUE {k2} 2 7\r\nvalue-2\r\nVALUE {k0} 0 7\r\nvalue-0\r\nVALUE {k1} 1 7\r\nvalue-1\r\nEND\r\n\
@@ -951,12 +1282,27 @@ fn memcached_partitions_keys_across_cores_and_keeps_reply_order() {
     // Each key lives only on its owner.
     for (owner, key) in keys.iter().enumerate() {
         let _ = key;
-        let app = cluster.cores[owner].net.application(PathKey::Tcp(11211)).unwrap();
+        let app = cluster.cores[owner]
+            .net
+            .application(PathKey::Tcp(11211))
+            .unwrap();
         let _ = app;
     }
-    let served_remote: u64 = (1..3).map(|core| cluster.path_counters(core, PathKey::Tcp(11211)).peer_messages).sum();
-    assert!(served_remote >= 6, "requests for keys of cores 1 and 2 were served there ({served_remote})");
-    assert!(cluster.path_counters(0, PathKey::Tcp(11211)).peer_messages >= 6, "replies came back to core 0");
+    let served_remote: u64 = (1..3)
+        .map(|core| {
+            cluster
+                .path_counters(core, PathKey::Tcp(11211))
+                .peer_messages
+        })
+        .sum();
+    assert!(
+        served_remote >= 6,
+        "requests for keys of cores 1 and 2 were served there ({served_remote})"
+    );
+    assert!(
+        cluster.path_counters(0, PathKey::Tcp(11211)).peer_messages >= 6,
+        "replies came back to core 0"
+    );
 }
 
 #[test]
@@ -964,13 +1310,17 @@ fn source_ports_are_picked_so_replies_land_on_the_calling_core() {
     let flows = FlowTable::round_robin(4);
     let remote = [93, 184, 216, 34];
     for core in 0..4u16 {
-        let port = crate::pick_source_port(STACK_IP, remote, 80, core, &flows, test_hash, 50000).unwrap();
+        let port =
+            crate::pick_source_port(STACK_IP, remote, 80, core, &flows, test_hash, 50000).unwrap();
         assert!(port >= crate::classify::EPHEMERAL_FIRST);
         let reply_hash = test_hash(&rss_input(remote, STACK_IP, 80, port));
         assert_eq!(flows.owner(FlowTable::group_of_hash(reply_hash)), core);
     }
     // No flow group owned: no port.
-    assert_eq!(crate::pick_source_port(STACK_IP, remote, 80, 9, &flows, test_hash, 50000), None);
+    assert_eq!(
+        crate::pick_source_port(STACK_IP, remote, 80, 9, &flows, test_hash, 50000),
+        None
+    );
 }
 
 #[test]
@@ -978,8 +1328,14 @@ fn bad_configurations_are_refused() {
     let now = Instant::from_millis(0);
     let mut multicast = config(0, 1);
     multicast.mac[0] |= 1;
-    assert_eq!(CoreNet::new(multicast, vec![], fake_cycles, now).err(), Some(crate::NetError::BadMac));
-    assert_eq!(CoreNet::new(config(2, 2), vec![], fake_cycles, now).err(), Some(crate::NetError::BadCore));
+    assert_eq!(
+        CoreNet::new(multicast, vec![], fake_cycles, now).err(),
+        Some(crate::NetError::BadMac)
+    );
+    assert_eq!(
+        CoreNet::new(config(2, 2), vec![], fake_cycles, now).err(),
+        Some(crate::NetError::BadCore)
+    );
     let twice: Vec<Box<dyn crate::app::Application>> = vec![
         Box::new(crate::app::udp_echo::UdpEcho::new(7)),
         Box::new(crate::app::udp_echo::UdpEcho::new(7)),
@@ -1001,10 +1357,18 @@ fn transmit_ring_backpressure_keeps_frames_for_the_next_poll() {
         cluster.inject(&udp_frame(7000 + n, 7, b"slow ring"));
     }
     let core = &mut cluster.cores[0];
-    let outcome = core.net.poll(cluster.now, &mut core.nic, &mut core.pool, &mut core.mailbox);
+    let outcome = core.net.poll(
+        cluster.now,
+        &mut core.nic,
+        &mut core.pool,
+        &mut core.mailbox,
+    );
     assert_eq!(outcome.transmitted, 1);
     assert!(outcome.more_work, "frames wait for the ring");
     cluster.settle();
     assert_eq!(frames_to_client(&cluster.wire).len(), 3);
-    assert_eq!(cluster.cores[0].pool.available(), cluster.cores[0].pool.capacity());
+    assert_eq!(
+        cluster.cores[0].pool.available(),
+        cluster.cores[0].pool.capacity()
+    );
 }

@@ -418,20 +418,48 @@ fn run_tests() -> ExitCode {
             Some("--cfg loom"),
         ),
     ];
+    let (mut passed, mut failed) = (0u64, 0u64);
     for (name, args, rustflags) in steps {
         eprintln!("qemu-smp test: {name}: cargo {}", args.join(" "));
         let mut command = std::process::Command::new(&cargo);
-        command.current_dir(&root).args(&args);
+        command
+            .current_dir(&root)
+            .args(&args)
+            .stdout(std::process::Stdio::piped());
         match rustflags {
             Some(flags) => command.env("RUSTFLAGS", flags),
             None => command.env_remove("RUSTFLAGS"),
         };
-        match command.status() {
-            Ok(status) if status.success() => {}
-            Ok(status) => return fail(format!("{name} failed ({status})")),
+        let mut child = match command.spawn() {
+            Ok(child) => child,
             Err(e) => return fail(format!("could not run cargo: {e}")),
+        };
+        // Echo the test output as it comes, and add up libtest's "test result" lines.
+        let stdout = child.stdout.take().expect("stdout is piped");
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let count = |word: &str| {
+                    rest.split(';')
+                        .find_map(|part| part.trim().strip_suffix(word).map(str::trim))
+                        .and_then(|n| n.split_whitespace().last())
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                passed += count(" passed");
+                failed += count(" failed");
+            }
+        }
+        match child.wait() {
+            Ok(status) if status.success() => {}
+            Ok(status) => {
+                println!("tests: {passed} passed, {failed} failed");
+                return fail(format!("{name} failed ({status})"));
+            }
+            Err(e) => return fail(format!("cargo: {e}")),
         }
     }
+    println!("tests: {passed} passed, {failed} failed");
     eprintln!("qemu-smp test: all test suites passed");
     ExitCode::SUCCESS
 }

@@ -49,7 +49,9 @@ impl Http {
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|window| window == needle)
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 fn respond(output: &mut Vec<u8>, status: &str, content_type: &str, body: &[u8], close: bool) {
@@ -70,7 +72,11 @@ fn answer(context: &mut AppContext<'_>, head: &[u8], output: &mut Vec<u8>) -> bo
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or("");
     let mut parts = request_line.split(' ');
-    let (method, target, version) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (method, target, version) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
     let mut close = version != "HTTP/1.1";
     for header in lines {
         if let Some((name, value)) = header.split_once(':') {
@@ -85,11 +91,23 @@ fn answer(context: &mut AppContext<'_>, head: &[u8], output: &mut Vec<u8>) -> bo
         }
     }
     if !version.starts_with("HTTP/1.") || target.is_empty() || parts.next().is_some() {
-        respond(output, "400 Bad Request", "text/plain", b"bad request\n", true);
+        respond(
+            output,
+            "400 Bad Request",
+            "text/plain",
+            b"bad request\n",
+            true,
+        );
         return true;
     }
     if method != "GET" && method != "HEAD" {
-        respond(output, "405 Method Not Allowed", "text/plain", b"only GET and HEAD\n", close);
+        respond(
+            output,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"only GET and HEAD\n",
+            close,
+        );
         return close;
     }
     let path = target.split('?').next().unwrap_or("");
@@ -153,11 +171,17 @@ impl Application for Http {
         *self.connection(slot) = Connection::default();
     }
 
-    fn on_tcp(&mut self, context: &mut AppContext<'_>, slot: usize, socket: &mut tcp::Socket<'static>) {
+    fn on_tcp(
+        &mut self,
+        context: &mut AppContext<'_>,
+        slot: usize,
+        socket: &mut tcp::Socket<'static>,
+    ) {
         let mut answered = 0;
         let connection = self.connection(slot);
         // Read what the client sent, up to the limit.
-        while socket.can_recv() && connection.request.len() < MAX_REQUEST && !connection.close_after {
+        while socket.can_recv() && connection.request.len() < MAX_REQUEST && !connection.close_after
+        {
             let room = MAX_REQUEST - connection.request.len();
             let request = &mut connection.request;
             let taken = socket.recv(|bytes| {
@@ -173,7 +197,13 @@ impl Application for Http {
         while !connection.close_after {
             let Some(end) = find(&connection.request, b"\r\n\r\n") else {
                 if connection.request.len() >= MAX_REQUEST {
-                    respond(&mut connection.output, "431 Request Header Fields Too Large", "text/plain", b"too large\n", true);
+                    respond(
+                        &mut connection.output,
+                        "431 Request Header Fields Too Large",
+                        "text/plain",
+                        b"too large\n",
+                        true,
+                    );
                     connection.close_after = true;
                 }
                 break;

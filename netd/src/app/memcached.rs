@@ -98,7 +98,13 @@ impl Store {
     }
 
     /// Performs one operation; the reply borrows the stored value. `ticket` and `sequence` are 0.
-    fn execute<'s>(&'s mut self, operation: KvOperation, key: &'s [u8], flags: u32, value: &[u8]) -> KvReply<'s> {
+    fn execute<'s>(
+        &'s mut self,
+        operation: KvOperation,
+        key: &'s [u8],
+        flags: u32,
+        value: &[u8],
+    ) -> KvReply<'s> {
         let mut reply = KvReply {
             status: KvStatus::Miss,
             ticket: 0,
@@ -118,17 +124,31 @@ impl Store {
                 }
             }
             KvOperation::Set => {
-                let old = self.items.get(key).map_or(0, |item| key.len() + item.value.len());
+                let old = self
+                    .items
+                    .get(key)
+                    .map_or(0, |item| key.len() + item.value.len());
                 let new_bytes = self.bytes - old + key.len() + value.len();
-                let new_items = self.items.len() + usize::from(old == 0 && !self.items.contains_key(key));
-                if value.len() > self.limits.max_value || new_bytes > self.limits.max_bytes || new_items > self.limits.max_items {
+                let new_items =
+                    self.items.len() + usize::from(old == 0 && !self.items.contains_key(key));
+                if value.len() > self.limits.max_value
+                    || new_bytes > self.limits.max_bytes
+                    || new_items > self.limits.max_items
+                {
                     reply.status = KvStatus::OutOfMemory;
                     return reply;
                 }
                 // Unique across cores: this core's counter, interleaved by core id.
                 let cas = self.next_cas * u64::from(self.core_count.max(1)) + u64::from(self.core);
                 self.next_cas += 1;
-                self.items.insert(key.to_vec(), Item { flags, cas, value: value.to_vec() });
+                self.items.insert(
+                    key.to_vec(),
+                    Item {
+                        flags,
+                        cas,
+                        value: value.to_vec(),
+                    },
+                );
                 self.bytes = new_bytes;
                 reply.status = KvStatus::Stored;
             }
@@ -151,7 +171,13 @@ fn format_reply(operation: KvOperation, reply: &KvReply<'_>, out: &mut Vec<u8>) 
         KvStatus::Value => {
             let mut line = String::new();
             let _ = match operation {
-                KvOperation::Gets => write!(line, " {} {} {}\r\n", reply.flags, reply.value.len(), reply.cas),
+                KvOperation::Gets => write!(
+                    line,
+                    " {} {} {}\r\n",
+                    reply.flags,
+                    reply.value.len(),
+                    reply.cas
+                ),
                 _ => write!(line, " {} {}\r\n", reply.flags, reply.value.len()),
             };
             out.extend_from_slice(b"VALUE ");
@@ -164,7 +190,9 @@ fn format_reply(operation: KvOperation, reply: &KvReply<'_>, out: &mut Vec<u8>) 
         KvStatus::Stored => out.extend_from_slice(b"STORED\r\n"),
         KvStatus::Deleted => out.extend_from_slice(b"DELETED\r\n"),
         KvStatus::NotFound => out.extend_from_slice(b"NOT_FOUND\r\n"),
-        KvStatus::OutOfMemory => out.extend_from_slice(b"SERVER_ERROR out of memory storing object\r\n"),
+        KvStatus::OutOfMemory => {
+            out.extend_from_slice(b"SERVER_ERROR out of memory storing object\r\n")
+        }
     }
 }
 
@@ -207,9 +235,20 @@ impl Connection {
 
 /// What one parsed command line asks.
 enum Command<'a> {
-    Get { gets: bool, keys: &'a [u8] },
-    Set { key: &'a [u8], flags: u32, bytes: usize, noreply: bool },
-    Delete { key: &'a [u8], noreply: bool },
+    Get {
+        gets: bool,
+        keys: &'a [u8],
+    },
+    Set {
+        key: &'a [u8],
+        flags: u32,
+        bytes: usize,
+        noreply: bool,
+    },
+    Delete {
+        key: &'a [u8],
+        noreply: bool,
+    },
     Version,
     Quit,
 }
@@ -234,14 +273,22 @@ fn valid_key(key: &[u8]) -> bool {
 }
 
 fn parse_line(line: &[u8]) -> Result<Command<'_>, ParseError> {
-    let mut tokens = line.split(|byte| *byte == b' ').filter(|token| !token.is_empty());
+    let mut tokens = line
+        .split(|byte| *byte == b' ')
+        .filter(|token| !token.is_empty());
     let command = tokens.next().ok_or(ParseError::Unknown)?;
     match command {
         b"get" | b"gets" => {
-            let start = line.iter().position(|b| *b == b' ').ok_or(ParseError::Unknown)?;
+            let start = line
+                .iter()
+                .position(|b| *b == b' ')
+                .ok_or(ParseError::Unknown)?;
             let keys = &line[start..];
             let mut count = 0;
-            for key in keys.split(|byte| *byte == b' ').filter(|token| !token.is_empty()) {
+            for key in keys
+                .split(|byte| *byte == b' ')
+                .filter(|token| !token.is_empty())
+            {
                 if !valid_key(key) {
                     return Err(ParseError::BadFormat);
                 }
@@ -250,7 +297,10 @@ fn parse_line(line: &[u8]) -> Result<Command<'_>, ParseError> {
             if count == 0 {
                 return Err(ParseError::Unknown);
             }
-            Ok(Command::Get { gets: command == b"gets", keys })
+            Ok(Command::Get {
+                gets: command == b"gets",
+                keys,
+            })
         }
         b"set" => {
             let key = tokens.next().ok_or(ParseError::Unknown)?;
@@ -265,7 +315,12 @@ fn parse_line(line: &[u8]) -> Result<Command<'_>, ParseError> {
             if !valid_key(key) || tokens.next().is_some() {
                 return Err(ParseError::BadFormat);
             }
-            Ok(Command::Set { key, flags, bytes, noreply })
+            Ok(Command::Set {
+                key,
+                flags,
+                bytes,
+                noreply,
+            })
         }
         b"delete" => {
             let key = tokens.next().ok_or(ParseError::Unknown)?;
@@ -405,18 +460,33 @@ impl Memcached {
                 }
                 return;
             };
-            let line_end = if newline > 0 && connection.input[newline - 1] == b'\r' { newline - 1 } else { newline };
+            let line_end = if newline > 0 && connection.input[newline - 1] == b'\r' {
+                newline - 1
+            } else {
+                newline
+            };
             let input = core::mem::take(&mut connection.input);
             let line = &input[..line_end];
             let mut consumed = newline + 1;
             match parse_line(line) {
                 Err(ParseError::Unknown) => self.connections[slot].push_ready(b"ERROR\r\n"),
-                Err(ParseError::BadFormat) => self.connections[slot].push_ready(b"CLIENT_ERROR bad command line format\r\n"),
-                Ok(Command::Version) => self.connections[slot].push_ready(b"VERSION 1.6.0-flotilla\r\n"),
+                Err(ParseError::BadFormat) => {
+                    self.connections[slot].push_ready(b"CLIENT_ERROR bad command line format\r\n")
+                }
+                Ok(Command::Version) => {
+                    self.connections[slot].push_ready(b"VERSION 1.6.0-flotilla\r\n")
+                }
                 Ok(Command::Quit) => self.connections[slot].quit = true,
                 Ok(Command::Get { gets, keys }) => {
-                    let operation = if gets { KvOperation::Gets } else { KvOperation::Get };
-                    for key in keys.split(|byte| *byte == b' ').filter(|token| !token.is_empty()) {
+                    let operation = if gets {
+                        KvOperation::Gets
+                    } else {
+                        KvOperation::Get
+                    };
+                    for key in keys
+                        .split(|byte| *byte == b' ')
+                        .filter(|token| !token.is_empty())
+                    {
                         self.operate(context, slot, operation, key, 0, &[], false);
                     }
                     self.connections[slot].push_ready(b"END\r\n");
@@ -424,7 +494,12 @@ impl Memcached {
                 Ok(Command::Delete { key, noreply }) => {
                     self.operate(context, slot, KvOperation::Delete, key, 0, &[], noreply);
                 }
-                Ok(Command::Set { key, flags, bytes, noreply }) => {
+                Ok(Command::Set {
+                    key,
+                    flags,
+                    bytes,
+                    noreply,
+                }) => {
                     if bytes > max_value {
                         let connection = &mut self.connections[slot];
                         connection.push_ready(b"SERVER_ERROR object too large for cache\r\n");
@@ -438,7 +513,15 @@ impl Memcached {
                         if &input[consumed + bytes..consumed + bytes + 2] != b"\r\n" {
                             self.connections[slot].push_ready(b"CLIENT_ERROR bad data chunk\r\n");
                         } else {
-                            self.operate(context, slot, KvOperation::Set, key, flags, data, noreply);
+                            self.operate(
+                                context,
+                                slot,
+                                KvOperation::Set,
+                                key,
+                                flags,
+                                data,
+                                noreply,
+                            );
                         }
                         consumed += bytes + 2;
                     }
@@ -481,7 +564,12 @@ impl Application for Memcached {
         connection.generation = generation;
     }
 
-    fn on_tcp(&mut self, context: &mut AppContext<'_>, slot: usize, socket: &mut tcp::Socket<'static>) {
+    fn on_tcp(
+        &mut self,
+        context: &mut AppContext<'_>,
+        slot: usize,
+        socket: &mut tcp::Socket<'static>,
+    ) {
         self.slot(slot);
         let limit = MAX_LINE + self.store.limits.max_value + 2;
         let connection = &mut self.connections[slot];
@@ -506,12 +594,18 @@ impl Application for Memcached {
                     connection.output.append(bytes);
                     connection.parts.pop_front();
                 }
-                Part::Waiting { operation, deadline, .. } => {
+                Part::Waiting {
+                    operation,
+                    deadline,
+                    ..
+                } => {
                     if context.now < *deadline {
                         break;
                     }
                     if !matches!(operation, KvOperation::Get | KvOperation::Gets) {
-                        connection.output.extend_from_slice(b"SERVER_ERROR owner core did not answer\r\n");
+                        connection
+                            .output
+                            .extend_from_slice(b"SERVER_ERROR owner core did not answer\r\n");
                     }
                     connection.parts.pop_front();
                 }
@@ -541,13 +635,22 @@ impl Application for Memcached {
                 self.store.core = context.core;
                 self.store.core_count = context.core_count;
                 self.served_for_peers += 1;
-                let mut reply = self.store.execute(request.operation, request.key, request.flags, request.value);
+                let mut reply = self.store.execute(
+                    request.operation,
+                    request.key,
+                    request.flags,
+                    request.value,
+                );
                 if request.noreply {
                     return;
                 }
                 reply.ticket = request.ticket;
                 reply.sequence = request.sequence;
-                if context.peers.send(request.origin, &PeerMessage::KvReply(reply)).is_err() {
+                if context
+                    .peers
+                    .send(request.origin, &PeerMessage::KvReply(reply))
+                    .is_err()
+                {
                     self.peer_send_failures += 1;
                 }
             }
@@ -561,7 +664,12 @@ impl Application for Memcached {
                     return; // The connection closed meanwhile.
                 }
                 for part in connection.parts.iter_mut() {
-                    if let Part::Waiting { sequence, operation, .. } = *part {
+                    if let Part::Waiting {
+                        sequence,
+                        operation,
+                        ..
+                    } = *part
+                    {
                         if sequence == reply.sequence {
                             let mut bytes = Vec::new();
                             format_reply(operation, reply, &mut bytes);
@@ -596,29 +704,82 @@ mod tests {
 
     #[test]
     fn store_enforces_limits_and_accounts_bytes() {
-        let mut store = Store::new(StoreLimits { max_items: 2, max_bytes: 20, max_value: 8 });
-        assert_eq!(store.execute(KvOperation::Set, b"a", 1, b"1234").status, KvStatus::Stored);
-        assert_eq!(store.execute(KvOperation::Set, b"a", 1, b"123456").status, KvStatus::Stored);
-        assert_eq!(store.execute(KvOperation::Set, b"b", 1, b"123456789").status, KvStatus::OutOfMemory);
-        assert_eq!(store.execute(KvOperation::Set, b"b", 1, b"12345678").status, KvStatus::Stored);
-        assert_eq!(store.execute(KvOperation::Set, b"c", 1, b"1").status, KvStatus::OutOfMemory);
+        let mut store = Store::new(StoreLimits {
+            max_items: 2,
+            max_bytes: 20,
+            max_value: 8,
+        });
+        assert_eq!(
+            store.execute(KvOperation::Set, b"a", 1, b"1234").status,
+            KvStatus::Stored
+        );
+        assert_eq!(
+            store.execute(KvOperation::Set, b"a", 1, b"123456").status,
+            KvStatus::Stored
+        );
+        assert_eq!(
+            store
+                .execute(KvOperation::Set, b"b", 1, b"123456789")
+                .status,
+            KvStatus::OutOfMemory
+        );
+        assert_eq!(
+            store.execute(KvOperation::Set, b"b", 1, b"12345678").status,
+            KvStatus::Stored
+        );
+        assert_eq!(
+            store.execute(KvOperation::Set, b"c", 1, b"1").status,
+            KvStatus::OutOfMemory
+        );
         assert_eq!(store.bytes, 1 + 6 + 1 + 8);
-        assert_eq!(store.execute(KvOperation::Delete, b"a", 0, b"").status, KvStatus::Deleted);
-        assert_eq!(store.execute(KvOperation::Delete, b"a", 0, b"").status, KvStatus::NotFound);
+        assert_eq!(
+            store.execute(KvOperation::Delete, b"a", 0, b"").status,
+            KvStatus::Deleted
+        );
+        assert_eq!(
+            store.execute(KvOperation::Delete, b"a", 0, b"").status,
+            KvStatus::NotFound
+        );
         assert_eq!(store.bytes, 9);
         let hit = store.execute(KvOperation::Get, b"b", 0, b"");
-        assert_eq!((hit.status, hit.flags, hit.value), (KvStatus::Value, 1, &b"12345678"[..]));
+        assert_eq!(
+            (hit.status, hit.flags, hit.value),
+            (KvStatus::Value, 1, &b"12345678"[..])
+        );
     }
 
     #[test]
     fn parser_accepts_and_rejects() {
-        assert!(matches!(parse_line(b"get a b c"), Ok(Command::Get { gets: false, .. })));
-        assert!(matches!(parse_line(b"gets a"), Ok(Command::Get { gets: true, .. })));
+        assert!(matches!(
+            parse_line(b"get a b c"),
+            Ok(Command::Get { gets: false, .. })
+        ));
+        assert!(matches!(
+            parse_line(b"gets a"),
+            Ok(Command::Get { gets: true, .. })
+        ));
         assert!(matches!(parse_line(b"get"), Err(ParseError::Unknown)));
-        assert!(matches!(parse_line(b"set k 1 0 5 noreply"), Ok(Command::Set { bytes: 5, noreply: true, flags: 1, .. })));
-        assert!(matches!(parse_line(b"set k x 0 5"), Err(ParseError::BadFormat)));
-        assert!(matches!(parse_line(b"set k 1 0 -5"), Err(ParseError::BadFormat)));
-        assert!(matches!(parse_line(b"delete k extra"), Err(ParseError::BadFormat)));
+        assert!(matches!(
+            parse_line(b"set k 1 0 5 noreply"),
+            Ok(Command::Set {
+                bytes: 5,
+                noreply: true,
+                flags: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_line(b"set k x 0 5"),
+            Err(ParseError::BadFormat)
+        ));
+        assert!(matches!(
+            parse_line(b"set k 1 0 -5"),
+            Err(ParseError::BadFormat)
+        ));
+        assert!(matches!(
+            parse_line(b"delete k extra"),
+            Err(ParseError::BadFormat)
+        ));
         assert!(matches!(parse_line(b"bogus"), Err(ParseError::Unknown)));
         assert!(matches!(parse_line(b""), Err(ParseError::Unknown)));
         let long = [b'k'; 251];

@@ -62,7 +62,13 @@ pub trait Application {
     fn on_open(&mut self, _context: &mut AppContext<'_>, _slot: usize) {}
 
     /// TCP: the path ran and the connection in `slot` is open; read and write `socket`.
-    fn on_tcp(&mut self, _context: &mut AppContext<'_>, _slot: usize, _socket: &mut tcp::Socket<'static>) {}
+    fn on_tcp(
+        &mut self,
+        _context: &mut AppContext<'_>,
+        _slot: usize,
+        _socket: &mut tcp::Socket<'static>,
+    ) {
+    }
 
     /// TCP: the connection in `slot` is closed; forget its state.
     fn on_close(&mut self, _context: &mut AppContext<'_>, _slot: usize) {}
@@ -90,6 +96,9 @@ pub fn default_applications(config: &NetConfig) -> Vec<Box<dyn Application>> {
         Box::new(udp_echo::UdpEcho::new(7)) as Box<dyn Application>,
         Box::new(tcp_echo::TcpEcho::new(7)),
         Box::new(http::Http::new(80)),
-        Box::new(memcached::Memcached::new(11211, memcached::StoreLimits::default())),
+        Box::new(memcached::Memcached::new(
+            11211,
+            memcached::StoreLimits::default()
+        )),
     ]
 }

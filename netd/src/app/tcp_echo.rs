@@ -25,7 +25,12 @@ impl Application for TcpEcho {
         PathKey::Tcp(self.port)
     }
 
-    fn on_tcp(&mut self, _context: &mut AppContext<'_>, _slot: usize, socket: &mut tcp::Socket<'static>) {
+    fn on_tcp(
+        &mut self,
+        _context: &mut AppContext<'_>,
+        _slot: usize,
+        socket: &mut tcp::Socket<'static>,
+    ) {
         let mut buffer = [0u8; 2048];
         // Bounded by the socket buffers: each round moves at least one byte or stops.
         while socket.can_recv() && socket.can_send() {

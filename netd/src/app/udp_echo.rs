@@ -41,7 +41,10 @@ impl Application for UdpEcho {
             let Ok((length, metadata)) = socket.recv_slice(&mut buffer) else {
                 return;
             };
-            if socket.send_slice(&buffer[..length], metadata.endpoint).is_ok() {
+            if socket
+                .send_slice(&buffer[..length], metadata.endpoint)
+                .is_ok()
+            {
                 self.echoed += 1;
             }
         }

@@ -1250,16 +1250,26 @@ impl Core {
 fn inject_fault(kind: FaultKind) {
     log::warn!("injecting {:?} as the fault= option asks", kind);
     match kind {
-        // SAFETY (all arms): each instruction raises the exception it names, which the
-        // dispatcher reports before halting this core; no memory is touched.
+        // SAFETY: `ud2` raises #UD, which the dispatcher reports before halting this core.
         FaultKind::InvalidOpcode => unsafe { core::arch::asm!("ud2") },
+        // SAFETY: `int3` raises #BP, handled like every exception: reported, core halted.
         FaultKind::Breakpoint => unsafe { core::arch::asm!("int3") },
+        // SAFETY: the address is above the 64 GiB identity map, so the load faults (#PF) before
+        // it reads anything; the dispatcher reports it and halts this core.
         FaultKind::PageFault => unsafe {
-            // Above the 64 GiB identity map: not present.
             core::arch::asm!("mov rax, [{}]", in(reg) 0x0000_7000_0000_0000u64, out("rax") _)
         },
+        // SAFETY: dividing by a zeroed register raises #DE; only the named registers change.
         FaultKind::DivideError => unsafe {
-            core::arch::asm!("xor edx, edx", "xor ecx, ecx", "mov eax, 1", "div ecx", out("eax") _, out("ecx") _, out("edx") _)
+            core::arch::asm!(
+                "xor edx, edx",
+                "xor ecx, ecx",
+                "mov eax, 1",
+                "div ecx",
+                out("eax") _,
+                out("ecx") _,
+                out("edx") _
+            )
         },
     }
 }

@@ -125,7 +125,7 @@ impl Trampoline {
     /// # Safety
     /// 1. `page` is identity-mapped RAM below 1 MiB that nothing else uses while APs start.
     pub unsafe fn install(page: u64, cr3: u64) -> Self {
-        assert!(page % 4096 == 0 && page < 0x10_0000 && cr3 < 1 << 32);
+        assert!(page.is_multiple_of(4096) && page < 0x10_0000 && cr3 < 1 << 32);
         // The four symbols are labels in the trampoline section above, in this order.
         let (start, protected, long, end) = (
             core::ptr::addr_of!(flotilla_ap_start) as u64,
@@ -139,7 +139,7 @@ impl Trampoline {
         // reserved by condition 1; they do not overlap (the image is above 1 MiB).
         unsafe { core::ptr::copy_nonoverlapping(start as *const u8, page as *mut u8, length) };
         let trampoline = Self { page };
-        // SAFETY (for the writes below): each offset is inside the page and its data block.
+        // SAFETY: each offset is inside the page and its data block (the writes' condition 1).
         unsafe {
             trampoline.write_u16(GDTR, 4 * 8 - 1);
             trampoline.write_u32(GDTR + 2, (page + GDT as u64) as u32);
@@ -195,7 +195,7 @@ impl Trampoline {
         argument1: u64,
         tsc_per_ms: u64,
     ) -> Result<(), StartError> {
-        // SAFETY (for the writes below): offsets inside the data block of the page we own.
+        // SAFETY: offsets inside the data block of the page this trampoline owns (condition 1).
         unsafe {
             self.write_u64(STACK, stack_top);
             self.write_u64(ENTRY, entry as usize as u64);
