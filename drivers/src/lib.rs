@@ -29,5 +29,6 @@ pub mod pool;
 pub mod registers;
 pub mod ring;
 pub mod rss;
+pub mod rss_control;
 #[cfg(any(test, feature = "std"))]
 pub mod sim;

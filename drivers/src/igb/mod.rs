@@ -24,6 +24,7 @@ use crate::nic::{FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, N
 use crate::registers::{Delay, RegisterAccess};
 use crate::ring::{DescriptorQueue, QueueRegisters};
 use crate::rss::{self, RedirectionTable, KEY_LEN};
+use crate::rss_control::{RssControl, RssLayout};
 
 /// PCI vendor id of Intel.
 pub const VENDOR_INTEL: u16 = 0x8086;
@@ -35,6 +36,13 @@ pub const MAX_QUEUES: u16 = 16;
 pub const QEMU_MSIX_VECTORS: u16 = 10;
 /// Receive buffer size programmed into SRRCTL (one pool buffer, 2 KiB).
 pub const RX_BUFFER_KIB: u32 = (crate::pool::BUFFER_SIZE / 1024) as u32;
+
+/// Where the 82576's RSS registers are (§8.10).
+const RSS_LAYOUT: RssLayout = RssLayout {
+    mrqc: regs::MRQC,
+    reta: regs::RETA,
+    rssrk: regs::RSSRK,
+};
 
 /// One core's queue pair on an 82576.
 pub type IgbQueue<R> = DescriptorQueue<R>;
@@ -282,16 +290,12 @@ where
     // hash (and QEMU's model enables RSS at all).
     let control = IgbControl {
         registers: registers.clone(),
-        queues,
-        table: rss::default_table(queues),
-        hash_types: config.hash_types,
+        rss: RssControl::new(queues, config.hash_types, mrqc_value, RSS_LAYOUT),
         mac,
         eeprom_ready,
         msix_vectors: config.msix_vectors,
     };
-    control.write_key(&config.rss_key);
-    control.write_table();
-    r.write32(regs::MRQC, mrqc_value(config.hash_types));
+    control.rss.program(&control.registers, &config.rss_key);
     r.write32(
         regs::RXCSUM,
         regs::RXCSUM_IPOFLD | regs::RXCSUM_TUOFLD | regs::RXCSUM_PCSD,
@@ -385,9 +389,7 @@ where
 /// The control side of an 82576: RSS key, hash types, redirection table, link.
 pub struct IgbControl<R: RegisterAccess> {
     registers: R,
-    queues: u16,
-    table: RedirectionTable,
-    hash_types: HashTypes,
+    rss: RssControl,
     mac: [u8; 6],
     eeprom_ready: bool,
     msix_vectors: u16,
@@ -406,90 +408,53 @@ impl<R: RegisterAccess> IgbControl<R> {
 
     /// The redirection table as programmed.
     pub fn redirection_table(&self) -> &RedirectionTable {
-        &self.table
+        self.rss.table()
     }
 
     /// Replaces the whole redirection table (entries must name queues below `queue_count`).
     pub fn set_redirection_table(&mut self, table: &RedirectionTable) -> Result<(), NicError> {
-        if let Some(&bad) = table.iter().find(|&&q| u16::from(q) >= self.queues) {
-            return Err(NicError::NoSuchQueue(QueueId(u16::from(bad))));
-        }
-        self.table = *table;
-        self.write_table();
-        Ok(())
+        self.rss.set_table(&self.registers, table)
     }
 
     /// The MSI-X vector (table entry) of `queue`, or `None` when it is polled only.
     pub fn queue_vector(&self, queue: QueueId) -> Option<u16> {
-        (queue.0 < self.queues)
+        (queue.0 < self.rss.queues())
             .then(|| queue_vector(queue.0, self.msix_vectors))
             .flatten()
     }
 
     /// The MSI-X vector of link and other causes.
     pub fn other_vector(&self) -> u16 {
-        self.queues.min(self.msix_vectors.saturating_sub(1))
+        self.rss.queues().min(self.msix_vectors.saturating_sub(1))
     }
 
     /// Hash types in force.
     pub fn hash_types(&self) -> HashTypes {
-        self.hash_types
-    }
-
-    fn write_key(&self, key: &[u8; KEY_LEN]) {
-        for (index, chunk) in key.chunks_exact(4).enumerate() {
-            let value = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-            self.registers.write32(regs::RSSRK + 4 * index, value);
-        }
-    }
-
-    fn write_table(&self) {
-        for index in 0..32 {
-            self.write_table_dword(index);
-        }
-    }
-
-    fn write_table_dword(&self, index: usize) {
-        let entries = &self.table[4 * index..4 * index + 4];
-        let value = u32::from_le_bytes([entries[0], entries[1], entries[2], entries[3]]);
-        self.registers.write32(regs::RETA + 4 * index, value);
+        self.rss.hash_types()
     }
 }
 
 impl<R: RegisterAccess> NicControl for IgbControl<R> {
     fn queue_count(&self) -> u16 {
-        self.queues
+        self.rss.queues()
     }
 
     fn set_rss_key(&mut self, key: &[u8; 40]) -> Result<(), NicError> {
-        self.write_key(key);
+        self.rss.write_key(&self.registers, key);
         Ok(())
     }
 
     fn set_hash_types(&mut self, types: HashTypes) -> Result<(), NicError> {
-        self.hash_types = types;
-        self.registers.write32(regs::MRQC, mrqc_value(types));
+        self.rss.set_hash_types(&self.registers, types);
         Ok(())
     }
 
     fn set_flow_group(&mut self, group: FlowGroup, queue: QueueId) -> Result<(), NicError> {
-        if usize::from(group.0) >= self.table.len() {
-            return Err(NicError::NoSuchFlowGroup(group));
-        }
-        if queue.0 >= self.queues {
-            return Err(NicError::NoSuchQueue(queue));
-        }
-        self.table[usize::from(group.0)] = queue.0 as u8;
-        // One dword write: the other three entries in it are rewritten with their own values.
-        self.write_table_dword(usize::from(group.0) / 4);
-        Ok(())
+        self.rss.set_flow_group(&self.registers, group, queue)
     }
 
     fn flow_group(&self, group: FlowGroup) -> Result<QueueId, NicError> {
-        self.table
-            .get(usize::from(group.0))
-            .map(|&q| QueueId(u16::from(q)))
-            .ok_or(NicError::NoSuchFlowGroup(group))
+        self.rss.flow_group(group)
     }
 
     /// The 82576's filters are not driven: QEMU's model drops writes to them, so they could not

@@ -18,6 +18,7 @@ use crate::nic::{FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, N
 use crate::registers::{Delay, RegisterAccess};
 use crate::ring::{DescriptorQueue, QueueRegisters};
 use crate::rss::{self, RedirectionTable, KEY_LEN};
+use crate::rss_control::{RssControl, RssLayout};
 
 /// PCI device id of the 82599 SFP+ NIC (82599ES).
 pub const DEVICE_82599_SFP: u16 = 0x10FB;
@@ -221,15 +222,11 @@ where
     }
     let control = IxgbeControl {
         registers: registers.clone(),
-        queues,
-        table: rss::default_table(queues),
-        hash_types: config.hash_types,
+        rss: RssControl::new(queues, config.hash_types, mrqc_value, RSS_LAYOUT),
         mac,
         filters: [false; regs::FIVE_TUPLE_FILTERS],
     };
-    control.write_key(&config.rss_key);
-    control.write_table();
-    r.write32(regs::MRQC, mrqc_value(config.hash_types));
+    control.rss.program(&control.registers, &config.rss_key);
     r.write32(regs::RXCSUM, regs::RXCSUM_PCSD | regs::RXCSUM_IPPCSE);
     for index in 0..regs::FIVE_TUPLE_FILTERS {
         r.write32(regs::ftqf(index), 0);
@@ -330,12 +327,17 @@ where
     Ok((control, list))
 }
 
+/// Where the 82599's RSS registers are (82598-compatible addresses, §8.2.3.7).
+const RSS_LAYOUT: RssLayout = RssLayout {
+    mrqc: regs::MRQC,
+    reta: regs::RETA,
+    rssrk: regs::RSSRK,
+};
+
 /// The control side of an 82599: RSS, redirection table, five-tuple filters, link.
 pub struct IxgbeControl<R: RegisterAccess> {
     registers: R,
-    queues: u16,
-    table: RedirectionTable,
-    hash_types: HashTypes,
+    rss: RssControl,
     mac: [u8; 6],
     filters: [bool; regs::FIVE_TUPLE_FILTERS],
 }
@@ -348,76 +350,41 @@ impl<R: RegisterAccess> IxgbeControl<R> {
 
     /// The redirection table as programmed.
     pub fn redirection_table(&self) -> &RedirectionTable {
-        &self.table
+        self.rss.table()
     }
 
     /// Hash types in force.
     pub fn hash_types(&self) -> HashTypes {
-        self.hash_types
+        self.rss.hash_types()
     }
 
     /// The MSI-X vector of `queue`.
     pub fn queue_vector(&self, queue: QueueId) -> Option<u16> {
-        (queue.0 < self.queues).then_some(queue.0)
-    }
-
-    fn write_key(&self, key: &[u8; KEY_LEN]) {
-        for (index, chunk) in key.chunks_exact(4).enumerate() {
-            self.registers.write32(
-                regs::RSSRK + 4 * index,
-                u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
-            );
-        }
-    }
-
-    fn write_table(&self) {
-        for index in 0..32 {
-            self.write_table_dword(index);
-        }
-    }
-
-    fn write_table_dword(&self, index: usize) {
-        let e = &self.table[4 * index..4 * index + 4];
-        self.registers.write32(
-            regs::RETA + 4 * index,
-            u32::from_le_bytes([e[0], e[1], e[2], e[3]]),
-        );
+        (queue.0 < self.rss.queues()).then_some(queue.0)
     }
 }
 
 impl<R: RegisterAccess> NicControl for IxgbeControl<R> {
     fn queue_count(&self) -> u16 {
-        self.queues
+        self.rss.queues()
     }
 
     fn set_rss_key(&mut self, key: &[u8; 40]) -> Result<(), NicError> {
-        self.write_key(key);
+        self.rss.write_key(&self.registers, key);
         Ok(())
     }
 
     fn set_hash_types(&mut self, types: HashTypes) -> Result<(), NicError> {
-        self.hash_types = types;
-        self.registers.write32(regs::MRQC, mrqc_value(types));
+        self.rss.set_hash_types(&self.registers, types);
         Ok(())
     }
 
     fn set_flow_group(&mut self, group: FlowGroup, queue: QueueId) -> Result<(), NicError> {
-        if usize::from(group.0) >= self.table.len() {
-            return Err(NicError::NoSuchFlowGroup(group));
-        }
-        if queue.0 >= self.queues {
-            return Err(NicError::NoSuchQueue(queue));
-        }
-        self.table[usize::from(group.0)] = queue.0 as u8;
-        self.write_table_dword(usize::from(group.0) / 4);
-        Ok(())
+        self.rss.set_flow_group(&self.registers, group, queue)
     }
 
     fn flow_group(&self, group: FlowGroup) -> Result<QueueId, NicError> {
-        self.table
-            .get(usize::from(group.0))
-            .map(|&q| QueueId(u16::from(q)))
-            .ok_or(NicError::NoSuchFlowGroup(group))
+        self.rss.flow_group(group)
     }
 
     /// Programs a free five-tuple filter (§7.1.2.5): address and port registers first, the
@@ -425,7 +392,7 @@ impl<R: RegisterAccess> NicControl for IxgbeControl<R> {
     /// are written in network byte order as seen by a little-endian register write (as DPDK's
     /// ixgbe driver does). Protocols other than TCP, UDP and SCTP cannot be matched.
     fn add_filter(&mut self, filter: FiveTupleFilter, queue: QueueId) -> Result<u16, NicError> {
-        if queue.0 >= self.queues {
+        if queue.0 >= self.rss.queues() {
             return Err(NicError::NoSuchQueue(queue));
         }
         let protocol = match filter.protocol {
