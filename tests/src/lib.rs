@@ -75,3 +75,26 @@ pub fn assert_all_online(console: &[String], n: u32) {
         .expect("ready line");
     assert_eq!(ready.0, n);
 }
+
+/// Waits (at most `timeout` each) for `flotilla: core K alive after ...` reports until every
+/// core of `expected` has reported; panics if `silent` reports.
+pub fn wait_for_alive_reports(
+    machine: &mut Machine,
+    expected: &[u32],
+    silent: u32,
+    timeout: Duration,
+) {
+    let mut alive = std::collections::BTreeSet::new();
+    while !expected.iter().all(|core| alive.contains(core)) {
+        let line = machine
+            .wait_for("alive reports", timeout, |l| l.contains(" alive after "))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let core: u32 = line
+            .strip_prefix("flotilla: core ")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|core| core.parse().ok())
+            .unwrap_or_else(|| panic!("malformed alive report: {line}"));
+        assert_ne!(core, silent, "core {silent} should have stopped: {line}");
+        alive.insert(core);
+    }
+}

@@ -105,31 +105,7 @@ fn a_fault_on_one_core_is_reported_and_the_others_keep_running() {
         u64::from_str_radix(rip, 16).unwrap() >= 0x10_0000,
         "rip inside the kernel image: {fault}"
     );
-    let mut alive = std::collections::BTreeSet::new();
-    while alive.len() < 3 {
-        let line = machine
-            .wait_for(
-                "the other cores' alive reports",
-                Duration::from_secs(60),
-                |l| l.contains(" alive after "),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        let core: u32 = line
-            .strip_prefix("flotilla: core ")
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        alive.insert(core);
-    }
-    assert_eq!(
-        alive.into_iter().collect::<Vec<_>>(),
-        [0, 1, 3],
-        "console:\n{}",
-        machine.console().join("\n")
-    );
+    wait_for_alive_reports(&mut machine, &[0, 1, 3], 2, Duration::from_secs(60));
     let console = machine.console();
     let fault_at = console
         .iter()

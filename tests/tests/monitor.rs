@@ -88,24 +88,5 @@ fn agreement_commits_and_a_hung_core_is_detected_by_all_others() {
     }
     // The survivors keep running after the verdict: each reports itself alive again (every
     // second while a fault or hang is injected), and core 2 never does.
-    let mut alive = std::collections::BTreeSet::new();
-    while alive.len() < 3 {
-        let line = machine
-            .wait_for(
-                "alive reports after the verdict",
-                Duration::from_secs(30),
-                |l| l.contains(" alive after "),
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        let core: u32 = line
-            .strip_prefix("flotilla: core ")
-            .unwrap()
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_ne!(core, 2, "the hung core reported: {line}");
-        alive.insert(core);
-    }
+    wait_for_alive_reports(&mut machine, &[0, 1, 3], 2, Duration::from_secs(30));
 }
