@@ -848,18 +848,17 @@ fn chaos_stats_gather_every_live_core() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Real threads: one monitor per thread, std channels as the transport (URPC replaces them later).
+// Real threads: one monitor per thread, connected all-to-all by URPC channels (the kernel's
+// transport); a std channel per thread carries only the test's commands.
 
 mod threads {
     use super::*;
     use crate::sim::{memory_of, SimHooks};
     use crate::{CoreId, CoreInfo, Instant, Message, Monitor, Outbox, MESSAGE_BYTES};
-    use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+    use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
     use std::time::{Duration, Instant as Clock};
 
     enum Input {
-        /// Encoded message bytes from a core.
-        Bytes(CoreId, [u8; MESSAGE_BYTES], usize),
         Begin(Change),
         Register(Name),
         Bind(Name),
@@ -867,23 +866,26 @@ mod threads {
         Stop,
     }
 
+    /// This core's sending ends, by peer.
     struct Wires {
-        me: CoreId,
-        peers: Vec<Sender<Input>>,
+        senders: Vec<Option<urpc::Sender<'static>>>,
     }
 
     impl Outbox for Wires {
         fn send(&mut self, to: CoreId, message: Message) {
             let mut bytes = [0u8; MESSAGE_BYTES];
-            let len = message.encode(&mut bytes);
-            // A stopped core's channel is closed: the message is lost, as on a dead core.
-            let _ = self.peers[to.index()].send(Input::Bytes(self.me, bytes, len));
+            message.encode(&mut bytes);
+            if let Some(sender) = self.senders[to.index()].as_mut() {
+                // A full ring drops the message; the monitor re-sends what is not acknowledged.
+                let _ = sender.try_send(&bytes);
+            }
         }
     }
 
     fn run_core(
         mut monitor: Monitor<SimHooks>,
-        inbox: Receiver<Input>,
+        commands: Receiver<Input>,
+        mut receivers: Vec<Option<urpc::Receiver<'static>>>,
         mut wires: Wires,
         events: Sender<(CoreId, Event)>,
         origin: Clock,
@@ -891,14 +893,26 @@ mod threads {
         let me = monitor.core();
         let now = || Instant::from_nanos(origin.elapsed().as_nanos() as u64);
         loop {
-            let wait = monitor
-                .next_deadline()
-                .as_nanos()
-                .saturating_sub(now().as_nanos());
-            match inbox.recv_timeout(Duration::from_nanos(wait)) {
-                Ok(Input::Bytes(from, bytes, len)) => monitor
-                    .handle_bytes(now(), from, &bytes[..len], &mut wires)
-                    .unwrap(),
+            let mut idle = true;
+            for (peer, receiver) in receivers.iter_mut().enumerate() {
+                let Some(receiver) = receiver.as_mut() else {
+                    continue;
+                };
+                // Bounded: at most 16 messages from one peer per round.
+                for _ in 0..16 {
+                    match receiver.try_recv() {
+                        Ok(bytes) => {
+                            idle = false;
+                            monitor
+                                .handle_bytes(now(), core(peer), &bytes, &mut wires)
+                                .unwrap();
+                        }
+                        Err(urpc::RecvError::Empty) => break,
+                        Err(error) => panic!("urpc from core {peer}: {error:?}"),
+                    }
+                }
+            }
+            match commands.try_recv() {
                 Ok(Input::Begin(change)) => {
                     monitor.begin_agreement(now(), change, &mut wires).unwrap();
                 }
@@ -911,12 +925,18 @@ mod threads {
                 Ok(Input::Stats) => {
                     monitor.request_stats(now(), &mut wires).unwrap();
                 }
-                Ok(Input::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-                Err(RecvTimeoutError::Timeout) => {}
+                // A stopped core just stops: its channels stay, silent, like a hung core's.
+                Ok(Input::Stop) | Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {}
             }
-            monitor.tick(now(), &mut wires);
+            if now() >= monitor.next_deadline() {
+                monitor.tick(now(), &mut wires);
+            }
             while let Some(event) = monitor.poll_event() {
                 let _ = events.send((me, event));
+            }
+            if idle {
+                std::thread::sleep(Duration::from_micros(100));
             }
         }
     }
@@ -929,8 +949,30 @@ mod threads {
         let origin = Clock::now();
         let (event_tx, event_rx) = channel();
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..CORES).map(|_| channel()).unzip();
+        // One URPC channel per pair of cores, as the kernel lays them out: the lower core takes
+        // side A, the higher side B.
+        let mut urpc_out: Vec<Vec<Option<urpc::Sender<'static>>>> = (0..CORES)
+            .map(|_| (0..CORES).map(|_| None).collect())
+            .collect();
+        let mut urpc_in: Vec<Vec<Option<urpc::Receiver<'static>>>> = (0..CORES)
+            .map(|_| (0..CORES).map(|_| None).collect())
+            .collect();
+        for a in 0..CORES {
+            for b in a + 1..CORES {
+                let region: &'static urpc::ChannelRegion =
+                    Box::leak(urpc::ChannelRegion::new_boxed());
+                let side_a = region.claim(urpc::Side::A).unwrap();
+                let side_b = region.claim(urpc::Side::B).unwrap();
+                urpc_out[a][b] = Some(side_a.sender);
+                urpc_in[a][b] = Some(side_a.receiver);
+                urpc_out[b][a] = Some(side_b.sender);
+                urpc_in[b][a] = Some(side_b.receiver);
+            }
+        }
         let mut handles = Vec::new();
-        for (i, inbox) in receivers.into_iter().enumerate() {
+        for (i, ((inbox, outgoing), incoming)) in
+            receivers.into_iter().zip(urpc_out).zip(urpc_in).enumerate()
+        {
             let mut config = Config::new(core(i), CoreSet::first(CORES));
             // Generous for a loaded test machine: failed after 10 x 20 ms of silence.
             config.heartbeat_period_ns = 20 * MS;
@@ -956,13 +998,10 @@ mod threads {
                 veto_groups: Vec::new(),
             };
             let monitor = Monitor::new(config, info, hooks, Instant::from_nanos(0)).unwrap();
-            let wires = Wires {
-                me: core(i),
-                peers: senders.clone(),
-            };
+            let wires = Wires { senders: outgoing };
             let events = event_tx.clone();
             handles.push(std::thread::spawn(move || {
-                run_core(monitor, inbox, wires, events, origin)
+                run_core(monitor, inbox, incoming, wires, events, origin)
             }));
         }
         let mut seen: Vec<(CoreId, Event)> = Vec::new();
