@@ -3,6 +3,7 @@
 //! is a command line over this library; the integration tests in `tests/` use it directly.
 #![forbid(unsafe_code)]
 
+pub mod bench_echo;
 pub mod build;
 pub mod deps;
 pub mod machine;

@@ -112,6 +112,13 @@ enum Bench {
         #[arg(long, default_value_t = 7)]
         runs: u32,
     },
+    /// UDP/TCP echo round trips, UDP throughput and boot-to-serving time over a tap device in a
+    /// network namespace (root), next to a Linux 6.1 guest on the same QEMU, NIC and cores.
+    Echo {
+        /// Number of cores.
+        #[arg(long, default_value_t = 2)]
+        cores: u32,
+    },
     /// The in-kernel URPC round-trip matrix (every ordered pair of cores), as CSV.
     Urpc {
         /// Number of cores.
@@ -503,6 +510,20 @@ fn main() -> ExitCode {
         Commands::Bench {
             which: Bench::Urpc { cores, rounds, csv },
         } => bench_urpc(cores, rounds, csv),
+        Commands::Bench {
+            which: Bench::Echo { cores },
+        } => {
+            if let Err(e) = qemu_smp::ensure_dependencies(false) {
+                return fail(e);
+            }
+            match qemu_smp::bench_echo::run(cores) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
         Commands::Test => run_tests(),
         Commands::Setup => match qemu_smp::ensure_dependencies(true) {
             Ok(()) => {

@@ -18,7 +18,8 @@ use drivers::igb::{self, IgbConfig, IgbControl, IgbQueue};
 use drivers::nic::{QueueDatapath, QueueId};
 use drivers::pci::ecam::Ecam;
 use drivers::pci::msix::{MsiMessage, MsixCapability};
-use drivers::pci::{self, Bar};
+use drivers::pci::port::LegacyPorts;
+use drivers::pci::{self, Bar, ConfigAccess};
 use drivers::pool::{BufferPool, BUFFER_SIZE};
 use drivers::registers::Mmio;
 use urpc::Endpoint;
@@ -75,28 +76,53 @@ fn identity_mapped(address: u64, size: u64) -> bool {
         .is_some_and(|end| end <= IDENTITY_LIMIT)
 }
 
-/// Finds and brings up the igb NIC (core 0, before the other cores start, before its heap). `ring_areas[i]` is
-/// core `i`'s reserved ring memory. Returns `None` when there is no usable NIC.
+/// Finds and brings up the igb NIC (core 0, before the other cores start, before its heap).
+/// `ring_areas[i]` is core `i`'s reserved ring memory. Returns `None` when there is no usable
+/// NIC. PCI configuration space is reached through ECAM (ACPI MCFG) or, without an MCFG, through
+/// the legacy ports 0xCF8/0xCFC.
 pub fn bring_up(
     platform: &Platform,
     cores: &[CoreDescription],
     ring_areas: &[u64],
     tsc_per_ms: u64,
 ) -> Option<(IgbControl<Mmio>, NicHandoff)> {
-    let Some(window) = platform.ecam.first() else {
-        log::warn!("no PCIe ECAM window (no ACPI MCFG): NIC not searched");
-        return None;
-    };
-    let buses = window.bus_start..=window.bus_end;
-    // SAFETY: the ECAM window from the MCFG is identity-mapped (below 64 GiB on q35 and PCs) and
-    // only configuration space lives there.
-    let mut ecam = unsafe { Ecam::new(window.base as usize, buses.clone()) };
-    let Some(function) = pci::find(&mut ecam, buses, igb::VENDOR_INTEL, igb::DEVICE_82576) else {
+    match platform.ecam.first() {
+        Some(window) => {
+            // SAFETY: the ECAM window from the MCFG is identity-mapped (below 64 GiB on q35 and
+            // PCs) and only configuration space lives there.
+            let mut ecam =
+                unsafe { Ecam::new(window.base as usize, window.bus_start..=window.bus_end) };
+            bring_up_with(
+                &mut ecam,
+                window.bus_start..=window.bus_end,
+                cores,
+                ring_areas,
+                tsc_per_ms,
+            )
+        }
+        None => {
+            log::info!("no ACPI MCFG: PCI configuration through ports 0xCF8/0xCFC");
+            // SAFETY: ring 0, and only core 0 touches PCI configuration space, before the other
+            // cores start.
+            let mut ports = unsafe { LegacyPorts::new() };
+            bring_up_with(&mut ports, 0..=255, cores, ring_areas, tsc_per_ms)
+        }
+    }
+}
+
+fn bring_up_with<C: ConfigAccess>(
+    ecam: &mut C,
+    buses: core::ops::RangeInclusive<u8>,
+    cores: &[CoreDescription],
+    ring_areas: &[u64],
+    tsc_per_ms: u64,
+) -> Option<(IgbControl<Mmio>, NicHandoff)> {
+    let Some(function) = pci::find(ecam, buses, igb::VENDOR_INTEL, igb::DEVICE_82576) else {
         log::info!("no Intel 82576 (igb) NIC found: networking off");
         return None;
     };
-    pci::enable_device(&mut ecam, function.address);
-    let (registers_base, registers_size) = match pci::read_bar(&mut ecam, function.address, 0) {
+    pci::enable_device(ecam, function.address);
+    let (registers_base, registers_size) = match pci::read_bar(ecam, function.address, 0) {
         Ok(Bar::Memory { address, size, .. }) if identity_mapped(address, size) => (address, size),
         other => {
             log::error!("igb BAR0 unusable ({other:?}): networking off");
@@ -106,14 +132,14 @@ pub fn bring_up(
     // SAFETY: BAR0 is the device's register window, identity-mapped (checked), used only as
     // device registers from now on.
     let registers = unsafe { Mmio::new(registers_base as usize, registers_size as usize) }.ok()?;
-    let msix = match MsixCapability::find(&mut ecam, function.address) {
+    let msix = match MsixCapability::find(ecam, function.address) {
         Ok(msix) => msix,
         Err(error) => {
             log::error!("igb MSI-X capability: {error:?}: networking off");
             return None;
         }
     };
-    let table = match pci::read_bar(&mut ecam, function.address, msix.table_bar) {
+    let table = match pci::read_bar(ecam, function.address, msix.table_bar) {
         Ok(Bar::Memory { address, size, .. }) if identity_mapped(address, size) => {
             let start = address + u64::from(msix.table_offset);
             // SAFETY: the MSI-X table lies inside that BAR (the capability says so), identity-mapped.
@@ -160,7 +186,7 @@ pub fn bring_up(
     if let Ok(message) = MsiMessage::to_apic(cores[0].apic_id, NIC_VECTOR + 1) {
         let _ = msix.program(&table, control.other_vector(), message);
     }
-    msix.enable(&mut ecam);
+    msix.enable(ecam);
     let mac = control.mac_address();
     let handoff = NicHandoff {
         mac,
