@@ -184,3 +184,48 @@ mod tests {
         ));
     }
 }
+
+/// Why the queue memory given to a driver's `init` does not match its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueMemoryMismatch {
+    /// One region per queue is needed.
+    Count {
+        /// Regions needed.
+        expected: u16,
+        /// Regions given.
+        given: u16,
+    },
+    /// A region was laid out for another ring size.
+    RingSize(crate::nic::QueueId),
+}
+
+/// Collects exactly one [`QueueMemory`] per queue (at most 16), each for `ring_size` descriptors.
+pub fn collect_queue_memory<I: IntoIterator<Item = QueueMemory>>(
+    memory: I,
+    queues: u16,
+    ring_size: u16,
+) -> Result<heapless::Vec<QueueMemory, 16>, QueueMemoryMismatch> {
+    let mut regions: heapless::Vec<QueueMemory, 16> = heapless::Vec::new();
+    let mut given = 0u16;
+    for region in memory {
+        given += 1;
+        if regions.push(region).is_err() {
+            break;
+        }
+    }
+    if given != queues {
+        return Err(QueueMemoryMismatch::Count {
+            expected: queues,
+            given,
+        });
+    }
+    match regions
+        .iter()
+        .position(|region| region.ring_size() != ring_size)
+    {
+        Some(index) => Err(QueueMemoryMismatch::RingSize(crate::nic::QueueId(
+            index as u16,
+        ))),
+        None => Ok(regions),
+    }
+}

@@ -19,7 +19,7 @@ pub mod regs;
 #[cfg(any(test, feature = "std"))]
 pub mod model;
 
-use crate::dma::QueueMemory;
+use crate::dma::{collect_queue_memory, QueueMemory, QueueMemoryMismatch};
 use crate::nic::{FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError, QueueId};
 use crate::registers::{Delay, RegisterAccess};
 use crate::ring::{DescriptorQueue, QueueRegisters};
@@ -101,6 +101,17 @@ pub enum IgbError {
     QueueEnableTimeout(QueueId),
 }
 
+impl From<QueueMemoryMismatch> for IgbError {
+    fn from(mismatch: QueueMemoryMismatch) -> Self {
+        match mismatch {
+            QueueMemoryMismatch::Count { expected, given } => {
+                IgbError::QueueMemoryCount { expected, given }
+            }
+            QueueMemoryMismatch::RingSize(queue) => IgbError::RingSizeMismatch(queue),
+        }
+    }
+}
+
 impl From<IgbError> for NicError {
     fn from(_: IgbError) -> Self {
         NicError::DeviceTimeout
@@ -174,25 +185,7 @@ where
     if queues == 0 || queues > MAX_QUEUES {
         return Err(IgbError::BadQueueCount(queues));
     }
-    let mut regions: heapless::Vec<QueueMemory, 16> = heapless::Vec::new();
-    let mut given = 0u16;
-    for region in memory {
-        given += 1;
-        if regions.push(region).is_err() {
-            break;
-        }
-    }
-    if given != queues {
-        return Err(IgbError::QueueMemoryCount {
-            expected: queues,
-            given,
-        });
-    }
-    for (index, region) in regions.iter().enumerate() {
-        if region.ring_size() != config.ring_size {
-            return Err(IgbError::RingSizeMismatch(QueueId(index as u16)));
-        }
-    }
+    let regions = collect_queue_memory(memory, queues, config.ring_size)?;
     let r = &registers;
 
     // §4.5.3: mask every interrupt before reset.

@@ -12,7 +12,7 @@ pub mod regs;
 #[cfg(any(test, feature = "std"))]
 pub mod model;
 
-use crate::dma::QueueMemory;
+use crate::dma::{collect_queue_memory, QueueMemory, QueueMemoryMismatch};
 use crate::frame::{PROTOCOL_TCP, PROTOCOL_UDP};
 use crate::nic::{FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError, QueueId};
 use crate::registers::{Delay, RegisterAccess};
@@ -82,6 +82,17 @@ pub enum IxgbeError {
     QueueEnableTimeout(QueueId),
 }
 
+impl From<QueueMemoryMismatch> for IxgbeError {
+    fn from(mismatch: QueueMemoryMismatch) -> Self {
+        match mismatch {
+            QueueMemoryMismatch::Count { expected, given } => {
+                IxgbeError::QueueMemoryCount { expected, given }
+            }
+            QueueMemoryMismatch::RingSize(queue) => IxgbeError::RingSizeMismatch(queue),
+        }
+    }
+}
+
 fn poll<R: RegisterAccess, D: Delay>(
     r: &R,
     delay: &mut D,
@@ -136,25 +147,7 @@ where
     if queues == 0 || queues > MAX_QUEUES {
         return Err(IxgbeError::BadQueueCount(queues));
     }
-    let mut regions: heapless::Vec<QueueMemory, 16> = heapless::Vec::new();
-    let mut given = 0u16;
-    for region in memory {
-        given += 1;
-        if regions.push(region).is_err() {
-            break;
-        }
-    }
-    if given != queues {
-        return Err(IxgbeError::QueueMemoryCount {
-            expected: queues,
-            given,
-        });
-    }
-    for (index, region) in regions.iter().enumerate() {
-        if region.ring_size() != config.ring_size {
-            return Err(IxgbeError::RingSizeMismatch(QueueId(index as u16)));
-        }
-    }
+    let regions = collect_queue_memory(memory, queues, config.ring_size)?;
     let r = &registers;
 
     // §4.6.3.1: interrupts off.
