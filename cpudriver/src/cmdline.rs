@@ -97,6 +97,9 @@ pub struct KernelOptions {
     /// `netd.move=GROUP:CORE@MS`: MS ms after the machine is complete, core 0 proposes moving
     /// flow group GROUP to CORE (an agreement round, then the NIC is reprogrammed).
     pub move_flow_group: Option<FlowGroupMove>,
+    /// `bind=SERVER:CLIENT`: core SERVER registers the name `echo` with the monitors and core
+    /// CLIENT binds to it; the two then ping over the channel the monitors set up.
+    pub bind_demo: Option<(u32, u32)>,
 }
 
 /// A flow-group move asked for on the command line.
@@ -123,6 +126,7 @@ impl Default for KernelOptions {
             heartbeat_ms: 100,
             missed_heartbeats: 5,
             move_flow_group: None,
+            bind_demo: None,
         }
     }
 }
@@ -191,6 +195,12 @@ impl KernelOptions {
                     .ok()
                     .filter(|k| (1..=1000).contains(k))
                     .map(|k| options.missed_heartbeats = k)
+                    .is_some(),
+                "bind" => value
+                    .split_once(':')
+                    .and_then(|(server, client)| Some((server.parse().ok()?, client.parse().ok()?)))
+                    .filter(|(server, client)| server != client)
+                    .map(|pair| options.bind_demo = Some(pair))
                     .is_some(),
                 "netd.move" => parse_move(value)
                     .map(|request| options.move_flow_group = Some(request))
@@ -320,6 +330,10 @@ mod tests {
             })
         );
         assert_eq!((moved.heartbeat_ms, moved.missed_heartbeats), (20, 3));
+        assert_eq!(
+            KernelOptions::parse(Cmdline("bind=1:3"), |e| panic!("{e:?}")).bind_demo,
+            Some((1, 3))
+        );
         let mut errors = 0;
         let _ = KernelOptions::parse(Cmdline("netd.move=200:1@5"), |_| errors += 1);
         assert_eq!(errors, 1, "flow group 200 does not exist");

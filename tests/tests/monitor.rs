@@ -90,3 +90,34 @@ fn agreement_commits_and_a_hung_core_is_detected_by_all_others() {
     // second while a fault or hang is injected), and core 2 never does.
     wait_for_alive_reports(&mut machine, &[0, 1, 3], 2, Duration::from_secs(30));
 }
+
+#[test]
+fn monitors_broker_a_binding_and_the_two_cores_talk_over_it() {
+    let config = MachineConfig::kernel(kernel(), 4, "urpc=off bind=1:3");
+    let mut machine = Machine::start(&config, false).unwrap();
+    let answered = machine
+        .wait_for("a ping over the bound channel", BOOT_TIMEOUT, |l| {
+            l.contains("bound channel core 3 -> core 1") || is_failure_line(l)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(answered.contains("ping answered in"), "{answered}");
+    let console = machine.console();
+    assert!(
+        console
+            .iter()
+            .any(|l| l == "monitor: core 1 registered 'echo': Registered"),
+        "{}",
+        console.join("\n")
+    );
+    let ready = |role: &str, core: u32, peer: u32| {
+        let prefix = format!(
+            "monitor: binding 'echo' ready on core {core} as {role}, peer core {peer}, region "
+        );
+        console
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+            .unwrap_or_else(|| panic!("no '{prefix}' in:\n{}", console.join("\n")))
+    };
+    // Both ends got the same region, lent by the client (core 3).
+    assert_eq!(ready("Client", 3, 1), ready("Server", 1, 3));
+}

@@ -32,10 +32,21 @@ impl Hooks for KernelHooks {
     }
 
     fn allocate_region(&mut self, len: u64) -> Option<Region> {
-        // Channel regions come from this core's heap (identity-mapped memory, so the physical
-        // address is the pointer). They are not returned: bindings live until a core fails.
-        let bytes: Box<[u8]> = vec![0u8; usize::try_from(len).ok()?.max(64)].into_boxed_slice();
-        let base = Box::leak(bytes).as_ptr() as u64;
+        // A binding's region comes from the client core's heap (identity-mapped memory, so the
+        // physical address is the pointer), 64-byte aligned, and holds a URPC channel that is
+        // initialised here, before its address travels to the server in the bind request (that
+        // message is the happens-before edge the server's `attach_raw` needs). Regions are not
+        // returned: bindings live until a core fails.
+        let len = len.max(urpc::ChannelRegion::<{ urpc::DEFAULT_SLOTS }>::SIZE as u64);
+        let bytes: Box<[u8]> = vec![0u8; usize::try_from(len).ok()? + 63].into_boxed_slice();
+        let start = Box::leak(bytes).as_mut_ptr();
+        let base = (start as u64).next_multiple_of(64);
+        // SAFETY: `base .. base + len` lies inside the fresh leaked allocation, is used by nothing
+        // else, and is shared only through the channel from now on.
+        unsafe {
+            urpc::ChannelRegion::<{ urpc::DEFAULT_SLOTS }>::init_raw(base as *mut u8, len as usize)
+        }
+        .ok()?;
         Some(Region { base, len })
     }
 

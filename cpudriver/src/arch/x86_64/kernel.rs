@@ -414,6 +414,10 @@ pub struct Core {
     /// A data message (not control-plane chatter) arrived since the last loop iteration: keep
     /// polling instead of halting.
     data_traffic: bool,
+    /// Channels the monitors set up by binding: (peer core, this core's end, role).
+    bound: alloc::vec::Vec<(usize, urpc::Endpoint<'static>, monitor::Role)>,
+    /// The `bind=` demonstration: TSC at which the client asks for its binding.
+    bind_at: Option<u64>,
 }
 
 /// Cores with a network gather every core's counters this often, so `/stats` is never stale by
@@ -517,6 +521,8 @@ fn set_up_core(
         move_requested: false,
         last_stats_tsc: 0,
         data_traffic: false,
+        bound: alloc::vec::Vec::new(),
+        bind_at: None,
         shared,
         index,
         frames,
@@ -623,7 +629,49 @@ impl Core {
     }
 
     /// Drains every channel (bounded); returns how many messages were handled.
+    /// Serves the channels the monitors bound: the server answers pings, the client reports the
+    /// round trip. Bounded like the boot channels.
+    fn poll_bound(&mut self) {
+        for (peer, endpoint, role) in self.bound.iter_mut() {
+            for _ in 0..CHANNEL_BATCH {
+                match endpoint
+                    .receiver
+                    .try_recv_message::<CoreMessage>(&urpc::RegionTable::EMPTY)
+                {
+                    Ok(CoreMessage::Ping {
+                        sequence,
+                        timestamp,
+                    }) => {
+                        let _ = endpoint.sender.try_send_message(&CoreMessage::Pong {
+                            sequence,
+                            timestamp,
+                        });
+                        let apic_id = self.shared.cores[*peer].apic_id;
+                        endpoint
+                            .sender
+                            .notify_if_sleeping(&mut channels::IpiNotifier { apic_id });
+                    }
+                    Ok(CoreMessage::Pong { timestamp, .. }) if *role == monitor::Role::Client => {
+                        crate::kprintln!(
+                            "monitor: bound channel core {} -> core {}: ping answered in {} cycles",
+                            self.index,
+                            peer,
+                            tsc::now().wrapping_sub(timestamp)
+                        );
+                    }
+                    Ok(other) => log::debug!("bound channel from core {peer}: {other:?}"),
+                    Err(urpc::RecvError::Empty) => break,
+                    Err(error) => {
+                        log::warn!("bound channel from core {peer}: {error:?}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     fn poll_channels(&mut self) -> usize {
+        self.poll_bound();
         let mut handled = 0;
         for peer in 0..self.cores() {
             for _ in 0..CHANNEL_BATCH {
@@ -868,6 +916,21 @@ impl Core {
         use monitor::{Change, Event, Protocol};
         match event {
             Event::MachineComplete { members } => {
+                if let Some((server, client)) = self.shared.options.bind_demo {
+                    if server as usize == self.index {
+                        let now = control::now(self.shared.tsc_per_ms);
+                        let name = monitor::Name::new(b"echo").expect("a valid name");
+                        if let Err(error) =
+                            self.monitor.register_name(now, name, &mut self.outgoing)
+                        {
+                            crate::kprintln!("monitor: register 'echo': {error:?}");
+                        }
+                    }
+                    if client as usize == self.index {
+                        // Give the server's registration time to reach the directory.
+                        self.bind_at = Some(tsc::now() + 100 * self.shared.tsc_per_ms);
+                    }
+                }
                 if self.index == 0 {
                     self.machine_complete_tsc = Some(tsc::now());
                     crate::kprintln!(
@@ -937,6 +1000,69 @@ impl Core {
                 crate::kprintln!("monitor: agreement {:?} aborted", change);
             }
             Event::StatsReady { responded, .. } => self.stats_ready(responded),
+            Event::NameRegistered { name, outcome } => {
+                crate::kprintln!(
+                    "monitor: core {} registered '{}': {:?}",
+                    self.index,
+                    core::str::from_utf8(name.as_bytes()).unwrap_or("?"),
+                    outcome
+                );
+            }
+            Event::BindingReady {
+                role,
+                name,
+                peer,
+                region,
+                ..
+            } => {
+                // SAFETY: the client initialised the channel in this region before its address
+                // was sent (KernelHooks::allocate_region); the region lives forever.
+                let channel = unsafe {
+                    urpc::ChannelRegion::<{ urpc::DEFAULT_SLOTS }>::attach_raw(
+                        region.base as *const u8,
+                        region.len as usize,
+                    )
+                };
+                let side = if role == monitor::Role::Client {
+                    urpc::Side::A
+                } else {
+                    urpc::Side::B
+                };
+                match channel.map(|channel| channel.claim(side)) {
+                    Ok(Ok(mut endpoint)) => {
+                        crate::kprintln!(
+                            "monitor: binding '{}' ready on core {} as {:?}, peer core {}, region {:#x}+{:#x}",
+                            core::str::from_utf8(name.as_bytes()).unwrap_or("?"),
+                            self.index,
+                            role,
+                            peer.index(),
+                            region.base,
+                            region.len
+                        );
+                        if role == monitor::Role::Client {
+                            let ping = CoreMessage::Ping {
+                                sequence: 1,
+                                timestamp: tsc::now(),
+                            };
+                            let _ = endpoint.sender.try_send_message(&ping);
+                            let apic_id = self.shared.cores[peer.index()].apic_id;
+                            endpoint
+                                .sender
+                                .notify_if_sleeping(&mut channels::IpiNotifier { apic_id });
+                        }
+                        self.bound.push((peer.index(), endpoint, role));
+                    }
+                    Ok(Err(error)) => crate::kprintln!("monitor: binding channel: {error:?}"),
+                    Err(error) => crate::kprintln!("monitor: binding region unusable: {error:?}"),
+                }
+            }
+            Event::BindingFailed { name, reason, .. } => {
+                crate::kprintln!(
+                    "monitor: binding '{}' failed: {:?}",
+                    core::str::from_utf8(name.as_bytes()).unwrap_or("?"),
+                    reason
+                );
+            }
             other => log::debug!("monitor event: {other:?}"),
         }
     }
@@ -976,6 +1102,15 @@ impl Core {
 
     /// Feeds the monitor its clock and, on core 0, makes a requested flow-group move.
     fn run_monitor(&mut self) {
+        if self.bind_at.is_some_and(|at| tsc::now() >= at) {
+            self.bind_at = None;
+            let now = control::now(self.shared.tsc_per_ms);
+            let name = monitor::Name::new(b"echo").expect("a valid name");
+            if let Err(error) = self.monitor.bind(now, name, &mut self.outgoing) {
+                crate::kprintln!("monitor: bind 'echo': {error:?}");
+            }
+            self.after_monitor();
+        }
         let now = control::now(self.shared.tsc_per_ms);
         if now >= self.monitor.next_deadline() {
             if let Some(network) = self.network.as_ref() {
@@ -1230,7 +1365,8 @@ impl Core {
             // An interrupt only starts polling: the queue's vector auto-masks when it fires.
             network.queue.set_interrupt(true);
         }
-        for endpoint in self.channels.endpoints.iter_mut().flatten() {
+        let bound = self.bound.iter_mut().map(|(_, endpoint, _)| endpoint);
+        for endpoint in self.channels.endpoints.iter_mut().flatten().chain(bound) {
             if endpoint.receiver.prepare_to_sleep() == urpc::SleepDecision::MessagePending {
                 pending = true;
                 break;
@@ -1241,7 +1377,8 @@ impl Core {
         } else {
             x86_64::instructions::interrupts::enable_and_hlt();
         }
-        for endpoint in self.channels.endpoints.iter_mut().flatten() {
+        let bound = self.bound.iter_mut().map(|(_, endpoint, _)| endpoint);
+        for endpoint in self.channels.endpoints.iter_mut().flatten().chain(bound) {
             endpoint.receiver.woke();
         }
     }
