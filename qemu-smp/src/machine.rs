@@ -343,6 +343,11 @@ impl Machine {
         None
     }
 
+    /// Waits for QEMU to exit by itself, however long that takes; returns its exit code.
+    pub fn wait(&mut self) -> Option<i32> {
+        self.child.wait().ok().and_then(|status| status.code())
+    }
+
     /// Stops QEMU.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

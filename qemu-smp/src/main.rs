@@ -243,8 +243,10 @@ fn run(
         Err(e) => return fail(e),
     };
     if !exit_when_ready {
-        vm.wait_exit(Duration::from_secs(u64::MAX / 4));
-        return ExitCode::SUCCESS;
+        return match vm.wait() {
+            Some(0) | None => ExitCode::SUCCESS,
+            Some(code) => fail(format!("QEMU exited with status {code}")),
+        };
     }
     let result = vm.wait_for("all cores online", Duration::from_secs(timeout), |line| {
         parse_ready_line(line).is_some() || is_failure_line(line)
