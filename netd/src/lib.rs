@@ -15,6 +15,7 @@ pub mod app;
 pub mod classify;
 pub mod config;
 pub mod device;
+pub mod fastpath;
 pub mod path;
 pub mod peers;
 pub mod stack;

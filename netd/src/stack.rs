@@ -5,6 +5,7 @@ use crate::app::{AppContext, Application};
 use crate::classify::{Classifier, DropReason, PathIndex, PathKey, RssHashFn, Verdict, MAX_PATHS};
 use crate::config::{CoreId, NetConfig, FLOW_GROUPS};
 use crate::device::{capabilities, PathDevice, Staging, TxQueue, TxSink};
+use crate::fastpath;
 use crate::path::{
     CycleCounter, ListenerConfig, LrpQueue, Path, PathCounters, QueuedFrame, TcpSlot,
 };
@@ -604,6 +605,8 @@ impl CoreNet {
         // application drains the sockets as protocol processing fills them.
         let mut remaining = path.queue.len();
         let mut run_again;
+        let in_place = matches!(path.key, PathKey::Udp(_))
+            && path.app.as_ref().is_some_and(|app| app.answers_in_place());
         loop {
             let chunk = remaining.min(INGRESS_CHUNK);
             remaining -= chunk;
@@ -613,6 +616,32 @@ impl CoreNet {
                 path.counters.bytes += u64::from(frame.length);
                 path.counters.forwarded_in += u64::from(frame.forwarded);
                 let length = usize::from(frame.length).min(BUFFER_SIZE);
+                if in_place {
+                    // The fast path: the reply leaves from the request's own buffer.
+                    let reply = match (pool.bytes_mut(frame.buffer), path.app.as_mut()) {
+                        (Ok(bytes), Some(app)) => {
+                            fastpath::answer_in_place(bytes, length, config.mac, |payload, n| {
+                                app.on_datagram(payload, n)
+                            })
+                        }
+                        _ => None,
+                    };
+                    let out = reply.map(|length| drivers::nic::TransmitFrame {
+                        buffer: frame.buffer,
+                        length: length as u16,
+                    });
+                    match out.map(|out| tx_queue.push(out)) {
+                        Some(Ok(())) => {}
+                        Some(Err(_)) => {
+                            path.counters.tx_drops += 1;
+                            let _ = pool.free(frame.buffer);
+                        }
+                        None => {
+                            let _ = pool.free(frame.buffer);
+                        }
+                    }
+                    continue;
+                }
                 let mut neighbour = None;
                 if let Ok(bytes) = pool.bytes(frame.buffer) {
                     let bytes = &bytes[..length];

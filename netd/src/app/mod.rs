@@ -58,6 +58,19 @@ pub trait Application {
     /// UDP: the path ran; read and answer datagrams on `socket`.
     fn on_udp(&mut self, _context: &mut AppContext<'_>, _socket: &mut udp::Socket<'static>) {}
 
+    /// UDP fast path: whether [`Self::on_datagram`] answers this path's datagrams in place, in
+    /// the received frame's own buffer, instead of through a smoltcp socket (see
+    /// [`crate::fastpath`]). Default: no.
+    fn answers_in_place(&self) -> bool {
+        false
+    }
+
+    /// UDP fast path: `payload[..length]` holds one datagram and the whole slice is writable;
+    /// write the reply there and return its length, or `None` for no reply.
+    fn on_datagram(&mut self, _payload: &mut [u8], _length: usize) -> Option<usize> {
+        None
+    }
+
     /// TCP: a connection was accepted in `slot`.
     fn on_open(&mut self, _context: &mut AppContext<'_>, _slot: usize) {}
 
