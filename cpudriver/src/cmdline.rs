@@ -100,6 +100,9 @@ pub struct KernelOptions {
     /// `bind=SERVER:CLIENT`: core SERVER registers the name `echo` with the monitors and core
     /// CLIENT binds to it; the two then ping over the channel the monitors set up.
     pub bind_demo: Option<(u32, u32)>,
+    /// `poll_us=N`: after network traffic a core keeps polling this many microseconds before
+    /// it halts (default 0: halt as soon as there is no work; interrupts only start polling).
+    pub poll_after_traffic_us: u32,
 }
 
 /// A flow-group move asked for on the command line.
@@ -127,6 +130,7 @@ impl Default for KernelOptions {
             missed_heartbeats: 5,
             move_flow_group: None,
             bind_demo: None,
+            poll_after_traffic_us: 0,
         }
     }
 }
@@ -195,6 +199,12 @@ impl KernelOptions {
                     .ok()
                     .filter(|k| (1..=1000).contains(k))
                     .map(|k| options.missed_heartbeats = k)
+                    .is_some(),
+                "poll_us" => value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|us| *us <= 1_000_000)
+                    .map(|us| options.poll_after_traffic_us = us)
                     .is_some(),
                 "bind" => value
                     .split_once(':')

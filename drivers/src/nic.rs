@@ -125,6 +125,14 @@ pub trait QueueDatapath {
 
     /// Enables (`true`) or masks (`false`) this queue's receive interrupt.
     fn set_interrupt(&mut self, enabled: bool);
+
+    /// Whether a received frame is waiting in the ring now. A core that re-enables the interrupt
+    /// and then halts checks this in between: a frame that arrived while the interrupt was
+    /// masked may raise no interrupt when it is unmasked. The default (`false`) suits devices
+    /// without a ring to look at; ring drivers override it.
+    fn receive_pending(&self) -> bool {
+        false
+    }
 }
 
 /// Which header fields the NIC hashes for RSS.

@@ -510,6 +510,10 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
         }
     }
 
+    fn receive_pending(&self) -> bool {
+        self.rx_posted > 0 && self.read_rx(self.rx_clean).second as u32 & rx_status::DD != 0
+    }
+
     fn set_interrupt(&mut self, enabled: bool) {
         if let Some(bit) = self.offsets.interrupt_bit {
             let register = if enabled {
@@ -608,7 +612,12 @@ mod tests {
                 );
             }
             batch.clear();
+            assert!(q.receive_pending(), "a completed descriptor is pending");
             assert_eq!(q.receive(&mut pool, &mut batch), 5);
+            assert!(
+                !q.receive_pending(),
+                "nothing pending once the ring is drained"
+            );
             for frame in &batch {
                 assert_eq!(frame.rss_hash, 0x1234_5678);
                 assert!(frame.checksum.ipv4_ok && frame.checksum.l4_ok && !frame.checksum.error);

@@ -65,6 +65,8 @@ pub struct Settings {
     pub throughput_time: Duration,
     /// TCP round trips on one connection.
     pub tcp_round_trips: u32,
+    /// Extra kernel command-line options (e.g. `poll_us=1000`).
+    pub cmdline: String,
 }
 
 impl Settings {
@@ -78,6 +80,7 @@ impl Settings {
             outstanding: 4,
             throughput_time: Duration::from_secs(10),
             tcp_round_trips: 5_000,
+            cmdline: String::new(),
         }
     }
 }
@@ -257,7 +260,8 @@ pub fn run_with(settings: Settings) -> Result<Report, BenchError> {
             "permanent",
         ])
         .map_err(BenchError::Namespace)?;
-    let mut config = MachineConfig::kernel(kernel, settings.cores, "log=warn urpc=off");
+    let cmdline = format!("log=warn urpc=off {}", settings.cmdline);
+    let mut config = MachineConfig::kernel(kernel, settings.cores, cmdline.trim_end());
     config.network = Network::Tap {
         namespace: namespace.name.clone(),
         tap: namespace.tap.clone(),

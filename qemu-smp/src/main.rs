@@ -118,6 +118,9 @@ enum Bench {
         /// Number of cores.
         #[arg(long, default_value_t = 2)]
         cores: u32,
+        /// Extra kernel command-line options for the guest (e.g. "poll_us=1000").
+        #[arg(long, default_value = "")]
+        cmdline: String,
     },
     /// The in-kernel URPC round-trip matrix (every ordered pair of cores), as CSV.
     Urpc {
@@ -513,12 +516,14 @@ fn main() -> ExitCode {
             which: Bench::Urpc { cores, rounds, csv },
         } => bench_urpc(cores, rounds, csv),
         Commands::Bench {
-            which: Bench::Echo { cores },
+            which: Bench::Echo { cores, cmdline },
         } => {
             if let Err(e) = qemu_smp::ensure_dependencies(false) {
                 return fail(e);
             }
-            match qemu_smp::bench_echo::run(cores) {
+            let mut settings = qemu_smp::bench_echo::Settings::new(cores);
+            settings.cmdline = cmdline;
+            match qemu_smp::bench_echo::run_with(settings) {
                 Ok(report) => {
                     println!("{report}");
                     ExitCode::SUCCESS

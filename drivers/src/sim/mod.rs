@@ -465,6 +465,13 @@ impl QueueDatapath for SimQueue {
         self.id
     }
 
+    fn receive_pending(&self) -> bool {
+        !self.posted.is_empty()
+            && !lock(&self.shared).queues[usize::from(self.id.0)]
+                .pending
+                .is_empty()
+    }
+
     fn receive(&mut self, pool: &mut BufferPool, batch: &mut ReceiveBatch) -> usize {
         let room = batch.capacity() - batch.len();
         let frames: Vec<(Vec<u8>, u32)> = {

@@ -414,6 +414,9 @@ pub struct Core {
     /// A data message (not control-plane chatter) arrived since the last loop iteration: keep
     /// polling instead of halting.
     data_traffic: bool,
+    /// A latency probe (ping, pong, matrix control) arrived: poll for `PROBE_POLL_US` so the
+    /// URPC matrix measures the channel, not the wake-up.
+    probe_traffic: bool,
     /// Channels the monitors set up by binding: (peer core, this core's end, role).
     bound: alloc::vec::Vec<(usize, urpc::Endpoint<'static>, monitor::Role)>,
     /// The `bind=` demonstration: TSC at which the client asks for its binding.
@@ -521,6 +524,7 @@ fn set_up_core(
         move_requested: false,
         last_stats_tsc: 0,
         data_traffic: false,
+        probe_traffic: false,
         bound: alloc::vec::Vec::new(),
         bind_at: None,
         shared,
@@ -596,10 +600,11 @@ fn set_up_network(
     }
 }
 
+/// How long a core keeps polling after a latency probe (URPC ping or pong), in microseconds.
+const PROBE_POLL_US: u64 = 20_000;
+
 /// Messages a core takes from one channel per loop iteration (bounded: no unbounded poll).
 const CHANNEL_BATCH: usize = 16;
-/// How long a core keeps polling after message traffic before it halts, in microseconds.
-const POLL_AFTER_TRAFFIC_US: u64 = 20_000;
 
 impl Core {
     fn cores(&self) -> usize {
@@ -697,7 +702,11 @@ impl Core {
     fn handle(&mut self, from: usize, message: KernelMessage) {
         // Heartbeats and other monitor messages must not keep a core spinning: under TCG on a
         // small host, spinning cores starve the others and make the failure detector fire.
-        self.data_traffic |= !matches!(message, KernelMessage::Monitor { .. });
+        match message {
+            KernelMessage::Monitor { .. } => {}
+            KernelMessage::NetChunk { .. } => self.data_traffic = true,
+            _ => self.probe_traffic = true,
+        }
         match message {
             KernelMessage::Core(CoreMessage::Ping {
                 sequence,
@@ -1313,10 +1322,12 @@ impl Core {
             self.run_monitor();
             let network_busy = self.poll_network();
             self.poll_channels();
-            if core::mem::take(&mut self.data_traffic) || self.rtt.pinging.is_some() || network_busy
-            {
-                self.busy_until =
-                    tsc::now() + POLL_AFTER_TRAFFIC_US * self.shared.tsc_per_ms / 1000;
+            let per_ms = self.shared.tsc_per_ms;
+            if core::mem::take(&mut self.probe_traffic) || self.rtt.pinging.is_some() {
+                self.busy_until = tsc::now() + PROBE_POLL_US * per_ms / 1000;
+            } else if core::mem::take(&mut self.data_traffic) || network_busy {
+                let until = tsc::now() + u64::from(options.poll_after_traffic_us) * per_ms / 1000;
+                self.busy_until = self.busy_until.max(until);
             }
             let now = tsc::now();
             let elapsed_ms = (now - self.online_tsc) / self.shared.tsc_per_ms;
@@ -1364,9 +1375,15 @@ impl Core {
         if let Some(network) = self.network.as_mut() {
             // An interrupt only starts polling: the queue's vector auto-masks when it fires.
             network.queue.set_interrupt(true);
+            // A frame that arrived while the vector was masked may raise nothing on unmask
+            // (QEMU's igb does not): look at the ring once more before halting.
+            pending |= network.queue.receive_pending();
         }
         let bound = self.bound.iter_mut().map(|(_, endpoint, _)| endpoint);
         for endpoint in self.channels.endpoints.iter_mut().flatten().chain(bound) {
+            if pending {
+                break;
+            }
             if endpoint.receiver.prepare_to_sleep() == urpc::SleepDecision::MessagePending {
                 pending = true;
                 break;
