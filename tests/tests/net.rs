@@ -1299,3 +1299,74 @@ fn a_moved_flow_group_is_served_by_its_new_core() {
     }
     drop(machine);
 }
+
+#[test]
+fn a_failed_cores_flow_groups_are_served_by_the_survivors() {
+    // Core 2 hangs; the monitors declare it failed, every core reassigns its flow groups with
+    // the same deterministic rule, and core 0 rewrites the NIC's redirection table. Frames of a
+    // flow group that belonged to core 2 must then reach the new owner's queue and be echoed.
+    const FAILED: u16 = 2;
+    let cmdline = "urpc=off monitor.heartbeat_ms=50 monitor.miss=4 hang=2@1500";
+    let (mut machine, mut wire, trace) = boot_on_wire(cmdline, "failover");
+    let moved = format!("flow groups of core {FAILED} moved to the live cores");
+    if !machine.console().iter().any(|l| l.contains(&moved)) {
+        let line = machine
+            .wait_for("the reassignment", BOOT_TIMEOUT, |l| {
+                l.contains(&moved) || is_failure_line(l)
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !is_failure_line(&line),
+            "{line}\n{}",
+            console_tail(&machine, 40)
+        );
+    }
+    wire.introduce(&machine);
+    let (before, baseline) = wire.baseline(&trace);
+
+    // The kernel's rule, computed here the same way: the default table, then the reassignment.
+    let table = rss::default_table(CORES);
+    let mut owners: Vec<monitor::CoreId> = table
+        .iter()
+        .map(|&queue| monitor::CoreId::new(queue).unwrap())
+        .collect();
+    let mut live = monitor::CoreSet::first(usize::from(CORES));
+    live.remove(monitor::CoreId::new(FAILED as u8).unwrap());
+    monitor::reassign_flow_groups(&mut owners, live);
+    let groups: Vec<u8> = (0..128u8)
+        .filter(|&g| u16::from(table[usize::from(g)]) == FAILED)
+        .take(3)
+        .collect();
+    assert_eq!(groups.len(), 3);
+    let flow = FlowTuple::V4 {
+        source: PEER_IP,
+        destination: GUEST_IP,
+        ports: Some((0, 7)),
+    };
+    for group in groups {
+        let owner = owners[usize::from(group)].index() as u16;
+        assert_ne!(owner, FAILED);
+        let port = rss::source_port_for_group(
+            &DEFAULT_KEY,
+            flow,
+            drivers::nic::FlowGroup(group),
+            50000..=65000,
+        )
+        .expect("a port in the flow group");
+        assert!(
+            wire.echo(port, owner, "after the failure"),
+            "no echo for port {port} (flow group {group}, reassigned from core {FAILED} to core {owner}); other frames: {:?}\nconsole:\n{}",
+            wire.strays,
+            console_tail(&machine, 40)
+        );
+    }
+    let traced = wait_for_trace(&trace, baseline + wire.sent.len() - before);
+    for (i, (what, predicted)) in wire.sent[before..].iter().enumerate() {
+        assert_eq!(
+            traced.get(baseline + i).copied(),
+            Some(*predicted),
+            "{what}: QEMU did not put the frame on the reassigned queue"
+        );
+        assert_ne!(*predicted, FAILED);
+    }
+}
