@@ -98,3 +98,22 @@ pub fn wait_for_alive_reports(
         alive.insert(core);
     }
 }
+
+/// Returns the first console line containing `needle`, from what was printed already or by
+/// waiting for it; panics with the console's tail on a timeout or a failure line.
+pub fn line_containing(machine: &mut Machine, what: &str, needle: &str) -> String {
+    if let Some(line) = machine.console().into_iter().find(|l| l.contains(needle)) {
+        return line;
+    }
+    let line = machine
+        .wait_for(what, BOOT_TIMEOUT, |l| {
+            l.contains(needle) || is_failure_line(l)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !is_failure_line(&line),
+        "{line}\n{}",
+        machine.console().join("\n")
+    );
+    line
+}

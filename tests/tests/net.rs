@@ -1215,18 +1215,7 @@ fn a_moved_flow_group_is_served_by_its_new_core() {
     let cmdline = format!("urpc=off netd.report=500 netd.move={GROUP}:{TO}@100");
     let (mut machine, mut wire, trace) = boot_on_wire(&cmdline, "move");
     let moved_line = format!("monitor: flow group {GROUP} now on core {TO}");
-    if !machine.console().iter().any(|l| l.starts_with(&moved_line)) {
-        let line = machine
-            .wait_for("the flow-group move", BOOT_TIMEOUT, |l| {
-                l.starts_with(&moved_line) || is_failure_line(l)
-            })
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            !is_failure_line(&line),
-            "{line}\n{}",
-            console_tail(&machine, 40)
-        );
-    }
+    line_containing(&mut machine, "the flow-group move", &moved_line);
     wire.introduce(&machine);
     let (before, baseline) = wire.baseline(&trace);
 
@@ -1309,18 +1298,7 @@ fn a_failed_cores_flow_groups_are_served_by_the_survivors() {
     let cmdline = "urpc=off monitor.heartbeat_ms=50 monitor.miss=4 hang=2@1500";
     let (mut machine, mut wire, trace) = boot_on_wire(cmdline, "failover");
     let moved = format!("flow groups of core {FAILED} moved to the live cores");
-    if !machine.console().iter().any(|l| l.contains(&moved)) {
-        let line = machine
-            .wait_for("the reassignment", BOOT_TIMEOUT, |l| {
-                l.contains(&moved) || is_failure_line(l)
-            })
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            !is_failure_line(&line),
-            "{line}\n{}",
-            console_tail(&machine, 40)
-        );
-    }
+    line_containing(&mut machine, "the reassignment", &moved);
     wire.introduce(&machine);
     let (before, baseline) = wire.baseline(&trace);
 
