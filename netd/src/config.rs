@@ -15,6 +15,42 @@ pub struct Ipv4Cidr {
     pub prefix: u8,
 }
 
+/// An IPv4 address as people write it (`10.0.2.15`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dotted(pub [u8; 4]);
+
+impl core::fmt::Display for Dotted {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let [a, b, c, d] = self.0;
+        write!(f, "{a}.{b}.{c}.{d}")
+    }
+}
+
+/// A MAC address as people write it (`52:54:00:12:34:56`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MacAddress(pub [u8; 6]);
+
+impl core::fmt::Display for MacAddress {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl core::fmt::Display for Ipv4Cidr {
+    /// `10.0.2.15/24`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}/{}", Dotted(self.address), self.prefix)
+    }
+}
+
+impl core::fmt::Display for Addresses {
+    /// `10.0.2.15/24 via 10.0.2.2`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} via {}", self.ip, Dotted(self.gateway))
+    }
+}
+
 /// The addresses every core presents: one MAC, one IPv4 address, one gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Addresses {
@@ -77,6 +113,17 @@ pub enum CommandLineError {
     BadAddress,
 }
 
+impl core::fmt::Display for CommandLineError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            CommandLineError::BadPrefix => "ip= needs ADDRESS/PREFIX with a prefix of 0 to 32",
+            CommandLineError::BadAddress => {
+                "an address is not four numbers 0-255 separated by dots"
+            }
+        })
+    }
+}
+
 /// Parses a dotted-quad IPv4 address.
 pub fn parse_ipv4(text: &str) -> Result<[u8; 4], CommandLineError> {
     let mut out = [0u8; 4];
@@ -127,6 +174,19 @@ mod tests {
             Ok(Addresses::default())
         );
         assert_eq!(parse_command_line(""), Ok(Addresses::default()));
+    }
+
+    #[test]
+    fn addresses_print_as_people_write_them() {
+        extern crate std;
+        use std::string::ToString;
+        let addresses = parse_command_line("ip=192.168.7.2/16 gw=192.168.0.1").unwrap();
+        assert_eq!(addresses.to_string(), "192.168.7.2/16 via 192.168.0.1");
+        assert_eq!(Addresses::default().ip.to_string(), "10.0.2.15/24");
+        assert_eq!(
+            MacAddress([0x52, 0x54, 0, 0x12, 0x34, 0xa6]).to_string(),
+            "52:54:00:12:34:a6"
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub mod stats;
 mod tests;
 
 pub use classify::{pick_source_port, DropReason, FlowTable, PathKey, RssHashFn, Verdict};
-pub use config::{parse_command_line, Addresses, CoreId, Ipv4Cidr, NetConfig};
+pub use config::{parse_command_line, Addresses, CoreId, Dotted, Ipv4Cidr, MacAddress, NetConfig};
 pub use path::{CycleCounter, PathCounters};
 pub use peers::{
     KvOperation, KvReply, KvRequest, KvStatus, NeighbourEntry, PeerError, PeerMessage, Peers,

@@ -2,7 +2,7 @@
 //! JSON form served by the HTTP application at `/stats`.
 
 use crate::classify::{DropReason, PathKey, MAX_PATHS};
-use crate::config::CoreId;
+use crate::config::{CoreId, Dotted, MacAddress, NetConfig};
 use crate::path::PathCounters;
 use core::fmt::Write;
 
@@ -100,9 +100,16 @@ pub fn path_name(key: PathKey, out: &mut String) {
     };
 }
 
-/// Appends `{"cores":[...]}` for `cores` to `out`.
-pub fn write_json(cores: &[CoreStats], out: &mut String) {
-    out.push_str("{\"cores\":[");
+/// Appends `{"host":{...},"cores":[...]}` to `out`: the machine's addresses as people write
+/// them (`"ip":"10.0.2.15/24","gateway":"10.0.2.2","mac":"52:54:00:12:34:56"`), then `cores`.
+pub fn write_json(host: &NetConfig, cores: &[CoreStats], out: &mut String) {
+    let _ = write!(
+        out,
+        "{{\"host\":{{\"ip\":\"{}\",\"gateway\":\"{}\",\"mac\":\"{}\"}},\"cores\":[",
+        host.addresses.ip,
+        Dotted(host.addresses.gateway),
+        MacAddress(host.mac)
+    );
     for (index, core) in cores.iter().enumerate() {
         if index > 0 {
             out.push(',');

@@ -1200,7 +1200,12 @@ fn http_serves_the_page_and_stats() {
     let stats = String::from_utf8(stats).unwrap();
     assert!(stats.contains("Content-Type: application/json"));
     let body = &stats[stats.find("\r\n\r\n").unwrap() + 4..];
-    assert!(body.starts_with("{\"cores\":[{\"core\":0,"), "{body}");
+    assert!(
+        body.starts_with(
+            "{\"host\":{\"ip\":\"10.0.2.15/24\",\"gateway\":\"10.0.2.2\",\"mac\":\"52:54:00:12:34:56\"},\"cores\":[{\"core\":0,"
+        ),
+        "{body}"
+    );
     assert!(body.contains("{\"core\":1,"));
     assert!(body.contains("\"path\":\"tcp:80\""));
     assert!(body.contains("\"bad_checksum\":0"));

@@ -15,6 +15,8 @@ pub enum BuildError {
     Grub(String),
     /// A file could not be written.
     Io(std::io::Error),
+    /// The toolchain lacks a target or component and it could not be added.
+    Toolchain(crate::toolchain::ToolchainError),
 }
 
 impl fmt::Display for BuildError {
@@ -24,6 +26,7 @@ impl fmt::Display for BuildError {
             BuildError::Cargo(status) => write!(f, "building the kernel failed ({status})"),
             BuildError::Grub(message) => write!(f, "grub-mkrescue failed: {message}"),
             BuildError::Io(e) => write!(f, "{e}"),
+            BuildError::Toolchain(e) => write!(f, "{e}"),
         }
     }
 }
@@ -42,9 +45,11 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Builds the kernel (release profile) and returns the image's path. Cargo's progress goes to
-/// stderr, so stdout stays clean for the path.
+/// stderr, so stdout stays clean for the path. First makes sure the toolchain has the targets
+/// and components `rust-toolchain.toml` lists ([`crate::toolchain::ensure_toolchain`]).
 pub fn build_kernel() -> Result<PathBuf, BuildError> {
     let root = workspace_root();
+    crate::toolchain::ensure_toolchain(&root).map_err(BuildError::Toolchain)?;
     let target_dir = root.join("target").join("kernel");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)

@@ -74,6 +74,12 @@ enum Commands {
         /// Seconds to wait with --exit-when-ready.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// With --net user: forward host port HOST on 127.0.0.1 to guest port GUEST, as
+        /// `[tcp:|udp:]HOST:GUEST` (TCP if not named); repeatable; replaces the default for that
+        /// guest port. Defaults: 8080→80, 7007→7 (TCP and UDP), 11211→11211; a busy default is
+        /// replaced by a free port, and the console says which.
+        #[arg(long, value_name = "[PROTO:]HOST:GUEST", value_parser = qemu_smp::forward::parse_forward)]
+        forward: Vec<qemu_smp::forward::Forward>,
         /// Extra arguments for QEMU, after `--`.
         #[arg(last = true)]
         qemu_args: Vec<String>,
@@ -94,7 +100,8 @@ enum Commands {
         #[command(subcommand)]
         which: Bench,
     },
-    /// Install QEMU, OVMF and the GRUB tools (Debian, as root) or print how to.
+    /// Install QEMU, OVMF and the GRUB tools (Debian, as root) or print how to; add the kernel's
+    /// Rust target and components (rust-toolchain.toml) to the toolchain with rustup.
     Setup,
     /// Run every test: host unit/property tests and the QEMU integration tests
     /// (`cargo test --workspace`), then the loom model tests of the URPC channel.
@@ -190,21 +197,26 @@ fn prepare(machine: &MachineArgs, exit_when_ready: bool) -> Result<MachineConfig
     Ok(config)
 }
 
-/// Host ports forwarded to the guest by `run` (see README).
-const FORWARDS: &[(&str, u16, u16)] = &[
-    ("tcp", 8080, 80),
-    ("tcp", 7007, 7),
-    ("udp", 7007, 7),
-    ("tcp", 11211, 11211),
-];
-
-fn run(
-    machine: MachineArgs,
+/// Settings of `run` beyond the machine itself.
+struct RunOptions {
     net: NetworkChoice,
     exit_when_ready: bool,
     timeout: u64,
+    forward: Vec<qemu_smp::forward::Forward>,
     qemu_args: Vec<String>,
-) -> ExitCode {
+}
+
+fn run(machine: MachineArgs, options: RunOptions) -> ExitCode {
+    let RunOptions {
+        net,
+        exit_when_ready,
+        timeout,
+        forward: forwards,
+        qemu_args,
+    } = options;
+    if !forwards.is_empty() && net != NetworkChoice::User {
+        return fail("--forward applies to --net user only");
+    }
     let mut config = match prepare(&machine, exit_when_ready) {
         Ok(config) => config,
         Err(code) => return code,
@@ -213,8 +225,34 @@ fn run(
     let mut _namespace = None;
     match net {
         NetworkChoice::User => {
-            config.network = Network::User(FORWARDS.to_vec());
-            eprintln!("qemu-smp: user networking; host ports: 127.0.0.1:8080→80 (HTTP), 7007→7 (TCP/UDP echo), 11211→11211 (memcached)");
+            use qemu_smp::forward;
+            let resolved = match forward::resolve(
+                &forwards,
+                forward::host_port_free,
+                forward::any_free_port,
+            ) {
+                Ok(resolved) => resolved,
+                Err(message) => return fail(message),
+            };
+            for note in &resolved.notes {
+                eprintln!("qemu-smp: {note}");
+            }
+            let described: Vec<String> = resolved
+                .rules
+                .iter()
+                .map(|(rule, what)| format!("{rule} ({what})"))
+                .collect();
+            eprintln!(
+                "qemu-smp: user networking; forwarded: {}",
+                described.join(", ")
+            );
+            config.network = Network::User(
+                resolved
+                    .rules
+                    .iter()
+                    .map(|(rule, _)| (rule.proto.name(), rule.host, rule.guest))
+                    .collect(),
+            );
         }
         NetworkChoice::Tap => {
             let namespace = match qemu_smp::tap::TapNamespace::create("flotilla") {
@@ -406,6 +444,9 @@ fn run_tests() -> ExitCode {
         return fail(e);
     }
     let root = qemu_smp::workspace_root();
+    if let Err(e) = qemu_smp::ensure_toolchain(&root) {
+        return fail(e);
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let steps: [(&str, Vec<&str>, Option<&str>); 2] = [
         // One test at a time: QEMU tests each run several guest cores on this host's few cores,
@@ -484,8 +525,18 @@ fn main() -> ExitCode {
             net,
             exit_when_ready,
             timeout,
+            forward,
             qemu_args,
-        } => run(machine, net, exit_when_ready, timeout, qemu_args),
+        } => run(
+            machine,
+            RunOptions {
+                net,
+                exit_when_ready,
+                timeout,
+                forward,
+                qemu_args,
+            },
+        ),
         Commands::Build => match qemu_smp::build_kernel() {
             Ok(path) => {
                 println!("{}", path.display());
@@ -532,9 +583,15 @@ fn main() -> ExitCode {
             }
         }
         Commands::Test => run_tests(),
-        Commands::Setup => match qemu_smp::ensure_dependencies(true) {
+        Commands::Setup => match qemu_smp::ensure_dependencies(true)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                qemu_smp::ensure_toolchain(&qemu_smp::workspace_root()).map_err(|e| e.to_string())
+            }) {
             Ok(()) => {
-                println!("qemu-smp: QEMU, OVMF and the GRUB tools are present");
+                println!(
+                    "qemu-smp: QEMU, OVMF, the GRUB tools and the kernel's Rust target are present"
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),

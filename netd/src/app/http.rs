@@ -3,6 +3,7 @@
 
 use super::{AppContext, Application};
 use crate::classify::PathKey;
+use crate::config::NetConfig;
 use crate::stats::write_json;
 use core::fmt::Write;
 use smoltcp::socket::tcp;
@@ -25,16 +26,19 @@ struct Connection {
 /// The HTTP server.
 pub struct Http {
     port: u16,
+    /// The machine's addresses, shown in `/stats`.
+    host: NetConfig,
     connections: Vec<Connection>,
     /// Requests answered.
     pub requests: u64,
 }
 
 impl Http {
-    /// A server on `port`.
-    pub fn new(port: u16) -> Self {
+    /// A server on `port` of the machine `host` describes (its addresses appear in `/stats`).
+    pub fn new(port: u16, host: &NetConfig) -> Self {
         Self {
             port,
+            host: *host,
             connections: Vec::new(),
             requests: 0,
         }
@@ -67,7 +71,12 @@ fn respond(output: &mut Vec<u8>, status: &str, content_type: &str, body: &[u8], 
 }
 
 /// Answers one complete request head; returns whether the connection closes afterwards.
-fn answer(context: &mut AppContext<'_>, head: &[u8], output: &mut Vec<u8>) -> bool {
+fn answer(
+    context: &mut AppContext<'_>,
+    host: &NetConfig,
+    head: &[u8],
+    output: &mut Vec<u8>,
+) -> bool {
     let text = core::str::from_utf8(head).unwrap_or("");
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or("");
@@ -128,7 +137,7 @@ fn answer(context: &mut AppContext<'_>, head: &[u8], output: &mut Vec<u8>) -> bo
             ("200 OK", "text/html; charset=utf-8")
         }
         "/stats" => {
-            write_json(context.stats, &mut body);
+            write_json(host, context.stats, &mut body);
             body.push('\n');
             *context.stats_wanted = true;
             ("200 OK", "application/json")
@@ -178,6 +187,7 @@ impl Application for Http {
         socket: &mut tcp::Socket<'static>,
     ) {
         let mut answered = 0;
+        let host = self.host;
         let connection = self.connection(slot);
         // Read what the client sent, up to the limit.
         while socket.can_recv() && connection.request.len() < MAX_REQUEST && !connection.close_after
@@ -209,7 +219,7 @@ impl Application for Http {
                 break;
             };
             let head: Vec<u8> = connection.request.drain(..end + 4).collect();
-            connection.close_after = answer(context, &head[..end], &mut connection.output);
+            connection.close_after = answer(context, &host, &head[..end], &mut connection.output);
             answered += 1;
         }
         // Write as much as the socket takes.

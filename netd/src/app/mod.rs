@@ -104,11 +104,10 @@ pub trait Application {
 /// The applications every core serves. Adding one: write its file, add a `pub mod` line above and
 /// one line here.
 pub fn default_applications(config: &NetConfig) -> Vec<Box<dyn Application>> {
-    let _ = config;
     alloc::vec![
         Box::new(udp_echo::UdpEcho::new(7)) as Box<dyn Application>,
         Box::new(tcp_echo::TcpEcho::new(7)),
-        Box::new(http::Http::new(80)),
+        Box::new(http::Http::new(80, config)),
         Box::new(memcached::Memcached::new(
             11211,
             memcached::StoreLimits::default()

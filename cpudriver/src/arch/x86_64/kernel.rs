@@ -517,7 +517,7 @@ fn set_up_network(
         Ok(network) => {
             let addresses = network.net.config().addresses;
             crate::kprintln!(
-                "netd: core {} up ip={:?} queue={} buffers={}",
+                "netd: core {} up ip={} queue={} buffers={}",
                 index,
                 addresses,
                 index,

@@ -266,7 +266,11 @@ impl CoreNetwork {
         let mut pool =
             BufferPool::new(memory, base, free, in_use).map_err(|_| netd::NetError::BadCore)?;
         let addresses = netd::parse_command_line(cmdline).unwrap_or_else(|error| {
-            crate::kprintln!("flotilla: command line: network addresses: {error:?}; defaults kept");
+            crate::kprintln!(
+                "flotilla: command line: network addresses: {}; defaults kept ({})",
+                error,
+                netd::Addresses::default()
+            );
             netd::Addresses::default()
         });
         let mut config = netd::NetConfig::new(handoff.mac, index as u16, cores as u16);
