@@ -5,5 +5,6 @@ fn main() {
     println!("cargo:rustc-link-arg-bins=-T{dir}/linker.ld");
     println!("cargo:rustc-link-arg-bins=--no-pie");
     println!("cargo:rustc-link-arg-bins=-zmax-page-size=4096");
+    println!("cargo:rustc-link-arg-bins=--compress-debug-sections=zlib");
     println!("cargo:rerun-if-changed=linker.ld");
 }

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the host packages Flotilla needs to boot and test: QEMU 10 from bookworm-backports
 # (bookworm's own QEMU 7.2 has no igb NIC), OVMF, GRUB BIOS and EFI modules, xorriso and mtools;
-# and the unmodified network clients the tap tests drive the guest with (ping, curl, nc, Python 3
-# with pymemcache). Used by `qemu-smp` (which embeds this file) and by `.ci/run`. Debian
-# bookworm, as root.
+# the unmodified network clients the tap tests drive the guest with (ping, curl, nc, Python 3
+# with pymemcache); and the debugging tools (gdb for `qemu-smp gdb`, tshark to read `run --pcap`
+# captures, binutils' addr2line and objdump), which tests/tests/debug.rs uses. Used by
+# `qemu-smp` (which embeds this file) and by `.ci/run`. Debian bookworm, as root.
 set -euo pipefail
 
 need=()
@@ -23,9 +24,13 @@ command -v ping >/dev/null 2>&1 || clients+=(iputils-ping)
 command -v curl >/dev/null 2>&1 || clients+=(curl)
 command -v nc >/dev/null 2>&1 || clients+=(netcat-openbsd)
 /usr/bin/python3 -c 'import pymemcache' >/dev/null 2>&1 || clients+=(python3 python3-pymemcache)
+# Debugging tools (tests/tests/debug.rs, README "Debugging").
+command -v gdb >/dev/null 2>&1 || clients+=(gdb)
+command -v tshark >/dev/null 2>&1 || clients+=(tshark)
+command -v addr2line >/dev/null 2>&1 || clients+=(binutils)
 
 if [ ${#need[@]} -eq 0 ] && [ ${#clients[@]} -eq 0 ]; then
-  echo "install-deps: QEMU (with igb), OVMF, GRUB tools and the network test clients are present"
+  echo "install-deps: QEMU (with igb), OVMF, GRUB tools, the network test clients and the debugging tools are present"
   exit 0
 fi
 
@@ -33,14 +38,14 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || ! grep -q book
   echo "install-deps: missing: ${need[*]} ${clients[*]}" >&2
   echo "install-deps: on Debian bookworm, as root, run:" >&2
   echo "  echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/backports.list" >&2
-  echo "  apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86 && apt-get install -y ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2 iputils-ping curl netcat-openbsd python3 python3-pymemcache" >&2
-  echo "install-deps: elsewhere, install QEMU >= 8.0 (for the igb NIC), OVMF, grub-mkrescue with BIOS and EFI modules, xorriso, mtools, ping, curl, nc and Python 3 with pymemcache" >&2
+  echo "  apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86 && apt-get install -y ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2 iputils-ping curl netcat-openbsd python3 python3-pymemcache gdb tshark binutils" >&2
+  echo "install-deps: elsewhere, install QEMU >= 8.0 (for the igb NIC), OVMF, grub-mkrescue with BIOS and EFI modules, xorriso, mtools, ping, curl, nc, Python 3 with pymemcache, gdb, tshark and binutils" >&2
   exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
 if [ ${#need[@]} -eq 0 ]; then
-  echo "install-deps: missing network test clients: ${clients[*]}; installing with apt-get"
+  echo "install-deps: missing test clients and tools: ${clients[*]}; installing with apt-get"
   apt-get update -qq
   apt-get install -y -qq "${clients[@]}" >/dev/null
   echo "install-deps: done"

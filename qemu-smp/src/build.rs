@@ -44,6 +44,16 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where [`build_kernel`] puts the kernel image (an ELF with debug information), built or not.
+pub fn kernel_image_path() -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join("kernel")
+        .join("x86_64-unknown-none")
+        .join("release")
+        .join("flotilla")
+}
+
 /// Builds the kernel (release profile) and returns the image's path. Cargo's progress goes to
 /// stderr, so stdout stays clean for the path. First makes sure the toolchain has the targets
 /// and components `rust-toolchain.toml` lists ([`crate::toolchain::ensure_toolchain`]).
@@ -73,10 +83,7 @@ pub fn build_kernel() -> Result<PathBuf, BuildError> {
     if !status.success() {
         return Err(BuildError::Cargo(status));
     }
-    Ok(target_dir
-        .join("x86_64-unknown-none")
-        .join("release")
-        .join("flotilla"))
+    Ok(kernel_image_path())
 }
 
 /// Builds a GRUB ISO that boots `kernel` with `cmdline` under BIOS and UEFI; returns its path.

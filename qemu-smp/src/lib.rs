@@ -5,13 +5,14 @@
 
 pub mod bench_echo;
 pub mod build;
+pub mod debug;
 pub mod deps;
 pub mod forward;
 pub mod machine;
 pub mod tap;
 pub mod toolchain;
 
-pub use build::{build_iso, build_kernel, workspace_root, BuildError};
+pub use build::{build_iso, build_kernel, kernel_image_path, workspace_root, BuildError};
 pub use deps::{ensure_dependencies, DependencyError, Firmware};
 pub use machine::{Accel, BootMedium, Machine, MachineConfig, MachineError, Network};
 pub use toolchain::{ensure_toolchain, ToolchainError};

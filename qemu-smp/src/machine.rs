@@ -74,6 +74,10 @@ pub struct MachineConfig {
     pub medium: BootMedium,
     /// The network.
     pub network: Network,
+    /// QEMU's gdb stub (`run --gdb`), if wanted.
+    pub gdb: Option<crate::debug::GdbStub>,
+    /// Write every frame the NIC sends and receives to this pcap file (`run --pcap`).
+    pub pcap: Option<PathBuf>,
     /// Extra QEMU arguments, appended last.
     pub extra_args: Vec<String>,
 }
@@ -91,6 +95,8 @@ impl MachineConfig {
                 cmdline: cmdline.to_string(),
             },
             network: Network::None,
+            gdb: None,
+            pcap: None,
             extra_args: Vec::new(),
         }
     }
@@ -179,6 +185,12 @@ impl MachineConfig {
                     "igb,netdev=n0,mac=52:54:00:12:34:56",
                 ]);
             }
+        }
+        if let Some(pcap) = &self.pcap {
+            args.extend(crate::debug::pcap_args(pcap));
+        }
+        if let Some(stub) = &self.gdb {
+            args.extend(stub.qemu_args());
         }
         args.extend(self.extra_args.iter().cloned());
         args
@@ -408,5 +420,29 @@ mod tests {
         );
         assert!(args.contains("hostfwd=tcp:127.0.0.1:8080-:80"), "{args}");
         assert!(args.contains("-kernel /k -append log=info"), "{args}");
+        assert!(
+            !args.contains("-gdb") && !args.contains("filter-dump"),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn qemu_arguments_name_the_gdb_stub_and_the_capture() {
+        let mut config = MachineConfig::kernel(PathBuf::from("/k"), 2, "log=info");
+        config.network = Network::Datagram {
+            local: 5000,
+            remote: 5001,
+        };
+        config.gdb = Some(crate::debug::GdbStub {
+            port: 1234,
+            wait: true,
+        });
+        config.pcap = Some(PathBuf::from("/tmp/n.pcap"));
+        let args = config.qemu_args().join(" ");
+        assert!(args.contains("-gdb tcp:127.0.0.1:1234 -S"), "{args}");
+        assert!(
+            args.contains("-object filter-dump,id=flotilla-pcap,netdev=n0,file=/tmp/n.pcap"),
+            "{args}"
+        );
     }
 }

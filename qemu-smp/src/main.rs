@@ -80,12 +80,17 @@ enum Commands {
         /// replaced by a free port, and the console says which.
         #[arg(long, value_name = "[PROTO:]HOST:GUEST", value_parser = qemu_smp::forward::parse_forward)]
         forward: Vec<qemu_smp::forward::Forward>,
+        #[command(flatten)]
+        debug: qemu_smp::debug::DebugArgs,
         /// Extra arguments for QEMU, after `--`.
         #[arg(last = true)]
         qemu_args: Vec<String>,
     },
     /// Build the kernel image and print its path on the last line.
     Build,
+    /// Attach gdb to a machine started with `run --gdb`: the kernel ELF's symbols, Flotilla's
+    /// gdb extension (qemu-smp/gdb/flotilla.py), thread N = core N-1.
+    Gdb(qemu_smp::debug::GdbArgs),
     /// Build a GRUB ISO (BIOS and UEFI) and print its path on the last line.
     Iso {
         /// Where to write the ISO.
@@ -203,6 +208,7 @@ struct RunOptions {
     exit_when_ready: bool,
     timeout: u64,
     forward: Vec<qemu_smp::forward::Forward>,
+    debug: qemu_smp::debug::DebugArgs,
     qemu_args: Vec<String>,
 }
 
@@ -212,6 +218,7 @@ fn run(machine: MachineArgs, options: RunOptions) -> ExitCode {
         exit_when_ready,
         timeout,
         forward: forwards,
+        debug,
         qemu_args,
     } = options;
     if !forwards.is_empty() && net != NetworkChoice::User {
@@ -274,6 +281,15 @@ fn run(machine: MachineArgs, options: RunOptions) -> ExitCode {
             _namespace = Some(namespace);
         }
         NetworkChoice::None => {}
+    }
+    match qemu_smp::debug::configure(
+        &mut config,
+        &debug,
+        &qemu_smp::kernel_image_path(),
+        exit_when_ready,
+    ) {
+        Ok(notes) => notes.iter().for_each(|note| eprintln!("qemu-smp: {note}")),
+        Err(e) => return fail(e),
     }
     eprintln!(
         "qemu-smp: qemu-system-x86_64 {}",
@@ -526,6 +542,7 @@ fn main() -> ExitCode {
             exit_when_ready,
             timeout,
             forward,
+            debug,
             qemu_args,
         } => run(
             machine,
@@ -534,6 +551,7 @@ fn main() -> ExitCode {
                 exit_when_ready,
                 timeout,
                 forward,
+                debug,
                 qemu_args,
             },
         ),
@@ -542,6 +560,11 @@ fn main() -> ExitCode {
                 println!("{}", path.display());
                 ExitCode::SUCCESS
             }
+            Err(e) => fail(e),
+        },
+        Commands::Gdb(args) => match qemu_smp::debug::attach(&args) {
+            Ok(status) if status.success() => ExitCode::SUCCESS,
+            Ok(status) => fail(format!("gdb exited with {status}")),
             Err(e) => fail(e),
         },
         Commands::Iso { output, cmdline } => {
