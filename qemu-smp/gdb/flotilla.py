@@ -53,8 +53,8 @@ def symbol_address(name):
 class InterruptEntry:
     """Where `flotilla_isr_common` (cpudriver's interrupts.rs) keeps the interrupted registers.
 
-    For every instruction address in the stub: how far the start of the saved frame
-    (`InterruptFrame`) lies above the stack pointer there. Worked out once by disassembling the
+    For every instruction address in the stub: where the start of the saved frame
+    (`InterruptFrame`) lies relative to the stack pointer there. Worked out once by disassembling the
     stub and counting its pushes and pops, so it follows the stub if it changes shape.
     """
 
@@ -74,9 +74,9 @@ class InterruptEntry:
                 # After the call the frame starts at the stack pointer, minus what was popped.
                 self.offsets[address] = -popped * 8
             else:
-                # On entry the stack pointer is at the vector word, 15 words above the frame's
-                # start; each push brings it one word closer.
-                self.offsets[address] = -(15 - pushed) * 8
+                # On entry the stack pointer is at the vector word, VECTOR_SLOT words above the
+                # frame's start; each push brings it one word closer.
+                self.offsets[address] = -(VECTOR_SLOT - pushed) * 8
             if text.startswith("push"):
                 pushed += 1
             elif text.startswith("call"):

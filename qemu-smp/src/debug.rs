@@ -407,6 +407,24 @@ mod tests {
             Err(DebugError::BadKernel(..))
         ));
         std::fs::remove_file(&not_elf).unwrap();
+        // A copy of the binary with its `.debug_info` section renamed (every occurrence of the
+        // name, the section-name table's among them) reads as one without symbols.
+        let mut bytes = std::fs::read(&me).unwrap();
+        let places: Vec<usize> = bytes
+            .windows(12)
+            .enumerate()
+            .filter(|(_, w)| *w == b".debug_info\0")
+            .map(|(at, _)| at)
+            .collect();
+        assert!(!places.is_empty());
+        for at in places {
+            bytes[at + 1] = b'x';
+        }
+        let stripped = std::env::temp_dir().join(format!("stripped-{}", std::process::id()));
+        std::fs::write(&stripped, &bytes).unwrap();
+        let error = check_kernel_symbols(&stripped).unwrap_err();
+        std::fs::remove_file(&stripped).unwrap();
+        assert!(matches!(error, DebugError::NoDebugInfo(_)), "{error}");
         assert!(matches!(
             check_kernel_symbols(Path::new("/no/such/kernel")),
             Err(DebugError::NoKernel(_))

@@ -3,7 +3,8 @@
 //! * `gdb_stops_a_core_other_than_0_and_reads_its_backtrace`: 3 cores with QEMU's gdb stub
 //!   (`run --gdb`'s configuration, guest waiting at its first instruction). Debian's gdb in
 //!   batch mode, started as `qemu-smp gdb` starts it (the kernel ELF, Flotilla's extension),
-//!   breaks in the interrupt dispatcher `flotilla_interrupt_dispatch` (every core takes its
+//!   first finds every core as a thread at the reset vector and detaches (the guest boots);
+//!   once every core is online a second session breaks in the interrupt dispatcher `flotilla_interrupt_dispatch` (every core takes its
 //!   timer there; the name is `#[no_mangle]` because the assembly stubs call it) on a core other
 //!   than 0, and the backtrace of that core must name the dispatcher, the entry stub and, below
 //!   it, the kernel code the interrupt stopped (the extension unwinds through the stub). The
@@ -131,7 +132,7 @@ fn gdb_stops_a_core_other_than_0_and_reads_its_backtrace() {
         notes.iter().any(|n| n.contains("qemu-smp -- gdb --port")),
         "{notes:?}"
     );
-    let machine = Machine::start(&config, false).unwrap_or_else(|e| panic!("{e}"));
+    let mut machine = Machine::start(&config, false).unwrap_or_else(|e| panic!("{e}"));
     // The guest waits for gdb (-S): nothing on the console yet, and a second stub on the same
     // port is refused by name.
     std::thread::sleep(Duration::from_millis(300));
@@ -145,13 +146,53 @@ fn gdb_stops_a_core_other_than_0_and_reads_its_backtrace() {
         busy.contains(&format!("gdb port {port} is in use")),
         "{busy}"
     );
+    let batch = |commands: &[&str]| -> String {
+        let mut arguments = vec!["-batch".to_string(), "-nx".to_string()];
+        for line in ["set pagination off", "set confirm off"]
+            .iter()
+            .chain(commands)
+        {
+            arguments.push("-ex".into());
+            arguments.push(line.to_string());
+        }
+        let output = run_bounded(
+            &mut debug::gdb_command(&elf, port, &arguments),
+            Duration::from_secs(240),
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if std::env::var_os("FLOTILLA_TEST_SHOW").is_some() {
+            println!("{text}");
+        }
+        text
+    };
 
-    // Stop on a core other than 0 in the dispatcher every core runs (its timer), once it is in
-    // its loop (after `Core::run` started there: the `online` line).
-    let commands: Vec<String> = [
-        "set pagination off",
-        "set confirm off",
+    // First session: every core is a thread, all at the reset vector; detaching lets the guest
+    // boot. The second session then attaches to cores that are in their loops.
+    let first = batch(&[
+        "echo === threads\\n",
         "info threads",
+        "echo === end\\n",
+        "detach",
+    ]);
+    let threads = section(&first, "threads");
+    for core in 0..CORES {
+        assert!(
+            threads.iter().any(
+                |l| l.contains(&format!("Thread 1.{} (CPU#{core}", core + 1))
+                    && l.contains("0x000000000000fff0")
+            ),
+            "core {core} is not a thread waiting at the reset vector; gdb said:\n{first}"
+        );
+    }
+    line_containing(&mut machine, "all cores online", "cores online in");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Stop on a core other than 0 in the dispatcher every core runs (its timer).
+    let commands = [
         "break flotilla_interrupt_dispatch if $_thread > 1",
         "continue",
         "echo === threads\\n",
@@ -167,33 +208,14 @@ fn gdb_stops_a_core_other_than_0_and_reads_its_backtrace() {
         "echo === end\\n",
         "delete",
         "kill",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut arguments = vec!["-batch".to_string(), "-nx".to_string()];
-    for line in &commands {
-        arguments.push("-ex".into());
-        arguments.push(line.clone());
-    }
-    let output = run_bounded(
-        &mut debug::gdb_command(&elf, port, &arguments),
-        Duration::from_secs(240),
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    ];
+    let text = batch(&commands);
     let context = || {
         format!(
             "gdb said:\n{text}\nconsole:\n{}",
             machine.console().join("\n")
         )
     };
-    if std::env::var_os("FLOTILLA_TEST_SHOW").is_some() {
-        println!("{text}");
-    }
 
     // Every core is a thread, CPU#0..: thread N is core N-1.
     let threads = section(&text, "threads");
