@@ -23,6 +23,14 @@ command -v ping >/dev/null 2>&1 || clients+=(iputils-ping)
 command -v curl >/dev/null 2>&1 || clients+=(curl)
 command -v nc >/dev/null 2>&1 || clients+=(netcat-openbsd)
 /usr/bin/python3 -c 'import pymemcache' >/dev/null 2>&1 || clients+=(python3 python3-pymemcache)
+# The experiments (qemu-smp experiment, docs/experiments.md): the Linux baseline guest is built
+# from Debian packages with dpkg-deb, tar, xz, gcc -static (glibc's static libraries) and cpio;
+# plots need a TrueType font.
+command -v cpio >/dev/null 2>&1 || clients+=(cpio)
+command -v xz >/dev/null 2>&1 || clients+=(xz-utils)
+command -v gcc >/dev/null 2>&1 || clients+=(gcc)
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || clients+=(libc6-dev)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || clients+=(fonts-dejavu-core)
 
 if [ ${#need[@]} -eq 0 ] && [ ${#clients[@]} -eq 0 ]; then
   echo "install-deps: QEMU (with igb), OVMF, GRUB tools and the network test clients are present"
@@ -33,7 +41,7 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || ! grep -q book
   echo "install-deps: missing: ${need[*]} ${clients[*]}" >&2
   echo "install-deps: on Debian bookworm, as root, run:" >&2
   echo "  echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/backports.list" >&2
-  echo "  apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86 && apt-get install -y ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2 iputils-ping curl netcat-openbsd python3 python3-pymemcache" >&2
+  echo "  apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86 && apt-get install -y ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2 iputils-ping curl netcat-openbsd python3 python3-pymemcache cpio xz-utils gcc libc6-dev fonts-dejavu-core" >&2
   echo "install-deps: elsewhere, install QEMU >= 8.0 (for the igb NIC), OVMF, grub-mkrescue with BIOS and EFI modules, xorriso, mtools, ping, curl, nc and Python 3 with pymemcache" >&2
   exit 1
 fi

@@ -6,7 +6,9 @@
 pub mod bench_echo;
 pub mod build;
 pub mod deps;
+pub mod experiment;
 pub mod forward;
+pub mod linux_guest;
 pub mod machine;
 pub mod tap;
 pub mod toolchain;
