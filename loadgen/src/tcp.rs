@@ -17,9 +17,10 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Most request bytes queued on one connection before new requests are refused (counted as
-/// send failures): the open loop stays bounded when the server stops reading.
-const MAX_QUEUED: usize = 256 << 10;
+/// Most requests outstanding on one connection before new ones are refused (counted as send
+/// failures): the open loop stays bounded when the server falls behind, and the backlog an
+/// overloaded server leaves for the next measurement stays small.
+const MAX_PENDING: usize = 128;
 /// Send time recorded for requests of an earlier run, whose replies are not timed.
 const STALE: u64 = 0;
 
@@ -73,27 +74,74 @@ impl MemcachedTcp {
         self.target
     }
 
-    /// Stores every key of the mix once (spread over the connections) and waits for all the
-    /// `STORED` replies, at most `limit`; returns how many were stored.
+    /// Stores every key of the mix (spread over the connections, at most 8 outstanding on
+    /// each, a key whose `set` got an error reply sent again) and waits for every `STORED`, at
+    /// most `limit`; returns how many keys were stored.
     pub fn prefill(&mut self, limit: Duration) -> u64 {
         let count = self.connections.len().max(1);
+        let mut to_store: Vec<VecDeque<u64>> = vec![VecDeque::new(); count];
         for key in 0..u64::from(self.mix.keys) {
-            let connection = &mut self.connections[key as usize % count];
-            self.mix.write_set(key, &mut connection.out);
-            connection.pending.push_back(STALE);
+            to_store[key as usize % count].push_back(key);
         }
+        let mut in_flight: Vec<VecDeque<u64>> = vec![VecDeque::new(); count];
         let deadline = Instant::now() + limit;
         let mut stored = 0;
-        let mut histogram = LatencyHistogram::new();
-        while Instant::now() < deadline && self.connections.iter().any(|c| !c.pending.is_empty()) {
-            for connection in &mut self.connections {
-                let _ = flush(connection);
-                let (hits_misses_stored_errors, _) = read_replies(connection, &mut histogram);
-                stored += hits_misses_stored_errors[2];
+        while Instant::now() < deadline
+            && (to_store.iter().any(|q| !q.is_empty()) || in_flight.iter().any(|q| !q.is_empty()))
+        {
+            for (index, connection) in self.connections.iter_mut().enumerate() {
+                while in_flight[index].len() < 8 {
+                    let Some(key) = to_store[index].pop_front() else {
+                        break;
+                    };
+                    self.mix.write_set(key, &mut connection.out);
+                    in_flight[index].push_back(key);
+                }
+                if !flush(connection) {
+                    continue;
+                }
+                let mut chunk = [0u8; 16 << 10];
+                while let Ok(n) = connection.stream.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    connection.input.extend_from_slice(&chunk[..n]);
+                }
+                let mut used = 0;
+                while let Some((kind, length)) = protocol::parse_reply(&connection.input[used..]) {
+                    used += length;
+                    if let Some(key) = in_flight[index].pop_front() {
+                        match kind {
+                            ReplyKind::Stored => stored += 1,
+                            _ => to_store[index].push_back(key),
+                        }
+                    }
+                }
+                connection.input.drain(..used);
             }
-            std::thread::sleep(Duration::from_micros(200));
+            std::thread::sleep(Duration::from_micros(500));
         }
         stored
+    }
+
+    /// Reads replies until no request is outstanding, at most `limit` (so that an overload
+    /// run's backlog does not delay the next measurement); returns whether all came.
+    pub fn settle(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut ignored = LatencyHistogram::new();
+        while Instant::now() < deadline {
+            let mut outstanding = false;
+            for connection in &mut self.connections {
+                let _ = flush(connection);
+                read_replies(connection, &mut ignored);
+                outstanding |= !connection.pending.is_empty();
+            }
+            if !outstanding {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
     }
 
     /// Offers `rate` requests per second (`arrivals` spacing) for `duration` over `threads`
@@ -213,7 +261,8 @@ fn read_replies(connection: &mut Connection, histogram: &mut LatencyHistogram) -
             ReplyKind::Error => 3,
         }] += 1;
         if let Some(sent) = connection.pending.pop_front() {
-            if sent != STALE {
+            // Error replies are counted apart; only answers are timed and count as achieved.
+            if sent != STALE && kind != ReplyKind::Error {
                 histogram.record_ns(arrived.saturating_sub(sent));
                 timed += 1;
             }
@@ -258,7 +307,7 @@ fn sender(
             for _ in 0..due {
                 let connection = &mut connections[cursor];
                 cursor = (cursor + 1) % count;
-                if connection.out.len() >= MAX_QUEUED {
+                if connection.pending.len() >= MAX_PENDING {
                     outcome.send_failures += 1;
                     continue;
                 }

@@ -153,7 +153,10 @@ pub fn module_depends(module: &[u8]) -> Vec<String> {
     else {
         return Vec::new();
     };
-    let end = module[at..].iter().position(|b| *b == 0).map_or(module.len(), |n| at + n);
+    let end = module[at..]
+        .iter()
+        .position(|b| *b == 0)
+        .map_or(module.len(), |n| at + n);
     String::from_utf8_lossy(&module[at..end])
         .split(',')
         .filter(|name| !name.is_empty())
@@ -206,7 +209,11 @@ while true; do sleep 3600; done
 /// A fingerprint of everything the build depends on besides the packages.
 fn source_fingerprint() -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in ECHOD_SOURCE.bytes().chain(init_script(&[]).bytes()).chain(CMDLINE.bytes()) {
+    for byte in ECHOD_SOURCE
+        .bytes()
+        .chain(init_script(&[]).bytes())
+        .chain(CMDLINE.bytes())
+    {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
@@ -235,16 +242,27 @@ fn deb_of(dir: &Path, package: &str) -> Result<PathBuf, LinuxGuestError> {
                 .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
         })
         .max()
-        .ok_or_else(|| LinuxGuestError::Unexpected(format!("apt-get download {package} left no .deb in {}", dir.display())))
+        .ok_or_else(|| {
+            LinuxGuestError::Unexpected(format!(
+                "apt-get download {package} left no .deb in {}",
+                dir.display()
+            ))
+        })
 }
 
 fn deb_field(deb: &Path, field: &str) -> Result<String, LinuxGuestError> {
-    Ok(run_text(Command::new("dpkg-deb").arg("-f").arg(deb).arg(field))?.trim().to_string())
+    Ok(
+        run_text(Command::new("dpkg-deb").arg("-f").arg(deb).arg(field))?
+            .trim()
+            .to_string(),
+    )
 }
 
 /// Builds the guest if needed and returns it. Progress goes to stderr.
 pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
-    for tool in ["apt-get", "dpkg-deb", "gcc", "cpio", "gzip", "xz", "ldd", "tar"] {
+    for tool in [
+        "apt-get", "dpkg-deb", "gcc", "cpio", "gzip", "xz", "ldd", "tar",
+    ] {
         require(tool)?;
     }
     let dir = cache_dir();
@@ -252,8 +270,15 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
     std::fs::create_dir_all(&debs).map_err(io_error(&debs))?;
 
     // The meta-package names the current kernel ABI.
-    for stale in std::fs::read_dir(&debs).map_err(io_error(&debs))?.filter_map(Result::ok) {
-        if stale.file_name().to_string_lossy().starts_with("linux-image-amd64_") {
+    for stale in std::fs::read_dir(&debs)
+        .map_err(io_error(&debs))?
+        .filter_map(Result::ok)
+    {
+        if stale
+            .file_name()
+            .to_string_lossy()
+            .starts_with("linux-image-amd64_")
+        {
             let _ = std::fs::remove_file(stale.path());
         }
     }
@@ -262,7 +287,11 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
     let image_package = parse_depends(&deb_field(&meta, "Depends")?)
         .into_iter()
         .find(|name| name.starts_with("linux-image-"))
-        .ok_or_else(|| LinuxGuestError::Unexpected("linux-image-amd64 depends on no linux-image-* package".into()))?;
+        .ok_or_else(|| {
+            LinuxGuestError::Unexpected(
+                "linux-image-amd64 depends on no linux-image-* package".into(),
+            )
+        })?;
     let abi = image_package.trim_start_matches("linux-image-").to_string();
     let meta_version = deb_field(&meta, "Version")?;
 
@@ -276,11 +305,17 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
     };
     if let Ok(stamp) = std::fs::read_to_string(&stamp_path) {
         let mut lines = stamp.lines();
-        if lines.next() == Some(wanted_stamp.as_str()) && dir.join("vmlinux").exists() && dir.join("initrd.gz").exists() {
+        if lines.next() == Some(wanted_stamp.as_str())
+            && dir.join("vmlinux").exists()
+            && dir.join("initrd.gz").exists()
+        {
             return Ok(guest(lines.next().unwrap_or("").to_string()));
         }
     }
-    eprintln!("linux-guest: building {image_package} + busybox + memcached into {}", dir.display());
+    eprintln!(
+        "linux-guest: building {image_package} + busybox + memcached into {}",
+        dir.display()
+    );
 
     if deb_of(&debs, &image_package).is_err() {
         apt_download(&debs, &[&image_package])?;
@@ -309,7 +344,10 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
     let mut small: Vec<String> = vec!["busybox-static".into(), "memcached".into()];
     small.extend(libraries.iter().cloned());
     for package in &small {
-        run(Command::new("dpkg-deb").arg("-x").arg(deb_of(&debs, package)?).arg(&unpacked))?;
+        run(Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(deb_of(&debs, package)?)
+            .arg(&unpacked))?;
     }
     let kernel_deb = deb_of(&debs, &image_package)?;
     // `dpkg-deb -c` lists members like `ls -l`, the path (`./lib/...`) last.
@@ -319,7 +357,11 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
         .filter_map(|line| line.split_whitespace().last())
         .filter(|path| path.ends_with(".ko"))
         .filter_map(|path| {
-            let name = path.rsplit('/').next()?.trim_end_matches(".ko").replace('-', "_");
+            let name = path
+                .rsplit('/')
+                .next()?
+                .trim_end_matches(".ko")
+                .replace('-', "_");
             Some((name, path.to_string()))
         })
         .collect();
@@ -350,7 +392,9 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
             continue;
         }
         let member = module_paths.get(&key).ok_or_else(|| {
-            LinuxGuestError::Unexpected(format!("module {name} is not in {image_package} (built in?)"))
+            LinuxGuestError::Unexpected(format!(
+                "module {name} is not in {image_package} (built in?)"
+            ))
         })?;
         extract(std::slice::from_ref(member))?;
         let path = unpacked.join(member.trim_start_matches("./"));
@@ -365,14 +409,19 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
     // vmlinux out of the bzImage.
     let bzimage_path = unpacked.join(vmlinuz.trim_start_matches("./"));
     let bzimage = std::fs::read(&bzimage_path).map_err(io_error(&bzimage_path))?;
-    let offset = xz_offset(&bzimage)
-        .ok_or_else(|| LinuxGuestError::Unexpected(format!("no xz stream in {}", bzimage_path.display())))?;
+    let offset = xz_offset(&bzimage).ok_or_else(|| {
+        LinuxGuestError::Unexpected(format!("no xz stream in {}", bzimage_path.display()))
+    })?;
     let xz_path = dir.join("vmlinux.xz");
     std::fs::write(&xz_path, &bzimage[offset..]).map_err(io_error(&xz_path))?;
-    let vmlinux = run(Command::new("xz").args(["-dc", "--single-stream"]).arg(&xz_path))?;
+    let vmlinux = run(Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .arg(&xz_path))?;
     let _ = std::fs::remove_file(&xz_path);
     if !vmlinux.starts_with(b"\x7fELF") {
-        return Err(LinuxGuestError::Unexpected("the decompressed kernel is not an ELF file".into()));
+        return Err(LinuxGuestError::Unexpected(
+            "the decompressed kernel is not an ELF file".into(),
+        ));
     }
     let vmlinux_path = dir.join("vmlinux");
     std::fs::write(&vmlinux_path, &vmlinux).map_err(io_error(&vmlinux_path))?;
@@ -380,7 +429,19 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
     // The initramfs tree.
     let root = dir.join("initramfs");
     let _ = std::fs::remove_dir_all(&root);
-    for sub in ["bin", "sbin", "usr/bin", "lib/modules", "lib64", "proc", "sys", "dev", "tmp", "etc", "var/run"] {
+    for sub in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "lib/modules",
+        "lib64",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "etc",
+        "var/run",
+    ] {
         let path = root.join(sub);
         std::fs::create_dir_all(&path).map_err(io_error(&path))?;
     }
@@ -398,7 +459,10 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
     }
     for module in &order {
         let member = &module_paths[module];
-        copy(&unpacked.join(member.trim_start_matches("./")), &root.join(format!("lib/modules/{module}.ko")))?;
+        copy(
+            &unpacked.join(member.trim_start_matches("./")),
+            &root.join(format!("lib/modules/{module}.ko")),
+        )?;
     }
     let echod_source = dir.join("echod.c");
     std::fs::write(&echod_source, ECHOD_SOURCE).map_err(io_error(&echod_source))?;
@@ -413,11 +477,17 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
         unpacked.join("usr/lib/x86_64-linux-gnu").display(),
         unpacked.join("lib/x86_64-linux-gnu").display()
     );
-    let ldd = run_text(Command::new("ldd").arg(&memcached).env("LD_LIBRARY_PATH", &library_dirs))?;
+    let ldd = run_text(
+        Command::new("ldd")
+            .arg(&memcached)
+            .env("LD_LIBRARY_PATH", &library_dirs),
+    )?;
     for line in ldd.lines() {
         let line = line.trim();
         if line.contains("not found") {
-            return Err(LinuxGuestError::Unexpected(format!("memcached needs a library nobody provides: {line}")));
+            return Err(LinuxGuestError::Unexpected(format!(
+                "memcached needs a library nobody provides: {line}"
+            )));
         }
         // "libevent-2.1.so.7 => /path/libevent-2.1.so.7 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
         let (name, resolved) = match line.split_once(" => ") {
@@ -437,7 +507,8 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
         };
         copy(Path::new(resolved), &target)?;
     }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").map_err(io_error(&root))?;
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")
+        .map_err(io_error(&root))?;
     std::fs::write(root.join("etc/group"), "root:x:0:\n").map_err(io_error(&root))?;
     let init = root.join("init");
     std::fs::write(&init, init_script(&order)).map_err(io_error(&init))?;
@@ -449,12 +520,18 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
         initrd.display()
     )))?;
     let _ = std::fs::remove_dir_all(&unpacked);
-    std::fs::write(&stamp_path, format!("{wanted_stamp}\n{memcached_version}\n")).map_err(io_error(&stamp_path))?;
+    std::fs::write(
+        &stamp_path,
+        format!("{wanted_stamp}\n{memcached_version}\n"),
+    )
+    .map_err(io_error(&stamp_path))?;
     eprintln!(
         "linux-guest: {} ({} MB vmlinux), initramfs {} KB with modules {}",
         image_package,
         vmlinux.len() >> 20,
-        std::fs::metadata(&initrd).map(|m| m.len() >> 10).unwrap_or(0),
+        std::fs::metadata(&initrd)
+            .map(|m| m.len() >> 10)
+            .unwrap_or(0),
         order.join(", ")
     );
     Ok(guest(memcached_version))
@@ -470,11 +547,17 @@ mod tests {
             parse_depends("adduser, perl:any, libc6 (>= 2.34), libevent-2.1-7 (>= 2.1.8-stable) | libevent-foo"),
             vec!["adduser", "perl", "libc6", "libevent-2.1-7"]
         );
-        assert_eq!(parse_depends("linux-image-6.1.0-57-amd64 (= 6.1.192-3)"), vec!["linux-image-6.1.0-57-amd64"]);
+        assert_eq!(
+            parse_depends("linux-image-6.1.0-57-amd64 (= 6.1.192-3)"),
+            vec!["linux-image-6.1.0-57-amd64"]
+        );
         let modinfo = b"\0license=GPL\0srcversion=ABC\0depends=dca,i2c-algo-bit\0retpoline=Y\0";
         assert_eq!(module_depends(modinfo), vec!["dca", "i2c-algo-bit"]);
         assert!(module_depends(b"\0depends=\0name=dca\0").is_empty());
-        assert!(module_depends(b"\0xdepends=foo\0").is_empty(), "only a whole key matches");
+        assert!(
+            module_depends(b"\0xdepends=foo\0").is_empty(),
+            "only a whole key matches"
+        );
         assert_eq!(xz_offset(b"MZ....\xFD7zXZ\0rest"), Some(6));
         let init = init_script(&["dca".into(), "igb".into()]);
         assert!(init.contains("insmod /lib/modules/dca.ko") && init.contains(READY_LINE));

@@ -1,6 +1,6 @@
 //! CPU caps for QEMU's threads with the cgroup v1 cpu controller (`/sys/fs/cgroup/cpu`; this
-//! host's cgroup v2 has no cpu controller). A cap is a CFS quota per period; the period is short
-//! (10 ms) so that a capped guest runs in small slices instead of stalling for tens of
+//! host's cgroup v2 has no cpu controller). A cap is a CFS quota per period; the period is as
+//! short as the 1 ms minimum quota allows ([`period_us`]: 10 ms at 10%) so that a capped guest runs in small slices instead of stalling for tens of
 //! milliseconds at a time (with the default 100 ms period, a 20% cap stops a guest for up to
 //! 80 ms). With QEMU started with `-name NAME,debug-threads=on`, each vCPU thread is named
 //! `CPU K/TCG` and gets its own group with the same share.
@@ -10,8 +10,14 @@ use std::path::{Path, PathBuf};
 
 /// The cgroup v1 cpu hierarchy.
 pub const CPU_CONTROLLER: &str = "/sys/fs/cgroup/cpu";
-/// The CFS period every cap uses, in microseconds.
-pub const PERIOD_US: u32 = 10_000;
+/// The smallest CFS quota the kernel accepts, in microseconds.
+pub const MIN_QUOTA_US: u32 = 1_000;
+
+/// The period for `share`: as short as the smallest quota allows (1 ms / share, at most
+/// 100 ms), so that a throttled vCPU waits at most `period - quota` (9 ms at 10%, 1 ms at 50%).
+pub fn period_us(share: f64) -> u32 {
+    ((f64::from(MIN_QUOTA_US) / share.clamp(0.01, 1.0)).round() as u32).clamp(MIN_QUOTA_US, 100_000)
+}
 
 /// Why a cap could not be applied.
 #[derive(Debug)]
@@ -19,14 +25,19 @@ pub struct CapError(pub String);
 
 impl fmt::Display for CapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CPU cap: {} (needs root and the cgroup v1 cpu controller at {CPU_CONTROLLER})", self.0)
+        write!(
+            f,
+            "CPU cap: {} (needs root and the cgroup v1 cpu controller at {CPU_CONTROLLER})",
+            self.0
+        )
     }
 }
 
 impl std::error::Error for CapError {}
 
 fn write(path: &Path, value: &str) -> Result<(), CapError> {
-    std::fs::write(path, value).map_err(|e| CapError(format!("writing '{value}' to {}: {e}", path.display())))
+    std::fs::write(path, value)
+        .map_err(|e| CapError(format!("writing '{value}' to {}: {e}", path.display())))
 }
 
 /// The threads of process `pid` as (thread id, name).
@@ -71,9 +82,11 @@ impl CpuCaps {
             return Err(CapError(format!("{CPU_CONTROLLER}/tasks does not exist")));
         }
         let _ = std::fs::remove_dir(&path);
-        std::fs::create_dir(&path).map_err(|e| CapError(format!("mkdir {}: {e}", path.display())))?;
-        write(&path.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
-        let quota = ((f64::from(PERIOD_US) * share).round() as u32).max(1000);
+        std::fs::create_dir(&path)
+            .map_err(|e| CapError(format!("mkdir {}: {e}", path.display())))?;
+        let period = period_us(share);
+        write(&path.join("cpu.cfs_period_us"), &period.to_string())?;
+        let quota = ((f64::from(period) * share).round() as u32).max(MIN_QUOTA_US);
         write(&path.join("cpu.cfs_quota_us"), &quota.to_string())?;
         Ok(path)
     }
@@ -95,10 +108,11 @@ impl CpuCaps {
             groups: Vec::new(),
             share,
             description: format!(
-                "each of {} vCPU threads in its own cgroup: {:.0}% of one host core (quota {} us / period {PERIOD_US} us); QEMU's other threads uncapped",
+                "each of {} vCPU threads in its own cgroup: {:.0}% of one host core (quota {} us / period {} us); QEMU's other threads uncapped",
                 vcpus.len(),
                 share * 100.0,
-                (f64::from(PERIOD_US) * share).round()
+                (f64::from(period_us(share)) * share).round(),
+                period_us(share)
             ),
         };
         for (index, tid) in vcpus {
@@ -135,6 +149,9 @@ mod tests {
         assert_eq!(vcpu_index("qemu-system-x86"), None);
         assert_eq!(vcpu_index("CPU x/TCG"), None);
         assert_eq!(vcpu_index("CPU 1/"), None);
+        assert_eq!(period_us(0.10), 10_000);
+        assert_eq!(period_us(0.5), 2_000);
+        assert_eq!(period_us(1.0), 1_000);
         let me = threads(std::process::id());
         assert!(!me.is_empty());
     }

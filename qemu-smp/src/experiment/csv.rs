@@ -171,9 +171,15 @@ mod tests {
             ])
             .unwrap();
         table
-            .push(vec![Cell::Integer(-3), Cell::Number(f64::NAN, 2), Cell::Empty])
+            .push(vec![
+                Cell::Integer(-3),
+                Cell::Number(f64::NAN, 2),
+                Cell::Empty,
+            ])
             .unwrap();
-        table.push(vec![Cell::Number(-0.0001, 2), 7u64.into(), None.into()]).unwrap();
+        table
+            .push(vec![Cell::Number(-0.0001, 2), 7u64.into(), None.into()])
+            .unwrap();
         assert_eq!(
             table.push(vec!["short".into()]),
             Err(WidthError {
@@ -186,7 +192,8 @@ mod tests {
             "system,rate,note\nflotilla,1234.5,plain\nlinux,2,\"a, \"\"quoted\"\" one\"\n-3,,\n0,7,\n"
         );
         assert_eq!(table.rows().len(), 4);
-        let path = std::env::temp_dir().join(format!("flotilla-csv-test-{}.csv", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("flotilla-csv-test-{}.csv", std::process::id()));
         table.write(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), table.to_csv());
         let _ = std::fs::remove_file(path);

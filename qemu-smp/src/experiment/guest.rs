@@ -74,7 +74,11 @@ pub struct Guest {
 
 fn unique_name(what: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("fl-exp-{}-{what}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "fl-exp-{}-{what}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Guest {
@@ -89,31 +93,58 @@ impl Guest {
         limit: Duration,
     ) -> Result<Self, ExperimentError> {
         let name = unique_name(system.name());
-        let namespace = TapNamespace::create(&name).map_err(|e| ExperimentError::Setup(e.to_string()))?;
+        let namespace =
+            TapNamespace::create(&name).map_err(|e| ExperimentError::Setup(e.to_string()))?;
         namespace
-            .exec(&["ip", "neigh", "replace", GUEST_ADDRESS, "lladdr", GUEST_MAC, "dev", &namespace.tap, "nud", "permanent"])
+            .exec(&[
+                "ip",
+                "neigh",
+                "replace",
+                GUEST_ADDRESS,
+                "lladdr",
+                GUEST_MAC,
+                "dev",
+                &namespace.tap,
+                "nud",
+                "permanent",
+            ])
             .map_err(|e| ExperimentError::Setup(e.to_string()))?;
         let (mut config, cmdline) = match system {
             System::Flotilla => {
-                let cmdline = format!("log=warn urpc=off {extra_cmdline}").trim_end().to_string();
-                (MachineConfig::kernel(kernel.to_path_buf(), cores, &cmdline), cmdline)
+                let cmdline = format!("log=warn urpc=off {extra_cmdline}")
+                    .trim_end()
+                    .to_string();
+                (
+                    MachineConfig::kernel(kernel.to_path_buf(), cores, &cmdline),
+                    cmdline,
+                )
             }
             System::Linux => {
-                let guest = linux.ok_or_else(|| ExperimentError::Setup("the Linux guest was not prepared".into()))?;
-                let mut config = MachineConfig::kernel(guest.kernel.clone(), cores, linux_guest::CMDLINE);
+                let guest = linux.ok_or_else(|| {
+                    ExperimentError::Setup("the Linux guest was not prepared".into())
+                })?;
+                let mut config =
+                    MachineConfig::kernel(guest.kernel.clone(), cores, linux_guest::CMDLINE);
                 config.extra_args = guest.extra_args();
                 (config, linux_guest::CMDLINE.to_string())
             }
         };
-        config.extra_args.extend(["-name".to_string(), format!("{name},debug-threads=on")]);
+        config
+            .extra_args
+            .extend(["-name".to_string(), format!("{name},debug-threads=on")]);
         config.network = Network::Tap {
             namespace: namespace.name.clone(),
             tap: namespace.tap.clone(),
         };
-        let qemu_command = format!("ip netns exec {} qemu-system-x86_64 {}", namespace.name, config.qemu_args().join(" "));
+        let qemu_command = format!(
+            "ip netns exec {} qemu-system-x86_64 {}",
+            namespace.name,
+            config.qemu_args().join(" ")
+        );
         let netns = PathBuf::from(format!("/run/netns/{}", namespace.name));
         let probe = probe_socket(&netns)?;
-        let machine = Machine::start(&config, false).map_err(|e| ExperimentError::Setup(e.to_string()))?;
+        let machine =
+            Machine::start(&config, false).map_err(|e| ExperimentError::Setup(e.to_string()))?;
         let started = machine.started;
         let boot_to_serving = wait_serving(&probe, started, limit, &machine)?;
         Ok(Self {
@@ -136,8 +167,12 @@ impl Guest {
     /// Caps each vCPU thread at `share` of one host core (replacing an earlier cap).
     pub fn cap_per_vcpu(&mut self, share: f64, tag: &str) -> Result<String, ExperimentError> {
         self.caps = None;
-        let caps = CpuCaps::per_vcpu(self.machine.pid(), share, &format!("{tag}-{}", unique_name("cap")))
-            .map_err(|e| ExperimentError::Setup(e.to_string()))?;
+        let caps = CpuCaps::per_vcpu(
+            self.machine.pid(),
+            share,
+            &format!("{tag}-{}", unique_name("cap")),
+        )
+        .map_err(|e| ExperimentError::Setup(e.to_string()))?;
         let description = caps.description.clone();
         self.caps = Some(caps);
         Ok(description)
@@ -159,7 +194,9 @@ impl Guest {
 
     /// A failure the console reported (fault, panic), if any.
     pub fn failure(&self) -> Option<String> {
-        self.console().into_iter().find(|line| is_failure_line(line) || line.contains("Kernel panic"))
+        self.console()
+            .into_iter()
+            .find(|line| is_failure_line(line) || line.contains("Kernel panic"))
     }
 }
 
@@ -167,8 +204,10 @@ impl Guest {
 fn probe_socket(netns: &std::path::Path) -> Result<UdpSocket, ExperimentError> {
     let netns = netns.to_path_buf();
     std::thread::spawn(move || -> Result<UdpSocket, ExperimentError> {
-        loadgen::sys::join_network_namespace(&netns).map_err(|e| ExperimentError::Setup(format!("joining {}: {e}", netns.display())))?;
-        let socket = UdpSocket::bind((HOST_ADDRESS, 0)).map_err(|e| ExperimentError::Setup(format!("probe socket: {e}")))?;
+        loadgen::sys::join_network_namespace(&netns)
+            .map_err(|e| ExperimentError::Setup(format!("joining {}: {e}", netns.display())))?;
+        let socket = UdpSocket::bind((HOST_ADDRESS, 0))
+            .map_err(|e| ExperimentError::Setup(format!("probe socket: {e}")))?;
         socket
             .connect((GUEST_ADDRESS, 7))
             .map_err(|e| ExperimentError::Setup(format!("probe socket: {e}")))?;
@@ -181,7 +220,12 @@ fn probe_socket(netns: &std::path::Path) -> Result<UdpSocket, ExperimentError> {
     .map_err(|_| ExperimentError::Setup("the probe thread panicked".into()))?
 }
 
-fn wait_serving(probe: &UdpSocket, started: Instant, limit: Duration, machine: &Machine) -> Result<Duration, ExperimentError> {
+fn wait_serving(
+    probe: &UdpSocket,
+    started: Instant,
+    limit: Duration,
+    machine: &Machine,
+) -> Result<Duration, ExperimentError> {
     let mut buffer = [0u8; 256];
     let mut tries = 0u64;
     while started.elapsed() < limit {
@@ -193,8 +237,15 @@ fn wait_serving(probe: &UdpSocket, started: Instant, limit: Duration, machine: &
             }
         }
         if tries % 200 == 0 {
-            if let Some(line) = machine.console().iter().find(|l| is_failure_line(l) || l.contains("Kernel panic")) {
-                return Err(ExperimentError::Guest(format!("boot failed: {line}\n{}", machine.console().join("\n"))));
+            if let Some(line) = machine
+                .console()
+                .iter()
+                .find(|l| is_failure_line(l) || l.contains("Kernel panic"))
+            {
+                return Err(ExperimentError::Guest(format!(
+                    "boot failed: {line}\n{}",
+                    machine.console().join("\n")
+                )));
             }
         }
     }
@@ -206,15 +257,21 @@ fn wait_serving(probe: &UdpSocket, started: Instant, limit: Duration, machine: &
 
 /// An endpoint for `--target ADDR`: the source address is the one this machine uses to reach
 /// it; `netns` (`--netns NAME`) makes the generator run inside that namespace.
-pub fn remote_endpoint(address: Ipv4Addr, netns: Option<&str>) -> Result<Endpoint, ExperimentError> {
+pub fn remote_endpoint(
+    address: Ipv4Addr,
+    netns: Option<&str>,
+) -> Result<Endpoint, ExperimentError> {
     let netns = netns.map(|name| PathBuf::from(format!("/run/netns/{name}")));
     let inner = netns.clone();
     let source = std::thread::spawn(move || -> Result<Ipv4Addr, String> {
         if let Some(path) = &inner {
-            loadgen::sys::join_network_namespace(path).map_err(|e| format!("joining {}: {e}", path.display()))?;
+            loadgen::sys::join_network_namespace(path)
+                .map_err(|e| format!("joining {}: {e}", path.display()))?;
         }
         let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        socket.connect((address, 7)).map_err(|e| format!("no route to {address}: {e}"))?;
+        socket
+            .connect((address, 7))
+            .map_err(|e| format!("no route to {address}: {e}"))?;
         match socket.local_addr().map_err(|e| e.to_string())? {
             std::net::SocketAddr::V4(local) => Ok(*local.ip()),
             std::net::SocketAddr::V6(_) => Err("an IPv6 source for an IPv4 target".into()),
@@ -223,5 +280,9 @@ pub fn remote_endpoint(address: Ipv4Addr, netns: Option<&str>) -> Result<Endpoin
     .join()
     .map_err(|_| ExperimentError::Setup("the route thread panicked".into()))?
     .map_err(ExperimentError::Setup)?;
-    Ok(Endpoint { address, source, netns })
+    Ok(Endpoint {
+        address,
+        source,
+        netns,
+    })
 }

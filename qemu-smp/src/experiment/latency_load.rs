@@ -23,7 +23,9 @@ pub const EXPERIMENT: Experiment = Experiment {
 };
 
 const CORES: u32 = 2;
-const VCPU_SHARE: f64 = super::livelock::VCPU_SHARE;
+/// Each vCPU thread's share of a host core: larger than the overload experiments' so that
+/// throttling (up to a period minus the quota at a time) does not dominate the latencies.
+const VCPU_SHARE: f64 = 0.5;
 const FLOWS: usize = 16;
 
 fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
@@ -88,7 +90,7 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
             }
         }
         summary.push(format!(
-            "{system_name}/udp-echo capacity {} , p99 {:.0} us at {:.0}% load",
+            "{system_name}/udp-echo capacity {}, p99 {:.0} us at {:.0}% load",
             rate_text(capacity),
             p99s.get(fractions.len().saturating_sub(2)).map_or(0.0, |p| p.1),
             100.0 * fractions[fractions.len().saturating_sub(2)]
@@ -113,11 +115,13 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
         }
         let probe = client.run(capacity.max(2_000.0) * 2.0, Arrivals::Poisson, Duration::from_secs(1), Duration::from_millis(500), 0, 3);
         let memcached_capacity = probe.received_per_second().max(100.0);
+        client.settle(Duration::from_secs(10));
         let (mut p99s, mut p50s) = (Vec::new(), Vec::new());
         for (step, fraction) in fractions.iter().enumerate() {
             let rate = (memcached_capacity * fraction).max(100.0);
             context.step(format!("{system_name}/memcached: {}", rate_text(rate)));
             let outcome = client.run(rate, Arrivals::Poisson, duration, Duration::from_millis(500), 0, 10 + step as u64);
+            client.settle(Duration::from_secs(5));
             let achieved = outcome.received_per_second();
             context.check_ceiling(achieved, &format!("{system_name}/memcached achieved"));
             if outcome.errors > 0 {

@@ -28,7 +28,7 @@ pub const EXPERIMENT: Experiment = Experiment {
 /// Guest cores.
 pub const CORES: u32 = 2;
 /// Each vCPU thread's share of one host core.
-pub const VCPU_SHARE: f64 = 0.25;
+pub const VCPU_SHARE: f64 = 0.10;
 /// UDP flows (spread over the queues by the Toeplitz hash).
 const FLOWS: usize = 16;
 
@@ -57,7 +57,7 @@ const CONFIGURATIONS: [Configuration; 3] = [
 ];
 
 fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
-    let rates = sweep::log_rates(1_000.0, 256_000.0, context.pick(6, 10));
+    let rates = sweep::log_rates(1_000.0, 400_000.0, context.pick(6, 10));
     let duration = context.pick(Duration::from_secs(1), Duration::from_secs(3));
     let mut table = Table::new(&[
         "system",
@@ -140,7 +140,7 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
         let peak = points.iter().map(|p| p.1).fold(0.0, f64::max);
         let last = points.last().map_or(0.0, |p| p.1);
         summary.push(format!(
-            "{system_name}/{mode} peak {} , at {} offered {} ({:.0}% of peak)",
+            "{system_name}/{mode} peak {}, at {} offered {} ({:.0}% of peak)",
             rate_text(peak),
             rate_text(points.last().map_or(0.0, |p| p.0)),
             rate_text(last),

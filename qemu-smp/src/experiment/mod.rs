@@ -81,9 +81,15 @@ impl fmt::Display for ExperimentError {
             Self::Unknown(name) => write!(
                 f,
                 "no experiment named '{name}'; known: {}",
-                EXPERIMENTS.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+                EXPERIMENTS
+                    .iter()
+                    .map(|e| e.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
-            Self::Setup(what) | Self::Guest(what) | Self::Columns(what) | Self::NotRemote(what) => f.write_str(what),
+            Self::Setup(what) | Self::Guest(what) | Self::Columns(what) | Self::NotRemote(what) => {
+                f.write_str(what)
+            }
             Self::Load(e) => write!(f, "load generator: {e}"),
             Self::Plot(e) => write!(f, "{e}"),
         }
@@ -221,33 +227,59 @@ impl Context {
             return Ok(linux.clone());
         }
         self.progress.set_message("preparing the Linux guest");
-        let linux = crate::linux_guest::prepare().map_err(|e| ExperimentError::Setup(e.to_string()))?;
-        self.provenance.set("linux_guest", format!(
-            "{}; memcached {}; busybox-static; echod (linux-guest/echod.c, gcc -static)",
-            linux.kernel_package, linux.memcached_version
-        ));
+        let linux =
+            crate::linux_guest::prepare().map_err(|e| ExperimentError::Setup(e.to_string()))?;
+        self.provenance.set(
+            "linux_guest",
+            format!(
+                "{}; memcached {}; busybox-static; echod (linux-guest/echod.c, gcc -static)",
+                linux.kernel_package, linux.memcached_version
+            ),
+        );
         self.linux = Some(linux.clone());
         Ok(linux)
     }
 
     /// Boots `system` with `cores` cores here (`extra_cmdline` for Flotilla), records its QEMU
     /// command line, and notes any option the kernel said it ignored.
-    pub fn boot(&mut self, system: System, cores: u32, extra_cmdline: &str) -> Result<Guest, ExperimentError> {
+    pub fn boot(
+        &mut self,
+        system: System,
+        cores: u32,
+        extra_cmdline: &str,
+    ) -> Result<Guest, ExperimentError> {
         let kernel = self.kernel()?;
         let linux = match system {
             System::Linux => Some(self.linux_guest()?),
             System::Flotilla => None,
         };
-        self.progress.set_message(format!("booting {} on {cores} cores", system.name()));
-        let guest = Guest::boot(system, cores, extra_cmdline, &kernel, linux.as_ref(), Duration::from_secs(180))?;
-        self.provenance.push("qemu_command_lines", guest.qemu_command.clone());
+        self.progress
+            .set_message(format!("booting {} on {cores} cores", system.name()));
+        let guest = Guest::boot(
+            system,
+            cores,
+            extra_cmdline,
+            &kernel,
+            linux.as_ref(),
+            Duration::from_secs(180),
+        )?;
+        self.provenance
+            .push("qemu_command_lines", guest.qemu_command.clone());
         self.provenance.push(
             "boot_to_serving",
-            format!("{} {} cores: {:.2} s", system.name(), cores, guest.boot_to_serving.as_secs_f64()),
+            format!(
+                "{} {} cores: {:.2} s",
+                system.name(),
+                cores,
+                guest.boot_to_serving.as_secs_f64()
+            ),
         );
         // Give the console a moment to print option warnings that come after serving starts.
         for line in guest.ignored_options() {
-            self.note(format!("{} ({extra_cmdline}): the kernel said: {line}", system.name()));
+            self.note(format!(
+                "{} ({extra_cmdline}): the kernel said: {line}",
+                system.name()
+            ));
         }
         Ok(guest)
     }
@@ -255,14 +287,23 @@ impl Context {
     /// Caps each vCPU thread of `guest` at `share` of a host core and records it.
     pub fn cap(&mut self, guest: &mut Guest, share: f64) -> Result<(), ExperimentError> {
         let description = guest.cap_per_vcpu(share, self.name)?;
-        self.provenance.push("cpu_caps", format!("{} {} cores: {description}", guest.system.name(), guest.cores));
+        self.provenance.push(
+            "cpu_caps",
+            format!(
+                "{} {} cores: {description}",
+                guest.system.name(),
+                guest.cores
+            ),
+        );
         Ok(())
     }
 
     /// The endpoint of `--target`, if given.
     pub fn remote(&self) -> Result<Option<Endpoint>, ExperimentError> {
         match self.options.target {
-            Some(address) => guest::remote_endpoint(address, self.options.netns.as_deref()).map(Some),
+            Some(address) => {
+                guest::remote_endpoint(address, self.options.netns.as_deref()).map(Some)
+            }
             None => Ok(None),
         }
     }
@@ -289,7 +330,11 @@ impl Context {
     /// Flags `rate` (per second) if it is within 10% of, or above, the generator's ceiling:
     /// such a figure measures the generator, not the guest. Returns whether it was flagged.
     pub fn check_ceiling(&mut self, rate: f64, what: &str) -> bool {
-        let limit = 0.9 * self.ceiling.generator_per_second.min(self.ceiling.offered_per_second.max(1.0));
+        let limit = 0.9
+            * self
+                .ceiling
+                .generator_per_second
+                .min(self.ceiling.offered_per_second.max(1.0));
         if rate >= limit {
             self.note(format!(
                 "{what}: {:.0}/s is at or above 90% of the generator's loopback ceiling ({:.0}/s): it measures the generator",
@@ -320,8 +365,10 @@ pub fn run(name: &str, options: Options) -> Result<String, ExperimentError> {
     let progress = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-                .expect("a valid template"),
+            ProgressStyle::with_template(
+                "{spinner} {prefix} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+            )
+            .expect("a valid template"),
         );
         bar.set_prefix(experiment.name);
         bar.enable_steady_tick(Duration::from_millis(200));
@@ -330,7 +377,11 @@ pub fn run(name: &str, options: Options) -> Result<String, ExperimentError> {
         ProgressBar::hidden()
     };
     progress.set_message("measuring the generator's ceiling on loopback");
-    let phase = if options.quick { Duration::from_millis(500) } else { Duration::from_secs(2) };
+    let phase = if options.quick {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(2)
+    };
     let ceiling = loadgen::ceiling::measure(phase)?;
     progress.println(format!("{}: {ceiling}", experiment.name));
     if progress.is_hidden() {
@@ -370,13 +421,25 @@ pub fn run(name: &str, options: Options) -> Result<String, ExperimentError> {
         .map_err(|e| ExperimentError::Setup(format!("{}: {e}", csv_path.display())))?;
     let png = context.png_path();
     if !png.exists() {
-        return Err(ExperimentError::Setup(format!("{} drew no figure at {}", experiment.name, png.display())));
+        return Err(ExperimentError::Setup(format!(
+            "{} drew no figure at {}",
+            experiment.name,
+            png.display()
+        )));
     }
     for flag in &context.flags {
         eprintln!("{}: note: {flag}", experiment.name);
     }
-    context.provenance.finish(started.elapsed(), &figure.summary, &context.flags, figure.table.rows().len());
-    let meta_path = context.options.out.join(format!("{}.meta.json", experiment.name));
+    context.provenance.finish(
+        started.elapsed(),
+        &figure.summary,
+        &context.flags,
+        figure.table.rows().len(),
+    );
+    let meta_path = context
+        .options
+        .out
+        .join(format!("{}.meta.json", experiment.name));
     context
         .provenance
         .write(&meta_path)

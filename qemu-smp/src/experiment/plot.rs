@@ -102,7 +102,9 @@ const PALETTE: [RGBColor; 6] = [
 ];
 
 fn range(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
-    let values: Vec<f64> = values.filter(|v| v.is_finite() && (!log || *v > 0.0)).collect();
+    let values: Vec<f64> = values
+        .filter(|v| v.is_finite() && (!log || *v > 0.0))
+        .collect();
     let low = values.iter().copied().fold(f64::INFINITY, f64::min);
     let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if !low.is_finite() {
@@ -116,7 +118,10 @@ fn range(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
     }
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, plotters::coord::Shift>, panel: &Panel) -> Result<(), PlotError>
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    panel: &Panel,
+) -> Result<(), PlotError>
 where
     DB::ErrorType: 'static,
 {
@@ -146,7 +151,12 @@ where
                     .points
                     .iter()
                     .copied()
-                    .filter(|(x, y)| x.is_finite() && y.is_finite() && (!panel.log_x || *x > 0.0) && (!panel.log_y || *y > 0.0))
+                    .filter(|(x, y)| {
+                        x.is_finite()
+                            && y.is_finite()
+                            && (!panel.log_x || *x > 0.0)
+                            && (!panel.log_y || *y > 0.0)
+                    })
                     .collect();
                 let style = ShapeStyle::from(&colour).stroke_width(2);
                 if series.dashed {
@@ -154,13 +164,17 @@ where
                         .draw_series(DashedLineSeries::new(visible.clone(), 6, 4, style))
                         .map_err(plot_error)?
                         .label(series.label.as_str())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(1)));
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(1))
+                        });
                 } else {
                     chart
                         .draw_series(LineSeries::new(visible.clone(), style))
                         .map_err(plot_error)?
                         .label(series.label.as_str())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3)));
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
+                        });
                 }
                 chart
                     .draw_series(visible.iter().map(|p| Circle::new(*p, 3, colour.filled())))
@@ -177,9 +191,15 @@ where
         }};
     }
     match (panel.log_x, panel.log_y) {
-        (false, false) => body!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(plot_error)?),
-        (true, false) => body!(builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1).map_err(plot_error)?),
-        (false, true) => body!(builder.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(plot_error)?),
+        (false, false) => body!(builder
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(plot_error)?),
+        (true, false) => body!(builder
+            .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
+            .map_err(plot_error)?),
+        (false, true) => body!(builder
+            .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
+            .map_err(plot_error)?),
         (true, true) => body!(builder
             .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
             .map_err(plot_error)?),
@@ -213,15 +233,22 @@ pub fn heat_map(
     ensure_font()?;
     let rows = values.len().max(1);
     let columns = values.iter().map(Vec::len).max().unwrap_or(1).max(1);
-    let root = BitMapBackend::new(path, (160 + 90 * columns as u32, 160 + 70 * rows as u32)).into_drawing_area();
+    let root = BitMapBackend::new(path, (160 + 90 * columns as u32, 160 + 70 * rows as u32))
+        .into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
+    // Segmented axes put each core's number under the middle of its cell; row 0 is drawn at
+    // the top (the y axis counts rows from the bottom, so row r sits at rows - 1 - r).
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0..columns as i32, rows as i32..0)
+        .build_cartesian_2d(
+            (0..columns as i32 - 1).into_segmented(),
+            (0..rows as i32 - 1).into_segmented(),
+        )
         .map_err(plot_error)?;
+    let flip = |row: i32| rows as i32 - 1 - row;
     chart
         .configure_mesh()
         .disable_mesh()
@@ -230,34 +257,68 @@ pub fn heat_map(
         .x_labels(columns)
         .y_labels(rows)
         .label_style(("sans-serif", 14))
-        .x_label_formatter(&|x| if (*x as usize) < columns { format!("{x}") } else { String::new() })
-        .y_label_formatter(&|y| if (*y as usize) < rows { format!("{y}") } else { String::new() })
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(v) if (*v as usize) < columns => format!("{v}"),
+            _ => String::new(),
+        })
+        .y_label_formatter(&|y| match y {
+            SegmentValue::CenterOf(v) if (*v as usize) < rows => format!("{}", flip(*v)),
+            _ => String::new(),
+        })
         .draw()
         .map_err(plot_error)?;
-    let known: Vec<f64> = values.iter().flatten().flatten().copied().collect();
-    let low = known.iter().copied().fold(f64::INFINITY, f64::min);
-    let high = known.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    // Colour on a log scale: one slow outlier must not wash out every other cell.
+    let known: Vec<f64> = values
+        .iter()
+        .flatten()
+        .flatten()
+        .copied()
+        .filter(|v| *v > 0.0)
+        .collect();
+    let low = known.iter().copied().fold(f64::INFINITY, f64::min).ln();
+    let high = known.iter().copied().fold(f64::NEG_INFINITY, f64::max).ln();
     for (row, line) in values.iter().enumerate() {
         for (column, value) in line.iter().enumerate() {
-            let (r, c) = (row as i32, column as i32);
+            let (r, c) = (flip(row as i32), column as i32);
             let (fill, text) = match value {
                 Some(value) => {
-                    let t = if high > low { (value - low) / (high - low) } else { 0.5 };
-                    // White (fast) to dark red (slow).
+                    let t = if high > low {
+                        ((value.max(1e-9).ln() - low) / (high - low)).clamp(0.0, 1.0)
+                    } else {
+                        0.5
+                    };
+                    // Pale yellow (fast) to dark red (slow).
                     let colour = RGBColor(
-                        255 - (t * 80.0) as u8,
-                        (235.0 * (1.0 - t)) as u8 + 20,
-                        (235.0 * (1.0 - t)) as u8 + 20,
+                        255 - (t * 90.0) as u8,
+                        (245.0 * (1.0 - t)) as u8 + 10,
+                        (190.0 * (1.0 - t)) as u8 + 10,
                     );
                     (colour, format!("{value:.0}"))
                 }
                 None => (RGBColor(200, 200, 200), "-".to_string()),
             };
             chart
-                .draw_series(std::iter::once(Rectangle::new([(c, r), (c + 1, r + 1)], fill.filled())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [
+                        (SegmentValue::Exact(c), SegmentValue::Exact(r)),
+                        (SegmentValue::Exact(c + 1), SegmentValue::Exact(r + 1)),
+                    ],
+                    fill.filled(),
+                )))
                 .map_err(plot_error)?;
+            let style = ("sans-serif", 14)
+                .into_font()
+                .color(if fill.1 < 110 { &WHITE } else { &BLACK })
+                .pos(plotters::style::text_anchor::Pos::new(
+                    plotters::style::text_anchor::HPos::Center,
+                    plotters::style::text_anchor::VPos::Center,
+                ));
             chart
-                .draw_series(std::iter::once(Text::new(text, (c, r), ("sans-serif", 14).into_font())))
+                .draw_series(std::iter::once(Text::new(
+                    text,
+                    (SegmentValue::CenterOf(c), SegmentValue::CenterOf(r)),
+                    style,
+                )))
                 .map_err(plot_error)?;
         }
     }
@@ -286,12 +347,34 @@ mod tests {
             ],
         };
         let chart = dir.join("chart.png");
-        line_chart(&chart, "two panels", &[panel.clone(), Panel { log_y: true, ..panel }]).unwrap();
+        line_chart(
+            &chart,
+            "two panels",
+            &[
+                panel.clone(),
+                Panel {
+                    log_y: true,
+                    ..panel
+                },
+            ],
+        )
+        .unwrap();
         let map = dir.join("map.png");
-        heat_map(&map, "m", "from", "to", &[vec![None, Some(3.0)], vec![Some(1.0), None]]).unwrap();
+        heat_map(
+            &map,
+            "m",
+            "from",
+            "to",
+            &[vec![None, Some(3.0)], vec![Some(1.0), None]],
+        )
+        .unwrap();
         for path in [chart, map] {
             let bytes = std::fs::read(&path).unwrap();
-            assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{}", path.display());
+            assert!(
+                bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+                "{}",
+                path.display()
+            );
         }
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -29,7 +29,12 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
 /// The 1, 5 and 15 minute load averages.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default()
 }
 
@@ -49,8 +54,10 @@ impl Provenance {
     /// Starts the record of experiment `name`.
     pub fn start(name: &str, options: &Options) -> Self {
         let mut fields = Map::new();
-        let commit = command_output("git", &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
-        let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+        let commit =
+            command_output("git", &["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+        let dirty = command_output("git", &["status", "--porcelain", "--untracked-files=no"])
+            .is_some_and(|s| !s.is_empty());
         let unix_time = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -62,7 +69,8 @@ impl Provenance {
             ("started_unix_time", json!(unix_time)),
             (
                 "qemu_version",
-                json!(command_output("qemu-system-x86_64", &["--version"]).and_then(|v| v.lines().next().map(str::to_string))),
+                json!(command_output("qemu-system-x86_64", &["--version"])
+                    .and_then(|v| v.lines().next().map(str::to_string))),
             ),
             ("host_cpu_model", json!(cpu_model())),
             ("host_cpus", json!(loadgen::sys::host_cpus())),
@@ -70,9 +78,15 @@ impl Provenance {
             ("load_average_start", json!(load_average())),
             (
                 "target",
-                json!(options.target.map(|t| format!("{t} ({}, {} cores)", options.target_system, options.target_cores))),
+                json!(options.target.map(|t| format!(
+                    "{t} ({}, {} cores)",
+                    options.target_system, options.target_cores
+                ))),
             ),
-            ("command", json!(std::env::args().collect::<Vec<_>>().join(" "))),
+            (
+                "command",
+                json!(std::env::args().collect::<Vec<_>>().join(" ")),
+            ),
         ];
         for (key, value) in entries {
             fields.insert(key.to_string(), value);
@@ -87,7 +101,10 @@ impl Provenance {
 
     /// Appends `value` to the list `key`.
     pub fn push(&mut self, key: &str, value: String) {
-        let entry = self.fields.entry(key.to_string()).or_insert_with(|| Value::Array(Vec::new()));
+        let entry = self
+            .fields
+            .entry(key.to_string())
+            .or_insert_with(|| Value::Array(Vec::new()));
         if let Value::Array(items) = entry {
             items.push(Value::String(value));
         }
@@ -108,8 +125,12 @@ impl Provenance {
 
     /// Records the end of the run.
     pub fn finish(&mut self, elapsed: Duration, summary: &str, notes: &[String], rows: usize) {
-        self.fields.insert("load_average_end".into(), json!(load_average()));
-        self.fields.insert("elapsed_s".into(), json!((elapsed.as_secs_f64() * 10.0).round() / 10.0));
+        self.fields
+            .insert("load_average_end".into(), json!(load_average()));
+        self.fields.insert(
+            "elapsed_s".into(),
+            json!((elapsed.as_secs_f64() * 10.0).round() / 10.0),
+        );
         self.fields.insert("summary".into(), json!(summary));
         self.fields.insert("notes".into(), json!(notes));
         self.fields.insert("rows".into(), json!(rows));
@@ -117,7 +138,8 @@ impl Provenance {
 
     /// Writes the record as pretty JSON.
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let text = serde_json::to_string_pretty(&Value::Object(self.fields.clone())).expect("JSON values serialise");
+        let text = serde_json::to_string_pretty(&Value::Object(self.fields.clone()))
+            .expect("JSON values serialise");
         std::fs::write(path, text + "\n")
     }
 }

@@ -14,8 +14,21 @@ pub const MEMCACHED_PORT: u16 = 11211;
 pub const DISCARD_PORT: u16 = 9;
 
 /// `flows` source ports to `endpoint:port` spread evenly over `queues` queues.
-pub fn spread(endpoint: &Endpoint, port: u16, flows: usize, queues: u32, range: std::ops::Range<u16>) -> Vec<u16> {
-    loadgen::flows::spread_ports(endpoint.source, endpoint.address, port, flows, queues.clamp(1, 16) as u16, range)
+pub fn spread(
+    endpoint: &Endpoint,
+    port: u16,
+    flows: usize,
+    queues: u32,
+    range: std::ops::Range<u16>,
+) -> Vec<u16> {
+    loadgen::flows::spread_ports(
+        endpoint.source,
+        endpoint.address,
+        port,
+        flows,
+        queues.clamp(1, 16) as u16,
+        range,
+    )
 }
 
 /// An echo load on `ports` with pacing `pace` for `duration`.
@@ -35,21 +48,35 @@ pub fn echo_load(endpoint: &Endpoint, ports: &[u16], pace: Pace, duration: Durat
 }
 
 /// Open-loop Poisson echo at `rate` requests per second.
-pub fn open_echo(endpoint: &Endpoint, ports: &[u16], rate: f64, duration: Duration) -> Result<Outcome, ExperimentError> {
+pub fn open_echo(
+    endpoint: &Endpoint,
+    ports: &[u16],
+    rate: f64,
+    duration: Duration,
+) -> Result<Outcome, ExperimentError> {
     let pace = Pace::Open {
         rate,
         arrivals: Arrivals::Poisson,
     };
-    Ok(loadgen::udp::run(&echo_load(endpoint, ports, pace, duration))?)
+    Ok(loadgen::udp::run(&echo_load(
+        endpoint, ports, pace, duration,
+    ))?)
 }
 
 /// Closed-loop echo, `window` outstanding per flow: the most the guest answers.
-pub fn closed_echo(endpoint: &Endpoint, ports: &[u16], window: u32, duration: Duration) -> Result<Outcome, ExperimentError> {
+pub fn closed_echo(
+    endpoint: &Endpoint,
+    ports: &[u16],
+    window: u32,
+    duration: Duration,
+) -> Result<Outcome, ExperimentError> {
     let pace = Pace::Closed {
         window,
         timeout: Duration::from_millis(50),
     };
-    Ok(loadgen::udp::run(&echo_load(endpoint, ports, pace, duration))?)
+    Ok(loadgen::udp::run(&echo_load(
+        endpoint, ports, pace, duration,
+    ))?)
 }
 
 /// `points` rates from `low` to `high`, evenly spaced on a log scale.
@@ -91,7 +118,10 @@ mod tests {
 
     #[test]
     fn ladders_medians_and_text() {
-        assert_eq!(log_rates(1000.0, 100_000.0, 3), vec![1000.0, 10_000.0, 100_000.0]);
+        assert_eq!(
+            log_rates(1000.0, 100_000.0, 3),
+            vec![1000.0, 10_000.0, 100_000.0]
+        );
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
