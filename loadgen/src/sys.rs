@@ -140,10 +140,10 @@ pub fn receive_batch(fd: RawFd, buffers: &mut ReceiveBuffers) -> io::Result<usiz
         };
     }
     let received = received as usize;
-    for index in 0..received {
-        buffers.lengths[index] = (headers[index].msg_len as usize).min(slot);
+    for (index, received_header) in headers.iter().enumerate().take(received) {
+        buffers.lengths[index] = (received_header.msg_len as usize).min(slot);
         buffers.segments[index] = None;
-        let header = &headers[index].msg_hdr;
+        let header = &received_header.msg_hdr;
         // SAFETY: the kernel filled `msg_control` with `msg_controllen` bytes of well-formed
         // control messages; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside them and CMSG_DATA of a
         // SOL_UDP/UDP_GRO message holds one c_int.

@@ -404,7 +404,7 @@ pub fn prepare() -> Result<LinuxGuest, LinuxGuestError> {
             pending.push((dependency, false));
         }
     }
-    extract(&[vmlinuz.clone()])?;
+    extract(std::slice::from_ref(&vmlinuz))?;
 
     // vmlinux out of the bzImage.
     let bzimage_path = unpacked.join(vmlinuz.trim_start_matches("./"));

@@ -308,8 +308,7 @@ fn csv_cells_split_like_rfc_4180() {
 #[test]
 fn an_unknown_experiment_is_named() {
     let error = experiment::run("no-such-figure", Options::quick(&output("unknown")))
-        .err()
-        .expect("an error");
+        .expect_err("an error");
     let text = error.to_string();
     assert!(
         text.contains("no-such-figure") && text.contains("livelock"),

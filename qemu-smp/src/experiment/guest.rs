@@ -236,7 +236,7 @@ fn wait_serving(
                 return Ok(started.elapsed());
             }
         }
-        if tries % 200 == 0 {
+        if tries.is_multiple_of(200) {
             if let Some(line) = machine
                 .console()
                 .iter()

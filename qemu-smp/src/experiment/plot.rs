@@ -210,7 +210,7 @@ where
 /// Draws `panels` side by side under `title` into the PNG at `path`.
 pub fn line_chart(path: &Path, title: &str, panels: &[Panel]) -> Result<(), PlotError> {
     ensure_font()?;
-    let width = 760 * panels.len().max(1) as u32;
+    let width = (760 * panels.len().max(1) as u32).max(1000);
     let root = BitMapBackend::new(path, (width, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let root = root.titled(title, ("sans-serif", 20)).map_err(plot_error)?;
