@@ -181,10 +181,11 @@ fn livelock() {
             "{system}/{mode}: {} points",
             series.len()
         );
-        let offered: Vec<f64> = series.iter().map(|r| number(r, "offered_pps")).collect();
+        // The sweep's requested rates rise (what the guest accepted is a measurement).
+        let requested: Vec<f64> = series.iter().map(|r| number(r, "requested_pps")).collect();
         assert!(
-            offered.windows(2).all(|w| w[1] > w[0]),
-            "{system}/{mode}: offered load must rise: {offered:?}"
+            requested.windows(2).all(|w| w[1] > w[0]),
+            "{system}/{mode}: the requested load must rise: {requested:?}"
         );
         for row in &series {
             assert!(number(row, "delivered_pps") >= 0.0);
@@ -268,10 +269,10 @@ fn latency_load() {
             "{system}/{workload}: {} points",
             series.len()
         );
-        let offered: Vec<f64> = series.iter().map(|r| number(r, "offered_rps")).collect();
+        let requested: Vec<f64> = series.iter().map(|r| number(r, "requested_rps")).collect();
         assert!(
-            offered.windows(2).all(|w| w[1] > w[0]),
-            "{system}/{workload}: offered load must rise: {offered:?}"
+            requested.windows(2).all(|w| w[1] > w[0]),
+            "{system}/{workload}: the requested load must rise: {requested:?}"
         );
     }
 }

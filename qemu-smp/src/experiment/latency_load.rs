@@ -79,7 +79,7 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
         let mut p99s = Vec::new();
         let mut p50s = Vec::new();
         for fraction in &fractions {
-            let rate = (capacity * fraction).max(100.0);
+            let rate = (capacity * fraction).max(1.0);
             context.step(format!("{system_name}/udp-echo: {}", rate_text(rate)));
             let outcome = sweep::open_echo(&endpoint, &ports, rate, duration)?;
             let achieved = outcome.received_per_second();
@@ -117,14 +117,15 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
         if stored < u64::from(mix.keys) {
             context.note(format!("{system_name}/memcached: only {stored} of {} keys stored before the sweep", mix.keys));
         }
-        // Capacity: a ladder of open-loop rates (doubling from 1 k/s, 0.5 s each) until the
+        // Capacity: a ladder of open-loop rates (doubling from 1 k/s, 0.5 s each; quick: from 2 k/s, 0.3 s) until the
         // server answers less than 80% of what it is offered; the best answered rate. (A single
         // overload run would measure how the server copes with a backlog, not its capacity.)
         let mut memcached_capacity: f64 = 100.0;
-        let mut probe_rate = 1_000.0;
+        let mut probe_rate: f64 = context.pick(2_000.0, 1_000.0);
+        let step = context.pick(Duration::from_millis(300), Duration::from_millis(500));
         let (mut hits, mut misses) = (0, 0);
         while probe_rate <= 512_000.0 {
-            let probe = client.run(probe_rate, Arrivals::Poisson, Duration::from_millis(500), Duration::from_millis(300), 0, 3);
+            let probe = client.run(probe_rate, Arrivals::Poisson, step, Duration::from_millis(300), 0, 3);
             client.settle(Duration::from_secs(5));
             hits += probe.hits;
             misses += probe.misses;
@@ -138,7 +139,7 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
         client.settle(Duration::from_secs(10));
         let (mut p99s, mut p50s) = (Vec::new(), Vec::new());
         for (step, fraction) in fractions.iter().enumerate() {
-            let rate = (memcached_capacity * fraction).max(100.0);
+            let rate = (memcached_capacity * fraction).max(1.0);
             context.step(format!("{system_name}/memcached: {}", rate_text(rate)));
             let outcome = client.run(rate, Arrivals::Poisson, duration, Duration::from_millis(500), 0, 10 + step as u64);
             client.settle(Duration::from_secs(5));
