@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs the host packages Flotilla needs to boot and test: QEMU 10 from bookworm-backports
 # (bookworm's own QEMU 7.2 has no igb NIC), OVMF, GRUB BIOS and EFI modules, xorriso and mtools;
-# the unmodified network clients the tap tests drive the guest with (ping, curl, nc, Python 3
-# with pymemcache); and the debugging tools (gdb for `qemu-smp gdb`, tshark to read `run --pcap`
-# captures, binutils' addr2line and objdump), which tests/tests/debug.rs uses. Used by
-# `qemu-smp` (which embeds this file) and by `.ci/run`. Debian bookworm, as root.
+# then the plain bookworm packages the tests and tools use, one line each below (what checks
+# for it, which package, who needs it). Used by `qemu-smp` (which embeds this file) and by
+# `.ci/run`. Debian bookworm, as root; elsewhere it prints what to install.
 set -euo pipefail
 
+# The machine itself (qemu-smp run/test). `qemu` stands for qemu-system-x86 from backports.
 need=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 && qemu-system-x86_64 -device help 2>/dev/null | grep -q '"igb"' || need+=(qemu)
 [ -f /usr/share/OVMF/OVMF_CODE.fd ] || [ -f /usr/share/OVMF/OVMF_CODE_4M.fd ] || need+=(ovmf)
@@ -17,35 +17,46 @@ command -v xorriso >/dev/null 2>&1 || need+=(xorriso)
 command -v mformat >/dev/null 2>&1 || need+=(mtools)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 
-# Network clients for tests/tests/net.rs (plain bookworm packages). pymemcache is looked for in
-# Debian's own /usr/bin/python3, where python3-pymemcache installs it.
+# Plain bookworm packages, one per line: `want CHECK PACKAGE...` adds the packages when CHECK fails.
 clients=()
-command -v ping >/dev/null 2>&1 || clients+=(iputils-ping)
-command -v curl >/dev/null 2>&1 || clients+=(curl)
-command -v nc >/dev/null 2>&1 || clients+=(netcat-openbsd)
-/usr/bin/python3 -c 'import pymemcache' >/dev/null 2>&1 || clients+=(python3 python3-pymemcache)
-# Debugging tools (tests/tests/debug.rs, README "Debugging").
-command -v gdb >/dev/null 2>&1 || clients+=(gdb)
-command -v tshark >/dev/null 2>&1 || clients+=(tshark)
-command -v addr2line >/dev/null 2>&1 || clients+=(binutils)
+want() { local check=$1; shift; eval "$check" >/dev/null 2>&1 || clients+=("$@"); }
+# Network clients of the tap tests (tests/tests/net.rs). pymemcache is looked for in Debian's
+# own /usr/bin/python3, where python3-pymemcache installs it.
+want 'command -v ping' iputils-ping
+want 'command -v curl' curl
+want 'command -v nc' netcat-openbsd
+want "/usr/bin/python3 -c 'import pymemcache'" python3 python3-pymemcache
+# Debugging (tests/tests/debug.rs, README "Debugging", docs/debugging.md).
+want 'command -v gdb' gdb
+want 'command -v tshark' tshark
+want 'command -v addr2line' binutils
+# Experiments (qemu-smp experiment, docs/experiments.md): the Linux baseline guest is built from
+# Debian packages with dpkg-deb, tar, xz, gcc -static (glibc's static libraries) and cpio;
+# plots need a TrueType font.
+want 'command -v cpio' cpio
+want 'command -v xz' xz-utils
+want 'command -v gcc' gcc
+want '[ -f /usr/lib/x86_64-linux-gnu/libc.a ]' libc6-dev
+want '[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]' fonts-dejavu-core
 
 if [ ${#need[@]} -eq 0 ] && [ ${#clients[@]} -eq 0 ]; then
-  echo "install-deps: QEMU (with igb), OVMF, GRUB tools, the network test clients and the debugging tools are present"
+  echo "install-deps: QEMU (with igb), OVMF, GRUB tools and every test and tool package are present"
   exit 0
 fi
 
+base=(ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2)
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || ! grep -q bookworm /etc/os-release 2>/dev/null; then
   echo "install-deps: missing: ${need[*]} ${clients[*]}" >&2
   echo "install-deps: on Debian bookworm, as root, run:" >&2
   echo "  echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/backports.list" >&2
-  echo "  apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86 && apt-get install -y ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2 iputils-ping curl netcat-openbsd python3 python3-pymemcache gdb tshark binutils" >&2
-  echo "install-deps: elsewhere, install QEMU >= 8.0 (for the igb NIC), OVMF, grub-mkrescue with BIOS and EFI modules, xorriso, mtools, ping, curl, nc, Python 3 with pymemcache, gdb, tshark and binutils" >&2
+  echo "  apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86 && apt-get install -y ${base[*]} ${clients[*]}" >&2
+  echo "install-deps: elsewhere, install QEMU >= 8.0 (for the igb NIC), OVMF, grub-mkrescue with BIOS and EFI modules, xorriso, mtools, and the equivalents of: ${clients[*]}" >&2
   exit 1
 fi
 
 export DEBIAN_FRONTEND=noninteractive
 if [ ${#need[@]} -eq 0 ]; then
-  echo "install-deps: missing test clients and tools: ${clients[*]}; installing with apt-get"
+  echo "install-deps: missing test and tool packages: ${clients[*]}; installing with apt-get"
   apt-get update -qq
   apt-get install -y -qq "${clients[@]}" >/dev/null
   echo "install-deps: done"
@@ -63,8 +74,8 @@ echo "install-deps: apt-get update"
 apt-get update -qq
 echo "install-deps: apt-get install -t bookworm-backports qemu-system-x86"
 apt-get install -y -qq -t bookworm-backports qemu-system-x86 >/dev/null
-echo "install-deps: apt-get install ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2"
-apt-get install -y -qq ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2 >/dev/null
+echo "install-deps: apt-get install ${base[*]}"
+apt-get install -y -qq "${base[@]}" >/dev/null
 if [ ${#clients[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${clients[*]}"
   apt-get install -y -qq "${clients[@]}" >/dev/null

@@ -1,6 +1,8 @@
 //! `qemu-smp bench echo`: UDP and TCP echo latency and throughput of a Flotilla guest, measured
 //! from the host's own Linux stack through a tap device in a network namespace this benchmark
-//! creates (root), next to a Linux 6.1 guest on the same QEMU, NIC and cores.
+//! creates (root), next to the Linux baseline guest (`linux_guest`: Debian's Linux 6.1 with a
+//! static echo server) booted on the same QEMU line, NIC and cores and measured in the same run
+//! by the same client.
 //!
 //! Four figures (issue "netd"):
 //! * boot to serving: QEMU start → the first UDP echo answered (a probe every 2 ms);
@@ -33,16 +35,6 @@ const GUEST_MAC: &str = "52:54:00:12:34:56";
 /// The echo port.
 const ECHO_PORT: u16 = 7;
 
-/// Linux 6.1 guest, same QEMU, NIC and cores: UDP round trip p50, in microseconds.
-pub const LINUX_UDP_P50_US: f64 = 250.0;
-/// Linux reference: UDP round trip p99, in microseconds.
-pub const LINUX_UDP_P99_US: f64 = 662.0;
-/// Linux reference: UDP echo replies per second (16 flows × 4 outstanding).
-pub const LINUX_UDP_REPLIES_PER_S: f64 = 11_100.0;
-/// Linux reference: TCP round trip p50, in microseconds.
-pub const LINUX_TCP_P50_US: f64 = 240.0;
-/// Linux reference: QEMU start → serving, in seconds.
-pub const LINUX_READY_S: f64 = 5.2;
 /// Target: round trips at most this fraction of Linux's.
 pub const TARGET_ROUND_TRIP_RATIO: f64 = 0.4;
 /// Target: throughput at least this multiple of Linux's.
@@ -144,24 +136,35 @@ impl Throughput {
     }
 }
 
-/// Everything one `bench echo` run measured.
+/// What the client measured against one guest.
 #[derive(Clone, Debug)]
-pub struct Report {
-    /// What was asked for.
-    pub settings: Settings,
+pub struct Figures {
     /// QEMU start → first UDP echo answered.
     pub boot_to_serving: Duration,
-    /// The kernel's own "all cores online in T ms" figure, if it printed one.
+    /// Flotilla's own "all cores online in T ms" figure, if it printed one.
     pub kernel_online_ms: Option<f64>,
-    /// The host's 1-minute load average when the run started (the client and QEMU share the
-    /// host's cores with whatever else runs).
-    pub host_load: Option<f64>,
     /// UDP round trips.
     pub udp: Latency,
     /// UDP throughput.
     pub throughput: Throughput,
     /// TCP round trips.
     pub tcp: Latency,
+}
+
+/// Everything one `bench echo` run measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// What was asked for.
+    pub settings: Settings,
+    /// The host's 1-minute load average when the run started (the client and QEMU share the
+    /// host's cores with whatever else runs).
+    pub host_load: Option<f64>,
+    /// Flotilla.
+    pub flotilla: Figures,
+    /// The Linux baseline guest, measured right after Flotilla by the same client.
+    pub linux: Figures,
+    /// The Linux guest's kernel package.
+    pub linux_kernel: String,
 }
 
 /// Why the benchmark could not run.
@@ -171,6 +174,8 @@ pub enum BenchError {
     Dependencies(DependencyError),
     /// The kernel did not build.
     Build(BuildError),
+    /// The Linux baseline guest could not be built.
+    LinuxGuest(crate::linux_guest::LinuxGuestError),
     /// The namespace or tap device could not be made (needs root).
     Namespace(TapError),
     /// QEMU could not start.
@@ -202,6 +207,7 @@ impl fmt::Display for BenchError {
         match self {
             Self::Dependencies(e) => write!(f, "{e}"),
             Self::Build(e) => write!(f, "{e}"),
+            Self::LinuxGuest(e) => write!(f, "{e}"),
             Self::Namespace(e) => write!(f, "bench echo needs a network namespace: {e}"),
             Self::Machine(e) => write!(f, "{e}"),
             Self::JoinNamespace(e) => write!(f, "joining the benchmark's network namespace: {e}"),
@@ -237,14 +243,40 @@ pub fn run(cores: u32) -> Result<Report, BenchError> {
     run_with(Settings::new(cores))
 }
 
-/// Runs the benchmark with `settings` (progress on stderr).
+/// Runs the benchmark with `settings` (progress on stderr): Flotilla, then the Linux guest.
 pub fn run_with(settings: Settings) -> Result<Report, BenchError> {
     crate::ensure_dependencies(false).map_err(BenchError::Dependencies)?;
     let kernel = crate::build_kernel().map_err(BenchError::Build)?;
+    let linux = crate::linux_guest::prepare().map_err(BenchError::LinuxGuest)?;
     let host_load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse().ok());
-    let name = format!("flotilla-bench-{}", std::process::id());
+    let cmdline = format!("log=warn urpc=off {}", settings.cmdline);
+    let flotilla_config = MachineConfig::kernel(kernel, settings.cores, cmdline.trim_end());
+    let flotilla = measure(&settings, flotilla_config, "flotilla")?;
+    let mut linux_config = MachineConfig::kernel(
+        linux.kernel.clone(),
+        settings.cores,
+        crate::linux_guest::CMDLINE,
+    );
+    linux_config.extra_args = linux.extra_args();
+    let linux_figures = measure(&settings, linux_config, "linux")?;
+    Ok(Report {
+        settings,
+        host_load,
+        flotilla,
+        linux: linux_figures,
+        linux_kernel: linux.kernel_package,
+    })
+}
+
+/// Boots `config` on a tap device in a fresh namespace and measures it.
+fn measure(
+    settings: &Settings,
+    mut config: MachineConfig,
+    system: &str,
+) -> Result<Figures, BenchError> {
+    let name = format!("flotilla-bench-{}-{system}", std::process::id());
     let namespace = TapNamespace::create(&name).map_err(BenchError::Namespace)?;
     namespace
         .exec(&[
@@ -260,14 +292,12 @@ pub fn run_with(settings: Settings) -> Result<Report, BenchError> {
             "permanent",
         ])
         .map_err(BenchError::Namespace)?;
-    let cmdline = format!("log=warn urpc=off {}", settings.cmdline);
-    let mut config = MachineConfig::kernel(kernel, settings.cores, cmdline.trim_end());
     config.network = Network::Tap {
         namespace: namespace.name.clone(),
         tap: namespace.tap.clone(),
     };
     eprintln!(
-        "bench echo: {} cores, igb on {} in namespace {}, TCG; client on the host's Linux stack",
+        "bench echo: {system}, {} cores, igb on {} in namespace {}, TCG; client on the host's Linux stack",
         settings.cores, namespace.tap, namespace.name
     );
 
@@ -312,11 +342,9 @@ pub fn run_with(settings: Settings) -> Result<Report, BenchError> {
         .map(|(_, ms)| ms);
     drop(machine);
     drop(namespace);
-    Ok(Report {
-        settings,
+    Ok(Figures {
         boot_to_serving: results.boot_to_serving,
         kernel_online_ms,
-        host_load,
         udp: results.udp,
         throughput: results.throughput,
         tcp: results.tcp,
@@ -617,39 +645,41 @@ fn tcp_round_trips(settings: &Settings) -> Result<Latency, BenchError> {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.settings;
+        let (fl, linux) = (&self.flotilla, &self.linux);
         let verdict = |met: bool| if met { "met" } else { "not met" };
         writeln!(
             f,
-            "bench echo: Flotilla, {} cores, igb on a tap device, TCG; Linux 6.1 guest on the same QEMU/NIC/cores as reference",
-            s.cores
+            "bench echo: Flotilla and the Linux baseline guest ({}), {} cores each, igb on a tap device, TCG, measured in this run by the same client",
+            self.linux_kernel, s.cores
         )?;
         writeln!(
             f,
             "{:<34} {:>12} {:>12} {:>8}  target",
-            "", "Flotilla", "Linux 6.1", "ratio"
+            "", "Flotilla", "Linux", "ratio"
         )?;
-        let round_trip = |f: &mut fmt::Formatter<'_>, name: &str, value: Duration, linux: f64| {
-            let ratio = micros(value) / linux;
-            writeln!(
+        let round_trip =
+            |f: &mut fmt::Formatter<'_>, name: &str, value: Duration, linux: Duration| {
+                let ratio = micros(value) / micros(linux).max(1e-9);
+                writeln!(
                 f,
                 "{name:<34} {:>9.0} µs {:>9.0} µs {ratio:>7.2}x  <= {TARGET_ROUND_TRIP_RATIO}x: {}",
                 micros(value),
-                linux,
+                micros(linux),
                 verdict(ratio <= TARGET_ROUND_TRIP_RATIO)
             )
-        };
+            };
         round_trip(
             f,
             &format!(
                 "UDP round trip p50 ({} B, {} req)",
-                s.payload, self.udp.samples
+                s.payload, fl.udp.samples
             ),
-            self.udp.p50,
-            LINUX_UDP_P50_US,
+            fl.udp.p50,
+            linux.udp.p50,
         )?;
-        round_trip(f, "UDP round trip p99", self.udp.p99, LINUX_UDP_P99_US)?;
-        let per_second = self.throughput.per_second();
-        let ratio = per_second / LINUX_UDP_REPLIES_PER_S;
+        round_trip(f, "UDP round trip p99", fl.udp.p99, linux.udp.p99)?;
+        let (ours, theirs) = (fl.throughput.per_second(), linux.throughput.per_second());
+        let ratio = ours / theirs.max(1e-9);
         writeln!(
             f,
             "{:<34} {:>7.1} k/s {:>7.1} k/s {ratio:>7.2}x  >= {TARGET_THROUGHPUT_RATIO}x: {}",
@@ -659,48 +689,54 @@ impl fmt::Display for Report {
                 s.outstanding,
                 s.throughput_time.as_secs()
             ),
-            per_second / 1000.0,
-            LINUX_UDP_REPLIES_PER_S / 1000.0,
+            ours / 1000.0,
+            theirs / 1000.0,
             verdict(ratio >= TARGET_THROUGHPUT_RATIO)
         )?;
         round_trip(
             f,
             &format!(
                 "TCP round trip p50 ({} B, {} rt)",
-                s.payload, self.tcp.samples
+                s.payload, fl.tcp.samples
             ),
-            self.tcp.p50,
-            LINUX_TCP_P50_US,
+            fl.tcp.p50,
+            linux.tcp.p50,
         )?;
-        let ready = self.boot_to_serving.as_secs_f64();
+        let (ready, linux_ready) = (
+            fl.boot_to_serving.as_secs_f64(),
+            linux.boot_to_serving.as_secs_f64(),
+        );
         writeln!(
             f,
-            "{:<34} {:>10.2} s {:>10.1} s {:>7.2}x  (no target)",
+            "{:<34} {:>10.2} s {:>10.2} s {:>7.2}x  (no target)",
             "QEMU start -> first UDP echo",
             ready,
-            LINUX_READY_S,
-            ready / LINUX_READY_S
+            linux_ready,
+            ready / linux_ready.max(1e-9)
         )?;
-        writeln!(
-            f,
-            "details: UDP min {:.0} / max {:.0} µs, {} lost; TCP p99 {:.0} µs (min {:.0}, max {:.0}); throughput {} sent, {} replies, {} stalls of 20 ms, per flow {:?}{}",
-            micros(self.udp.min),
-            micros(self.udp.max),
-            self.udp.lost,
-            micros(self.tcp.p99),
-            micros(self.tcp.min),
-            micros(self.tcp.max),
-            self.throughput.sent,
-            self.throughput.replies,
-            self.throughput.stalls,
-            self.throughput.per_flow,
-            self.kernel_online_ms
-                .map(|ms| format!("; kernel: all cores online {ms:.1} ms after entry"))
-                .unwrap_or_default()
-        )?;
+        for (name, figures) in [("Flotilla", fl), ("Linux", linux)] {
+            writeln!(
+                f,
+                "details {name}: UDP min {:.0} / max {:.0} µs, {} lost; TCP p99 {:.0} µs (min {:.0}, max {:.0}); throughput {} sent, {} replies, {} stalls of 20 ms, per flow {:?}{}",
+                micros(figures.udp.min),
+                micros(figures.udp.max),
+                figures.udp.lost,
+                micros(figures.tcp.p99),
+                micros(figures.tcp.min),
+                micros(figures.tcp.max),
+                figures.throughput.sent,
+                figures.throughput.replies,
+                figures.throughput.stalls,
+                figures.throughput.per_flow,
+                figures
+                    .kernel_online_ms
+                    .map(|ms| format!("; kernel: all cores online {ms:.1} ms after entry"))
+                    .unwrap_or_default()
+            )?;
+        }
         write!(
             f,
-            "note: TCG runs one host thread per guest core and the client shares the host's cores; figures vary run to run{}",
+            "note: TCG runs one host thread per guest core and the client shares the host's cores; the client is the plain one (one syscall per packet), whose ceiling is near Flotilla's throughput figure: `qemu-smp experiment scaling` uses the batched generator; figures vary run to run{}",
             self.host_load
                 .map(|load| format!(" (host load average {load:.2} at the start)"))
                 .unwrap_or_default()

@@ -308,6 +308,12 @@ impl Machine {
         })
     }
 
+    /// QEMU's process id (`ip netns exec` replaces itself with QEMU, so this is QEMU's pid
+    /// also on a tap network): for CPU caps on its threads.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything the console printed so far.
     pub fn console(&self) -> Vec<String> {
         self.console.lock().expect("console lock").clone()

@@ -105,6 +105,8 @@ enum Commands {
         #[command(subcommand)]
         which: Bench,
     },
+    /// Run an experiment (`experiment list` names them): CSV, PNG and provenance in --out.
+    Experiment(qemu_smp::experiment::ExperimentArgs),
     /// Install QEMU, OVMF and the GRUB tools (Debian, as root) or print how to; add the kernel's
     /// Rust target and components (rust-toolchain.toml) to the toolchain with rustup.
     Setup,
@@ -606,6 +608,10 @@ fn main() -> ExitCode {
             }
         }
         Commands::Test => run_tests(),
+        Commands::Experiment(args) => match qemu_smp::experiment::command(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
         Commands::Setup => match qemu_smp::ensure_dependencies(true)
             .map_err(|e| e.to_string())
             .and_then(|()| {
