@@ -2,7 +2,8 @@
 # Installs the host packages Flotilla needs to boot and test: QEMU 10 from bookworm-backports
 # (bookworm's own QEMU 7.2 has no igb NIC), OVMF, GRUB BIOS and EFI modules, xorriso and mtools;
 # and the unmodified network clients the tap tests drive the guest with (ping, curl, nc, Python 3
-# with pymemcache). Used by `qemu-smp` (which embeds this file) and by `.ci/run`. Debian
+# with pymemcache, libmemcached's tools) plus Debian's memcached 1.6, the reference server the
+# memcached differential tests compare against. Used by `qemu-smp` (which embeds this file) and by `.ci/run`. Debian
 # bookworm, as root.
 set -euo pipefail
 
@@ -23,6 +24,10 @@ command -v ping >/dev/null 2>&1 || clients+=(iputils-ping)
 command -v curl >/dev/null 2>&1 || clients+=(curl)
 command -v nc >/dev/null 2>&1 || clients+=(netcat-openbsd)
 /usr/bin/python3 -c 'import pymemcache' >/dev/null 2>&1 || clients+=(python3 python3-pymemcache)
+# memcached: the reference server (tests start their own on a loopback port) and libmemcached's
+# command-line clients (memcslap, memccp, memccat, memcflush, memcstat) for tests/tests/memcached.rs.
+[ -x /usr/bin/memcached ] || clients+=(memcached)
+command -v memcslap >/dev/null 2>&1 || clients+=(libmemcached-tools)
 
 if [ ${#need[@]} -eq 0 ] && [ ${#clients[@]} -eq 0 ]; then
   echo "install-deps: QEMU (with igb), OVMF, GRUB tools and the network test clients are present"
@@ -33,8 +38,8 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || ! grep -q book
   echo "install-deps: missing: ${need[*]} ${clients[*]}" >&2
   echo "install-deps: on Debian bookworm, as root, run:" >&2
   echo "  echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/backports.list" >&2
-  echo "  apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86 && apt-get install -y ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2 iputils-ping curl netcat-openbsd python3 python3-pymemcache" >&2
-  echo "install-deps: elsewhere, install QEMU >= 8.0 (for the igb NIC), OVMF, grub-mkrescue with BIOS and EFI modules, xorriso, mtools, ping, curl, nc and Python 3 with pymemcache" >&2
+  echo "  apt-get update && apt-get install -y -t bookworm-backports qemu-system-x86 && apt-get install -y ovmf grub-pc-bin grub-efi-amd64-bin grub-common xorriso mtools iproute2 iputils-ping curl netcat-openbsd python3 python3-pymemcache memcached libmemcached-tools" >&2
+  echo "install-deps: elsewhere, install QEMU >= 8.0 (for the igb NIC), OVMF, grub-mkrescue with BIOS and EFI modules, xorriso, mtools, ping, curl, nc, Python 3 with pymemcache, memcached 1.6 and libmemcached's tools" >&2
   exit 1
 fi
 

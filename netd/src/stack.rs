@@ -285,6 +285,41 @@ impl CoreNet {
         }
     }
 
+    /// The monitors' verdict on which cores live (bit `i` = core `i`): applications re-home the
+    /// work of cores that left (memcached's keys) and answer what was pending on them at once.
+    /// The paths run on the next poll.
+    pub fn set_live_cores(&mut self, now: Instant, live: u64, peers: &mut impl Peers) {
+        let uptime_ms = (now - self.started).total_millis();
+        let Self {
+            paths,
+            config,
+            stats,
+            stats_wanted,
+            ..
+        } = self;
+        for path in paths.iter_mut() {
+            let Some(app) = path.app.as_mut() else {
+                continue;
+            };
+            let mut run_again = false;
+            let mut wake_at = None;
+            let mut context = AppContext {
+                now,
+                core: config.core,
+                core_count: config.core_count,
+                hostname: config.hostname,
+                uptime_ms,
+                peers,
+                stats,
+                stats_wanted,
+                run_again: &mut run_again,
+                wake_at: &mut wake_at,
+            };
+            app.on_live_cores(&mut context, live);
+            path.wake = true;
+        }
+    }
+
     /// The classifier (its flow table is the local copy of the monitor's).
     pub fn classifier(&self) -> &Classifier {
         &self.classifier
@@ -416,6 +451,7 @@ impl CoreNet {
                 } = self;
                 let path = &mut paths[index];
                 let mut run_again = false;
+                let mut wake_at = None;
                 if let Some(app) = path.app.as_mut() {
                     let mut context = AppContext {
                         now,
@@ -427,6 +463,7 @@ impl CoreNet {
                         stats,
                         stats_wanted,
                         run_again: &mut run_again,
+                        wake_at: &mut wake_at,
                     };
                     app.on_peer_message(&mut context, message);
                 }
@@ -605,6 +642,7 @@ impl CoreNet {
         // application drains the sockets as protocol processing fills them.
         let mut remaining = path.queue.len();
         let mut run_again;
+        let mut wake_at = None;
         let in_place = matches!(path.key, PathKey::Udp(_))
             && path.app.as_ref().is_some_and(|app| app.answers_in_place());
         loop {
@@ -697,6 +735,7 @@ impl CoreNet {
                     stats,
                     stats_wanted,
                     run_again: &mut run_again,
+                    wake_at: &mut wake_at,
                 };
                 if let Some(handle) = path.udp {
                     app.on_udp(&mut context, path.sockets.get_mut::<udp::Socket>(handle));
@@ -763,7 +802,10 @@ impl CoreNet {
             path.counters.tx_packets += 1;
             path.counters.tx_bytes += u64::from(frame.length);
         }
-        path.deadline = iface.poll_at(now, &path.sockets);
+        path.deadline = match (iface.poll_at(now, &path.sockets), wake_at) {
+            (Some(stack), Some(app)) => Some(stack.min(app)),
+            (stack, app) => stack.or(app),
+        };
         path.counters.runs += 1;
         path.counters.cycles += (self.cycles)().wrapping_sub(start);
     }
