@@ -149,6 +149,8 @@ pub(crate) struct Cluster {
     /// Frames the cores transmitted, oldest first.
     pub(crate) wire: Vec<Vec<u8>>,
     pub(crate) peer_messages: usize,
+    /// Cores that stopped (bit per core): they no longer poll, and messages to them are lost.
+    pub(crate) stopped: u64,
 }
 
 pub(crate) fn config(core: CoreId, core_count: u16) -> NetConfig {
@@ -157,10 +159,16 @@ pub(crate) fn config(core: CoreId, core_count: u16) -> NetConfig {
 
 impl Cluster {
     pub(crate) fn new(core_count: u16) -> Self {
+        Self::with_config(core_count, |_| {})
+    }
+
+    /// A cluster whose cores' configurations `adjust` changes first (wall clock, heap size).
+    pub(crate) fn with_config(core_count: u16, adjust: impl Fn(&mut NetConfig)) -> Self {
         let now = Instant::from_millis(1_000);
         let cores = (0..core_count)
             .map(|core| {
-                let config = config(core, core_count);
+                let mut config = config(core, core_count);
+                adjust(&mut config);
                 let mut net =
                     CoreNet::new(config, default_applications(&config), fake_cycles, now).unwrap();
                 net.set_rss_hash(test_hash);
@@ -184,6 +192,7 @@ impl Cluster {
             now,
             wire: Vec::new(),
             peer_messages: 0,
+            stopped: 0,
         }
     }
 
@@ -230,7 +239,12 @@ impl Cluster {
     /// anything is still going on.
     pub(crate) fn round(&mut self) -> bool {
         let mut busy = false;
-        for core in self.cores.iter_mut() {
+        let stopped = self.stopped;
+        for (index, core) in self.cores.iter_mut().enumerate() {
+            if stopped & (1 << index) != 0 {
+                core.nic.inbox.clear();
+                continue;
+            }
             let outcome: PollOutcome =
                 core.net
                     .poll(self.now, &mut core.nic, &mut core.pool, &mut core.mailbox);
@@ -246,6 +260,9 @@ impl Cluster {
         for from in 0..self.cores.len() {
             let messages = std::mem::take(&mut self.cores[from].mailbox.out);
             for (to, bytes) in messages {
+                if stopped & (1 << to) != 0 {
+                    continue;
+                }
                 busy = true;
                 self.peer_messages += 1;
                 let message = PeerMessage::decode(&bytes).unwrap();

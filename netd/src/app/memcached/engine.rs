@@ -25,8 +25,11 @@ pub struct Now {
 pub struct Settings {
     /// The TCP port (for `stats settings`).
     pub port: u16,
-    /// Most value bytes one reply carries; a longer value is pinned and read in chunks of this
-    /// size. Every get reserves this much of the budget while its reply is outstanding.
+    /// Most value bytes the first reply to a get carries; a longer value is pinned on its owner
+    /// and read in chunks. Every get reserves this much of the budget while its reply is
+    /// outstanding.
+    pub inline: usize,
+    /// Bytes of each further chunk of a pinned value (one fetch in flight per connection).
     pub chunk: usize,
     /// How long a connection waits for another core's answer.
     pub remote_timeout_ms: u64,
@@ -38,7 +41,8 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             port: 11211,
-            chunk: 16 * 1024,
+            inline: 3 * 1024,
+            chunk: 32 * 1024,
             remote_timeout_ms: 2_000,
             version: "1.6.18-flotilla",
         }

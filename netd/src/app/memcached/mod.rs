@@ -10,7 +10,7 @@
 //! * [`stats`]: the counters and how `stats` prints them.
 //! * [`conformance`]: the command sequence the differential tests send to memcached and here.
 
-// pub mod conformance;
+pub mod conformance;
 pub mod engine;
 pub mod partition;
 pub mod protocol;
@@ -18,8 +18,8 @@ pub mod session;
 pub mod stats;
 pub mod store;
 
-// #[cfg(test)]
-// mod cluster_tests;
+#[cfg(test)]
+mod cluster_tests;
 
 pub use engine::{Engine, MemoryLimits, Now, Settings};
 pub use partition::{key_owner, Partition};
@@ -213,7 +213,8 @@ impl Application for Memcached {
                 }
             }
             env.engine.counters.add(Stat::BytesWritten, written as u64);
-            if read == 0 && written == 0 {
+            let readable = socket.can_recv() && session.room() > 0;
+            if read == 0 && written == 0 && !readable {
                 break;
             }
         }

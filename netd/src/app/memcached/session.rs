@@ -268,7 +268,8 @@ impl Session {
 
     /// Updates what the session holds in the budget.
     fn recharge(&mut self, engine: &mut Engine) {
-        let chunk = engine.settings.chunk;
+        let (inline, chunk) = (engine.settings.inline, engine.settings.chunk);
+        let mut first_stream = true;
         let held = self.input.capacity()
             + self
                 .parts
@@ -278,8 +279,15 @@ impl Session {
                     Part::Await {
                         expect: Expect::Value { .. },
                         ..
+                    } => inline,
+                    // Only the first stream fetches; the others hold their first chunk only.
+                    Part::Stream { .. } => {
+                        if core::mem::take(&mut first_stream) {
+                            chunk
+                        } else {
+                            0
+                        }
                     }
-                    | Part::Stream { .. } => chunk,
                     Part::Gather { .. } => core::mem::size_of::<StatsBlock>(),
                     Part::Await { .. } => 0,
                 })
@@ -602,7 +610,7 @@ impl Session {
                 self.get = Some(cursor);
                 return false;
             }
-            if env.engine.budget.available() < env.engine.settings.chunk {
+            if env.engine.budget.available() < env.engine.settings.inline {
                 self.stalled = true;
                 env.engine.budget.stalled();
                 self.get = Some(cursor);
@@ -614,7 +622,7 @@ impl Session {
             let operation = KvOperation::Get {
                 cas: cursor.kind.cas,
                 touch: cursor.kind.touch,
-                reply_limit: env.engine.settings.chunk as u32,
+                reply_limit: env.engine.settings.inline as u32,
             };
             let expect = Some(Expect::Value {
                 cas: cursor.kind.cas,
@@ -1131,5 +1139,493 @@ fn failed(expect: Expect, failure: Failure) -> (Vec<u8>, Option<Part>) {
     match expect {
         Expect::Value { .. } => (Vec::new(), None),
         Expect::Status { .. } => (failure_line(failure).to_vec(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::memcached::engine::{MemoryLimits, Settings};
+    use crate::app::memcached::partition::key_owner;
+    extern crate std;
+    use std::collections::VecDeque;
+    use std::format;
+    use std::string::String;
+    use std::vec;
+
+    const CORES: u16 = 4;
+
+    /// Messages between the engines of a simulated machine, delivered in order.
+    struct Wire<'a> {
+        from: CoreId,
+        queue: &'a mut VecDeque<(CoreId, CoreId, Vec<u8>)>,
+        refuse: bool,
+    }
+
+    impl Peers for Wire<'_> {
+        fn send(&mut self, core: CoreId, message: &PeerMessage<'_>) -> Result<(), PeerError> {
+            if self.refuse {
+                return Err(PeerError::Full);
+            }
+            let mut bytes = vec![0u8; message.encoded_len()];
+            message.encode(&mut bytes).unwrap();
+            self.queue.push_back((self.from, core, bytes));
+            Ok(())
+        }
+    }
+
+    /// A connection on core 0 of a four-core machine; the other cores' engines answer by message.
+    struct Mesh {
+        engines: Vec<Engine>,
+        session: Session,
+        queue: VecDeque<(CoreId, CoreId, Vec<u8>)>,
+        now: Now,
+        /// Messages to these cores vanish (a core that stopped).
+        silent: u64,
+        refuse: bool,
+        closed: bool,
+    }
+
+    impl Mesh {
+        fn new() -> Self {
+            Self::with(Settings::default(), 8 << 20)
+        }
+
+        fn with(settings: Settings, heap: usize) -> Self {
+            let now = Now {
+                unix: 1_800_000_000,
+                millis: 10_000,
+            };
+            let limits = MemoryLimits::from_heap(heap, None, CORES);
+            Self {
+                engines: (0..CORES)
+                    .map(|core| Engine::new(core, CORES, limits, settings, now))
+                    .collect(),
+                session: Session::new(),
+                queue: VecDeque::new(),
+                now,
+                silent: 0,
+                refuse: false,
+                closed: false,
+            }
+        }
+
+        fn env_run(&mut self, run: impl FnOnce(&mut Session, &mut Env<'_>)) {
+            let Mesh {
+                engines,
+                session,
+                queue,
+                now,
+                refuse,
+                ..
+            } = self;
+            let mut wire = Wire {
+                from: 0,
+                queue,
+                refuse: *refuse,
+            };
+            let mut env = Env {
+                engine: &mut engines[0],
+                peers: &mut wire,
+                now: *now,
+                ticket: 0x0001_0001,
+            };
+            run(session, &mut env);
+        }
+
+        /// Delivers messages until none is left; true if any was delivered.
+        fn deliver(&mut self) -> bool {
+            let mut any = false;
+            while let Some((from, to, bytes)) = self.queue.pop_front() {
+                any = true;
+                if self.silent & (1 << to) != 0 {
+                    continue;
+                }
+                let message = PeerMessage::decode(&bytes).unwrap();
+                match message {
+                    PeerMessage::KvRequest(request) => {
+                        let quiet = request.noreply
+                            || matches!(request.operation, KvOperation::Release { .. });
+                        let now = self.now;
+                        let reply = self.engines[usize::from(to)].serve(&request, now);
+                        if !quiet {
+                            let mut bytes = vec![0u8; PeerMessage::KvReply(reply).encoded_len()];
+                            PeerMessage::KvReply(reply).encode(&mut bytes).unwrap();
+                            self.queue.push_back((to, from, bytes));
+                        }
+                    }
+                    PeerMessage::KvReply(reply) => {
+                        assert_eq!(to, 0);
+                        self.env_run(|session, env| session.on_reply(&reply, env));
+                    }
+                    _ => unreachable!(),
+                }
+            }
+            any
+        }
+
+        /// Sends `input` (as fast as the session takes it), runs everything to quiet, and returns
+        /// what the client reads.
+        fn talk(&mut self, input: &[u8]) -> Vec<u8> {
+            let mut fed = 0;
+            let mut out = Vec::new();
+            for _ in 0..100_000 {
+                let room = self.session.room();
+                let taken = self
+                    .session
+                    .receive(&input[fed..(fed + room).min(input.len())]);
+                fed += taken;
+                self.env_run(|session, env| session.process(env));
+                let delivered = self.deliver();
+                let output = self.session.output().to_vec();
+                self.session.sent(output.len());
+                out.extend_from_slice(&output);
+                if self.session.wants_close() {
+                    self.closed = true;
+                    break;
+                }
+                let retry = self.session.is_stalled() && self.engines[0].budget.take_released();
+                let more = fed < input.len() && self.session.room() > 0;
+                if taken == 0 && !delivered && output.is_empty() && !retry && !more {
+                    break;
+                }
+            }
+            out
+        }
+
+        fn text(&mut self, input: &str) -> String {
+            String::from_utf8(self.talk(input.as_bytes())).unwrap()
+        }
+    }
+
+    /// A key owned by `core` (of four), distinct per `n`.
+    fn key_of(core: CoreId, n: u32) -> String {
+        (0..)
+            .map(|i| format!("key-{n}-{i}"))
+            .find(|key| key_owner(key.as_bytes(), CORES) == core)
+            .unwrap()
+    }
+
+    #[test]
+    fn replies_keep_request_order_across_local_and_remote_keys() {
+        let mut mesh = Mesh::new();
+        let keys: Vec<String> = (0..CORES).map(|core| key_of(core, 0)).collect();
+        let mut request = String::new();
+        for (n, key) in keys.iter().enumerate() {
+            request += &format!("set {key} {n} 0 3\r\nv{n}!\r\n");
+        }
+        request += &format!(
+            "get {} {} missing {} {}\r\n",
+            keys[3], keys[0], keys[2], keys[1]
+        );
+        request += &format!(
+            "delete {}\r\ndelete {}\r\nincr {} 1\r\n",
+            keys[2], keys[2], keys[1]
+        );
+        let reply = mesh.text(&request);
+        let expected = format!(
+            "STORED\r\nSTORED\r\nSTORED\r\nSTORED\r\n\
+             VALUE {k3} 3 3\r\nv3!\r\nVALUE {k0} 0 3\r\nv0!\r\nVALUE {k2} 2 3\r\nv2!\r\n\
+             VALUE {k1} 1 3\r\nv1!\r\nEND\r\n\
+             DELETED\r\nNOT_FOUND\r\n{non_numeric}",
+            k3 = keys[3],
+            k0 = keys[0],
+            k1 = keys[1],
+            k2 = keys[2],
+            non_numeric = std::str::from_utf8(protocol::NON_NUMERIC).unwrap()
+        );
+        assert_eq!(reply, expected);
+        // Remote keys went to their owners, and only there.
+        for core in 1..CORES {
+            assert!(
+                mesh.engines[usize::from(core)]
+                    .snapshot()
+                    .get(Stat::ServedForPeers)
+                    > 0
+            );
+        }
+        assert_eq!(mesh.engines[0].store.len(), 1);
+    }
+
+    #[test]
+    fn every_command_answers_as_memcached_does() {
+        let mut mesh = Mesh::new();
+        let k = key_of(2, 1);
+        let script = [
+            (format!("add {k} 5 0 1\r\na\r\n"), "STORED\r\n".to_string()),
+            (format!("add {k} 5 0 1\r\nb\r\n"), "NOT_STORED\r\n".into()),
+            (format!("append {k} 9 0 2\r\nzz\r\n"), "STORED\r\n".into()),
+            (format!("prepend {k} 9 0 1\r\ny\r\n"), "STORED\r\n".into()),
+            (format!("get {k}\r\n"), format!("VALUE {k} 5 4\r\nyazz\r\nEND\r\n")),
+            (format!("replace {k} 1 0 2\r\n10\r\n"), "STORED\r\n".into()),
+            (format!("decr {k} 1\r\n"), "9\r\n".into()),
+            (format!("get {k}\r\n"), format!("VALUE {k} 1 2\r\n9 \r\nEND\r\n")),
+            (format!("incr {k} 18446744073709551615\r\n"), "8\r\n".into()),
+            (format!("decr {k} 100\r\n"), "0\r\n".into()),
+            (format!("incr {k} abc\r\n"), "CLIENT_ERROR invalid numeric delta argument\r\n".into()),
+            (format!("touch {k} 100\r\n"), "TOUCHED\r\n".into()),
+            (format!("touch {k} x\r\n"), "CLIENT_ERROR invalid exptime argument\r\n".into()),
+            ("touch missing 1\r\n".into(), "NOT_FOUND\r\n".into()),
+            (format!("gat 0 {k} missing\r\n"), format!("VALUE {k} 1 2\r\n0 \r\nEND\r\n")),
+            (format!("cas {k} 0 0 1 1\r\nc\r\n"), "EXISTS\r\n".into()),
+            ("cas missing 0 0 1 1\r\nc\r\n".into(), "NOT_FOUND\r\n".into()),
+            ("replace missing 0 0 1\r\nc\r\n".into(), "NOT_STORED\r\n".into()),
+            (format!("delete {k} 0\r\n"), "DELETED\r\n".into()),
+            (format!("delete {k} 5\r\n"), std::str::from_utf8(protocol::DELETE_USAGE).unwrap().into()),
+            (format!("set {k} 0 0 1 noreply\r\nq\r\nget {k}\r\n"), format!("VALUE {k} 0 1\r\nq\r\nEND\r\n")),
+            (format!("set {k} 0 -1 1\r\nq\r\nget {k}\r\n"), "STORED\r\nEND\r\n".into()),
+            ("flush_all noreply\r\nflush_all 0\r\nflush_all abc\r\n".into(),
+             "OK\r\nCLIENT_ERROR invalid exptime argument\r\n".into()),
+            ("verbosity 1\r\nverbosity 1 noreply\r\nversion\r\nmn\r\n".into(),
+             "OK\r\nVERSION 1.6.18-flotilla\r\nMN\r\n".into()),
+            ("bogus\r\n\r\nset k 0 0\r\n".into(), "ERROR\r\nERROR\r\nERROR\r\n".into()),
+            ("set k 0 0 1 2 3\r\nx\r\n".into(), "ERROR\r\nERROR\r\n".into()),
+            ("set k abc 0 1\r\nx\r\n".into(), "CLIENT_ERROR bad command line format\r\nERROR\r\n".into()),
+            ("set k 0 0 1\r\nabc\r\n".into(), "CLIENT_ERROR bad data chunk\r\nERROR\r\n".into()),
+            ("set k 0 0 1 noreply\r\nabc\r\n".into(), "ERROR\r\n".into()),
+            ("stats detail\r\nstats foo\r\nshutdown\r\n".into(),
+             "CLIENT_ERROR usage: stats detail on|off|dump\r\nERROR\r\nERROR: shutdown not enabled\r\n".into()),
+        ];
+        for (input, expected) in script {
+            assert_eq!(mesh.text(&input), expected, "after {input:?}");
+        }
+        let gets = mesh.text(&format!("set {k} 0 0 1\r\nx\r\ngets {k}\r\n"));
+        let unique: u64 = gets
+            .split("\r\n")
+            .nth(1)
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            mesh.text(&format!("cas {k} 0 0 1 {unique}\r\ny\r\n")),
+            "STORED\r\n"
+        );
+        assert_eq!(
+            mesh.text(&format!("cas {k} 0 0 1 {unique}\r\nz\r\n")),
+            "EXISTS\r\n"
+        );
+        // quit closes once the earlier replies are out, and nothing after it runs.
+        assert_eq!(
+            mesh.text("version\r\nquit\r\nversion\r\n"),
+            "VERSION 1.6.18-flotilla\r\n"
+        );
+        assert!(mesh.closed);
+    }
+
+    #[test]
+    fn stats_are_summed_over_every_core() {
+        let mut mesh = Mesh::new();
+        let mut request = String::new();
+        for core in 0..CORES {
+            request += &format!("set {} 0 0 1\r\nx\r\n", key_of(core, 7));
+        }
+        mesh.text(&request);
+        let stats = mesh.text("stats\r\n");
+        assert!(stats.contains("STAT curr_items 4\r\n"), "{stats}");
+        assert!(stats.contains("STAT threads 4\r\n"));
+        assert!(stats.contains("STAT cmd_set 4\r\n"));
+        let limit = mesh.engines[0].store.limit() * 4;
+        assert!(stats.contains(&format!("STAT limit_maxbytes {limit}\r\n")));
+        assert!(stats.ends_with("END\r\n"));
+        assert_eq!(mesh.text("stats reset\r\n"), "RESET\r\n");
+        let stats = mesh.text("stats\r\n");
+        assert!(stats.contains("STAT cmd_set 0\r\n") && stats.contains("STAT curr_items 4\r\n"));
+        let flotilla = mesh.text("stats flotilla\r\n");
+        assert!(flotilla.contains("STAT remote_requests "), "{flotilla}");
+        // flush_all reaches every core.
+        assert_eq!(mesh.text("flush_all\r\n"), "OK\r\n");
+        assert!(mesh.engines.iter().all(|engine| engine.store.is_empty()));
+    }
+
+    #[test]
+    fn large_values_stream_in_chunks_from_any_core() {
+        let mut mesh = Mesh::new();
+        for core in 0..CORES {
+            for length in [1usize, 16 * 1024, 16 * 1024 + 1, 100_000, 1_000_000] {
+                let key = key_of(core, length as u32);
+                let value: Vec<u8> = (0..length).map(|n| (n % 251) as u8).collect();
+                let mut request = format!("set {key} 0 0 {length}\r\n").into_bytes();
+                request.extend_from_slice(&value);
+                request.extend_from_slice(b"\r\n");
+                assert_eq!(mesh.talk(&request), b"STORED\r\n");
+                let mut expected = format!("VALUE {key} 0 {length}\r\n").into_bytes();
+                expected.extend_from_slice(&value);
+                expected.extend_from_slice(b"\r\nEND\r\n");
+                let got = mesh.talk(format!("get {key}\r\n").as_bytes());
+                assert!(
+                    got == expected,
+                    "core {core}, {length} bytes: {} bytes back",
+                    got.len()
+                );
+            }
+        }
+        // No pin is left behind, and the budget is all given back.
+        assert!(mesh.engines.iter().all(|engine| engine.store.pins() == 0));
+        assert_eq!(mesh.engines[0].budget.used(), mesh.session.charged);
+        // The largest item memcached takes, and one byte more (refused, data swallowed, and a set
+        // drops the old value).
+        let key = key_of(3, 99);
+        let largest = max_value_length(key.len(), 0);
+        let mut request = format!("set {key} 0 0 {largest}\r\n").into_bytes();
+        request.resize(request.len() + largest, b'x');
+        request.extend_from_slice(b"\r\n");
+        assert_eq!(mesh.talk(&request), b"STORED\r\n");
+        let mut request = format!("set {key} 0 0 {}\r\n", largest + 1).into_bytes();
+        request.resize(request.len() + largest + 1, b'x');
+        request.extend_from_slice(format!("\r\nget {key}\r\n").as_bytes());
+        assert_eq!(
+            mesh.talk(&request),
+            b"SERVER_ERROR object too large for cache\r\nEND\r\n"
+        );
+    }
+
+    #[test]
+    fn a_slow_reader_holds_one_chunk_not_the_value() {
+        let mut mesh = Mesh::new();
+        let key = key_of(1, 5);
+        let mut request = format!("set {key} 0 0 1000000\r\n").into_bytes();
+        request.resize(request.len() + 1_000_000, b'v');
+        request.extend_from_slice(b"\r\n");
+        assert_eq!(mesh.talk(&request), b"STORED\r\n");
+        // Ask for it ten times in one line and read nothing: the connection holds little.
+        let line = format!("get{}\r\n", format!(" {key}").repeat(10));
+        let taken = mesh.session.receive(line.as_bytes());
+        assert_eq!(taken, line.len());
+        for _ in 0..50 {
+            mesh.env_run(|session, env| session.process(env));
+            mesh.deliver();
+        }
+        let held = mesh.engines[0].budget.used();
+        assert!(held < 256 * 1024, "{held} bytes held");
+        assert!(
+            mesh.session.room() == 0,
+            "a blocked reader is not read from"
+        );
+        // Reading all of it gives ten whole values.
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            let output = mesh.session.output().to_vec();
+            mesh.session.sent(output.len());
+            out.extend_from_slice(&output);
+            mesh.env_run(|session, env| session.process(env));
+            if !mesh.deliver() && output.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(
+            out.len(),
+            10 * (format!("VALUE {key} 0 1000000\r\n").len() + 1_000_002) + 5
+        );
+        assert!(out.ends_with(b"v\r\nEND\r\n"));
+    }
+
+    #[test]
+    fn a_failed_core_answers_at_once_and_its_keys_move() {
+        let mut mesh = Mesh::new();
+        let lost = key_of(2, 3);
+        assert_eq!(
+            mesh.text(&format!("set {lost} 0 0 1\r\nx\r\n")),
+            "STORED\r\n"
+        );
+        // Core 2 stops answering: requests to it wait...
+        mesh.silent = 1 << 2;
+        let waiting = mesh.text(&format!(
+            "get {lost}\r\nset {lost} 0 0 1\r\ny\r\nversion\r\n"
+        ));
+        assert_eq!(waiting, "");
+        // ...until the monitors' verdict: the get misses, the set fails, the rest follows.
+        mesh.engines[0].set_live(0b1011);
+        mesh.env_run(|session, env| session.lost_cores(1 << 2, env));
+        let answered = mesh.text("");
+        assert_eq!(
+            answered,
+            "END\r\nSERVER_ERROR owner core failed\r\nVERSION 1.6.18-flotilla\r\n"
+        );
+        // The key now lives on a survivor: it misses (the data was lost), then can be stored.
+        for engine in mesh.engines.iter_mut() {
+            engine.set_live(0b1011);
+        }
+        assert_eq!(mesh.text(&format!("get {lost}\r\n")), "END\r\n");
+        assert_eq!(
+            mesh.text(&format!("set {lost} 0 0 1\r\nz\r\nget {lost}\r\n")),
+            format!("STORED\r\nVALUE {lost} 0 1\r\nz\r\nEND\r\n")
+        );
+        assert_eq!(mesh.engines[2].snapshot().get(Stat::ServedForPeers), 1);
+    }
+
+    #[test]
+    fn a_lost_reply_times_out_and_a_refused_send_is_an_error() {
+        let mut mesh = Mesh::new();
+        let key = key_of(1, 4);
+        mesh.silent = 1 << 1;
+        assert_eq!(mesh.text(&format!("delete {key}\r\n")), "");
+        let deadline = mesh.session.next_deadline().expect("a deadline");
+        assert_eq!(
+            deadline,
+            mesh.now.millis + Settings::default().remote_timeout_ms
+        );
+        mesh.now.millis = deadline;
+        mesh.env_run(|session, env| session.expire(env));
+        assert_eq!(mesh.text(""), "SERVER_ERROR owner core did not answer\r\n");
+        mesh.silent = 0;
+        mesh.refuse = true;
+        assert_eq!(
+            mesh.text(&format!("set {key} 0 0 1\r\nx\r\nget {key}\r\n")),
+            "SERVER_ERROR owner core busy\r\nEND\r\n"
+        );
+        assert_eq!(mesh.engines[0].snapshot().get(Stat::PeerSendFailures), 2);
+    }
+
+    #[test]
+    fn input_is_bounded_by_what_memcached_allows() {
+        let mut mesh = Mesh::new();
+        // A long line that is not a multi-get closes the connection.
+        assert_eq!(mesh.talk(&[b'x'; 3000]), b"");
+        assert!(mesh.closed);
+        // A long multi-get line is fine.
+        let mut mesh = Mesh::new();
+        let line = format!("get{}\r\n", " k".repeat(3000));
+        assert_eq!(mesh.text(&line), "END\r\n");
+        // A data block waits for all of its bytes (and the next command's bytes are data).
+        let mut mesh = Mesh::new();
+        assert_eq!(mesh.text("set k 0 0 5\r\nab\r\n"), "");
+        assert_eq!(
+            mesh.text("mn\r\n"),
+            "CLIENT_ERROR bad data chunk\r\nERROR\r\n"
+        );
+        // An HTTP request closes without an answer.
+        let mut mesh = Mesh::new();
+        assert_eq!(mesh.text("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "");
+        assert!(mesh.closed);
+    }
+
+    #[test]
+    fn the_budget_makes_connections_wait_instead_of_growing() {
+        // A tiny heap: the budget holds about two 1 MB data blocks.
+        let mut mesh = Mesh::with(Settings::default(), 9 << 20);
+        let budget = mesh.engines[0].budget.limit();
+        assert!(budget < 3 << 20);
+        // Another connection holds most of the budget.
+        mesh.engines[0].budget.recharge(0, budget - 100_000);
+        let key = key_of(0, 8);
+        let mut request = format!("set {key} 0 0 1000000\r\n").into_bytes();
+        request.resize(request.len() + 1_000_000, b'v');
+        request.extend_from_slice(b"\r\n");
+        let reply = mesh.talk(&request);
+        assert_eq!(reply, b"");
+        assert!(mesh.session.is_stalled());
+        assert!(mesh.engines[0].budget.used() <= budget);
+        // It gives the budget back: the set goes through.
+        mesh.engines[0].budget.recharge(budget - 100_000, 0);
+        let reply = mesh.talk(&request[mesh_fed(&mesh)..]);
+        assert_eq!(reply, b"STORED\r\n");
+    }
+
+    /// Bytes of the request the session has taken so far (its line is consumed when stalled).
+    fn mesh_fed(mesh: &Mesh) -> usize {
+        mesh.session.input.len()
     }
 }

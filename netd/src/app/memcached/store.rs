@@ -225,9 +225,12 @@ impl Store {
         self.items == 0
     }
 
-    /// Values pinned now.
+    /// Values pinned now (read to the end: no longer counted).
     pub fn pins(&self) -> usize {
-        self.pins.iter().filter(|pin| pin.is_some()).count()
+        self.pins
+            .iter()
+            .filter(|pin| pin.as_ref().is_some_and(|pin| !pin.finished))
+            .count()
     }
 
     /// The store's counters (the [`Stat`]s it keeps), with its gauges filled in.
