@@ -729,6 +729,13 @@ impl<'a> PeerMessage<'a> {
 pub trait Peers {
     /// Sends `message` to `core`'s stack.
     fn send(&mut self, core: CoreId, message: &PeerMessage<'_>) -> Result<(), PeerError>;
+
+    /// The longest encoded message [`Self::send`] carries (default: [`MAX_KV_MESSAGE`], a whole
+    /// memcached item). memcached sizes the chunks of long values it reads from other cores by
+    /// it; a storage command longer than this fails with `SERVER_ERROR`.
+    fn max_message(&self) -> usize {
+        MAX_KV_MESSAGE
+    }
 }
 
 #[cfg(test)]

@@ -401,4 +401,9 @@ impl netd::Peers for UrpcPeers<'_> {
             .notify_if_sleeping(&mut channels::IpiNotifier { apic_id });
         Ok(())
     }
+
+    /// The encoding buffer above: longer messages are refused as too large.
+    fn max_message(&self) -> usize {
+        4096
+    }
 }

@@ -443,7 +443,8 @@ pub(crate) fn spreading_prefix(cores: u16) -> String {
 
 #[test]
 fn the_same_commands_get_the_same_answers_as_memcached() {
-    let steps = conformance::steps();
+    let mut steps = conformance::steps();
+    steps.extend(conformance::large_steps());
     let prefix = spreading_prefix(CORES);
     let reference = Reference::start();
     let mut real = Real {

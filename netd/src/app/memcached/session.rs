@@ -122,6 +122,15 @@ enum Failure {
     CoreFailed,
 }
 
+/// Bytes a reply needs besides its value: header, status fields, a longest key.
+const REPLY_OVERHEAD: usize = 64 + crate::peers::MAX_KEY;
+
+/// The most value bytes one reply from another core may carry: the engine's setting, or less if
+/// the cross-core channel carries less.
+fn reply_limit(wanted: usize, peers: &dyn Peers) -> usize {
+    wanted.min(peers.max_message().saturating_sub(REPLY_OVERHEAD).max(1))
+}
+
 fn failure_line(failure: Failure) -> &'static [u8] {
     match failure {
         Failure::Refused(PeerError::Full) => b"SERVER_ERROR owner core busy\r\n",
@@ -622,7 +631,7 @@ impl Session {
             let operation = KvOperation::Get {
                 cas: cursor.kind.cas,
                 touch: cursor.kind.touch,
-                reply_limit: env.engine.settings.inline as u32,
+                reply_limit: reply_limit(env.engine.settings.inline, env.peers) as u32,
             };
             let expect = Some(Expect::Value {
                 cas: cursor.kind.cas,
@@ -784,7 +793,7 @@ impl Session {
     /// copies chunks until the output is full, a remote one keeps one fetch in flight.
     fn advance_stream(&mut self, env: &mut Env<'_>) {
         let me = env.engine.core;
-        let chunk = env.engine.settings.chunk;
+        let remote_chunk = reply_limit(env.engine.settings.chunk, env.peers);
         loop {
             if self.broken || self.queued >= HIGH_WATER {
                 return;
@@ -819,6 +828,11 @@ impl Session {
             if fetch.is_some() {
                 return;
             }
+            let chunk = if owner == me {
+                env.engine.settings.chunk
+            } else {
+                remote_chunk
+            };
             let request = KvRequest {
                 operation: KvOperation::Fetch {
                     pin,
@@ -1160,6 +1174,8 @@ mod tests {
         from: CoreId,
         queue: &'a mut VecDeque<(CoreId, CoreId, Vec<u8>)>,
         refuse: bool,
+        max_message: usize,
+        largest: &'a mut usize,
     }
 
     impl Peers for Wire<'_> {
@@ -1167,10 +1183,18 @@ mod tests {
             if self.refuse {
                 return Err(PeerError::Full);
             }
+            if message.encoded_len() > self.max_message {
+                return Err(PeerError::TooLarge);
+            }
+            *self.largest = (*self.largest).max(message.encoded_len());
             let mut bytes = vec![0u8; message.encoded_len()];
             message.encode(&mut bytes).unwrap();
             self.queue.push_back((self.from, core, bytes));
             Ok(())
+        }
+
+        fn max_message(&self) -> usize {
+            self.max_message
         }
     }
 
@@ -1184,6 +1208,8 @@ mod tests {
         silent: u64,
         refuse: bool,
         closed: bool,
+        max_message: usize,
+        largest_message: usize,
     }
 
     impl Mesh {
@@ -1207,6 +1233,8 @@ mod tests {
                 silent: 0,
                 refuse: false,
                 closed: false,
+                max_message: crate::peers::MAX_KV_MESSAGE,
+                largest_message: 0,
             }
         }
 
@@ -1217,12 +1245,16 @@ mod tests {
                 queue,
                 now,
                 refuse,
+                max_message,
+                largest_message,
                 ..
             } = self;
             let mut wire = Wire {
                 from: 0,
                 queue,
                 refuse: *refuse,
+                max_message: *max_message,
+                largest: largest_message,
             };
             let mut env = Env {
                 engine: &mut engines[0],
@@ -1249,7 +1281,10 @@ mod tests {
                         let now = self.now;
                         let reply = self.engines[usize::from(to)].serve(&request, now);
                         if !quiet {
-                            let mut bytes = vec![0u8; PeerMessage::KvReply(reply).encoded_len()];
+                            let length = PeerMessage::KvReply(reply).encoded_len();
+                            assert!(length <= self.max_message, "a {length}-byte reply");
+                            self.largest_message = self.largest_message.max(length);
+                            let mut bytes = vec![0u8; length];
                             PeerMessage::KvReply(reply).encode(&mut bytes).unwrap();
                             self.queue.push_back((to, from, bytes));
                         }
@@ -1479,6 +1514,44 @@ mod tests {
         assert_eq!(
             mesh.talk(&request),
             b"SERVER_ERROR object too large for cache\r\nEND\r\n"
+        );
+    }
+
+    #[test]
+    fn a_narrow_channel_carries_long_values_in_smaller_chunks() {
+        let mut mesh = Mesh::new();
+        mesh.max_message = 4096;
+        // Stored through a connection of the owner (a remote set this long cannot cross).
+        let key = key_of(3, 11);
+        let value: Vec<u8> = (0..200_000u32).map(|n| (n % 253) as u8).collect();
+        mesh.engines[3].serve(
+            &KvRequest {
+                operation: KvOperation::Store {
+                    mode: StoreMode::Set,
+                    flags: 0,
+                    exptime: 0,
+                },
+                noreply: true,
+                origin: 3,
+                ticket: 0,
+                sequence: 0,
+                key: key.as_bytes(),
+                value: &value,
+            },
+            mesh.now,
+        );
+        let mut expected = format!("VALUE {key} 0 200000\r\n").into_bytes();
+        expected.extend_from_slice(&value);
+        expected.extend_from_slice(b"\r\nEND\r\n");
+        assert!(mesh.talk(format!("get {key}\r\n").as_bytes()) == expected);
+        assert!(mesh.largest_message <= 4096, "{}", mesh.largest_message);
+        // A storage command longer than the channel carries is refused with an error.
+        let mut request = format!("set {key} 0 0 5000\r\n").into_bytes();
+        request.resize(request.len() + 5000, b'x');
+        request.extend_from_slice(b"\r\n");
+        assert_eq!(
+            mesh.talk(&request),
+            b"SERVER_ERROR value too large for the cross-core channel\r\n"
         );
     }
 
