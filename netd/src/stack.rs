@@ -469,6 +469,9 @@ impl CoreNet {
                 }
                 // The reply may complete a connection's output: run the path on the next poll.
                 path.wake = true;
+                if let Some(at) = wake_at {
+                    path.deadline = Some(path.deadline.map_or(at, |deadline| deadline.min(at)));
+                }
                 path.counters.peer_messages += 1;
                 path.counters.cycles += (self.cycles)().wrapping_sub(start);
             }
@@ -737,6 +740,7 @@ impl CoreNet {
                     run_again: &mut run_again,
                     wake_at: &mut wake_at,
                 };
+                app.on_run(&mut context);
                 if let Some(handle) = path.udp {
                     app.on_udp(&mut context, path.sockets.get_mut::<udp::Socket>(handle));
                 }

@@ -58,6 +58,10 @@ pub trait Application {
     /// The port and transport the application serves (`PathKey::Udp` or `PathKey::Tcp`).
     fn endpoint(&self) -> PathKey;
 
+    /// The path runs (once per run, before `on_udp` / the connections' `on_tcp`): work that is
+    /// not tied to one socket, such as retrying messages the cross-core channel refused.
+    fn on_run(&mut self, _context: &mut AppContext<'_>) {}
+
     /// UDP: the path ran; read and answer datagrams on `socket`.
     fn on_udp(&mut self, _context: &mut AppContext<'_>, _socket: &mut udp::Socket<'static>) {}
 

@@ -206,11 +206,15 @@ impl Engine {
 
     /// This core's counters and gauges.
     pub fn snapshot(&self) -> StatsBlock {
-        let mut block = self.store.counters();
-        block.merge(&self.counters);
-        block.set(Stat::BudgetUsed, self.budget.used() as u64);
-        block.set(Stat::BudgetLimit, self.budget.limit() as u64);
-        block.add(Stat::BudgetStalls, self.budget.stalls);
+        Self::snapshot_of(&self.store, &self.counters, &self.budget)
+    }
+
+    fn snapshot_of(store: &Store, counters: &StatsBlock, budget: &Budget) -> StatsBlock {
+        let mut block = store.counters();
+        block.merge(counters);
+        block.set(Stat::BudgetUsed, budget.used() as u64);
+        block.set(Stat::BudgetLimit, budget.limit() as u64);
+        block.add(Stat::BudgetStalls, budget.stalls);
         block
     }
 
@@ -224,14 +228,46 @@ impl Engine {
         }
     }
 
+    /// [`Self::serve`], also lending the engine's counters beside the reply (which borrows the
+    /// store).
+    pub fn serve_with_counters<'s>(
+        &'s mut self,
+        request: &KvRequest<'_>,
+        now: Now,
+    ) -> (KvReply<'s>, &'s mut StatsBlock) {
+        let reply = Self::serve_parts(
+            &mut self.store,
+            &mut self.counters,
+            &mut self.budget,
+            &mut self.encoded_stats,
+            self.core,
+            request,
+            now,
+        );
+        (reply, &mut self.counters)
+    }
+
     /// Executes `request` for the key(s) this core owns and returns the reply (which the caller
     /// drops for `noreply` and [`KvOperation::Release`]). A get of a value longer than the
     /// request's reply limit pins it and returns its first chunk.
     pub fn serve<'s>(&'s mut self, request: &KvRequest<'_>, now: Now) -> KvReply<'s> {
-        if request.origin != self.core {
-            self.counters.count(Stat::ServedForPeers);
+        self.serve_with_counters(request, now).0
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn serve_parts<'s>(
+        store: &'s mut Store,
+        counters: &mut StatsBlock,
+        budget: &mut Budget,
+        encoded_stats: &'s mut [u8; stats::ENCODED_LEN],
+        core: CoreId,
+        request: &KvRequest<'_>,
+        now: Now,
+    ) -> KvReply<'s> {
+        if request.origin != core {
+            counters.count(Stat::ServedForPeers);
         }
-        let owner = self.core;
+        let owner = core;
         let (ticket, sequence) = (request.ticket, request.sequence);
         let reply = |status, key, value| KvReply {
             status,
@@ -248,7 +284,7 @@ impl Engine {
                 touch, reply_limit, ..
             } => {
                 let limit = reply_limit as usize;
-                match self.store.get(key, touch, limit, request.origin, now.unix) {
+                match store.get(key, touch, limit, request.origin, now.unix) {
                     Hit::Whole {
                         flags,
                         cas,
@@ -280,10 +316,7 @@ impl Engine {
                 flags,
                 exptime,
             } => simple(
-                match self
-                    .store
-                    .store(mode, key, flags, exptime, request.value, now.unix)
-                {
+                match store.store(mode, key, flags, exptime, request.value, now.unix) {
                     StoreOutcome::Stored => KvStatus::Stored,
                     StoreOutcome::NotStored => KvStatus::NotStored,
                     StoreOutcome::Exists => KvStatus::Exists,
@@ -291,51 +324,48 @@ impl Engine {
                     StoreOutcome::OutOfMemory => KvStatus::OutOfMemory,
                 },
             ),
-            KvOperation::Delete => simple(if self.store.delete(key, now.unix) {
+            KvOperation::Delete => simple(if store.delete(key, now.unix) {
                 KvStatus::Deleted
             } else {
                 KvStatus::NotFound
             }),
-            KvOperation::Touch { exptime } => simple(if self.store.touch(key, exptime, now.unix) {
+            KvOperation::Touch { exptime } => simple(if store.touch(key, exptime, now.unix) {
                 KvStatus::Touched
             } else {
                 KvStatus::NotFound
             }),
-            KvOperation::Arithmetic { increment, delta } => simple(
-                match self.store.arithmetic(key, increment, delta, now.unix) {
+            KvOperation::Arithmetic { increment, delta } => {
+                simple(match store.arithmetic(key, increment, delta, now.unix) {
                     ArithmeticOutcome::Value(value) => KvStatus::Number(value),
                     ArithmeticOutcome::NotFound => KvStatus::NotFound,
                     ArithmeticOutcome::NonNumeric => KvStatus::NonNumeric,
                     ArithmeticOutcome::OutOfMemory => KvStatus::OutOfMemory,
-                },
-            ),
+                })
+            }
             KvOperation::Fetch {
                 pin,
                 offset,
                 reply_limit,
-            } => match self
-                .store
-                .fetch(pin, offset as usize, reply_limit as usize, now.unix)
-            {
+            } => match store.fetch(pin, offset as usize, reply_limit as usize, now.unix) {
                 Some(chunk) => reply(KvStatus::Chunk, &[][..], chunk),
                 None => simple(KvStatus::PinGone),
             },
             KvOperation::Release { pin } => {
-                self.store.release(pin);
+                store.release(pin);
                 simple(KvStatus::Done)
             }
             KvOperation::FlushAll { delay } => {
-                self.store.flush_all(delay, now.unix);
+                store.flush_all(delay, now.unix);
                 simple(KvStatus::Done)
             }
             KvOperation::Stats => {
-                self.encoded_stats = self.snapshot().encode();
-                reply(KvStatus::Stats, &[][..], &self.encoded_stats[..])
+                *encoded_stats = Self::snapshot_of(store, counters, budget).encode();
+                reply(KvStatus::Stats, &[][..], &encoded_stats[..])
             }
             KvOperation::ResetStats => {
-                self.counters.reset();
-                self.store.counters_mut().reset();
-                self.budget.stalls = 0;
+                counters.reset();
+                store.counters_mut().reset();
+                budget.stalls = 0;
                 simple(KvStatus::Done)
             }
         }

@@ -27,17 +27,25 @@ pub use partition::{key_owner, Partition};
 use super::{AppContext, Application};
 use crate::classify::PathKey;
 use crate::config::{NetConfig, WallClock};
-use crate::peers::{KvOperation, KvRequest, KvStatus, PeerMessage};
+use crate::peers::{KvOperation, KvReply, KvRequest, KvStatus, PeerError, PeerMessage, Peers};
 use session::{Env, Session};
 use smoltcp::socket::tcp;
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 use stats::Stat;
 
 extern crate alloc;
+use alloc::collections::VecDeque;
+use alloc::vec;
 use alloc::vec::Vec;
 
 /// Rounds of read → process → write per connection per path run.
 const ROUNDS: usize = 8;
+
+/// Bytes of replies to other cores kept for another try when the channel is full.
+const UNSENT_LIMIT: usize = 512 * 1024;
+
+/// How soon a refused reply is tried again (the path asks to run then).
+const RETRY: Duration = Duration::from_millis(1);
 
 struct Slot {
     generation: u16,
@@ -51,6 +59,9 @@ pub struct Memcached {
     slots: Vec<Slot>,
     clock: Option<WallClock>,
     live: u64,
+    /// Replies to other cores the channel refused as full, encoded, oldest first.
+    unsent: VecDeque<(crate::config::CoreId, Vec<u8>)>,
+    unsent_bytes: usize,
 }
 
 impl Memcached {
@@ -88,6 +99,8 @@ impl Memcached {
             engine,
             slots: Vec::new(),
             clock,
+            unsent: VecDeque::new(),
+            unsent_bytes: 0,
         }
     }
 
@@ -108,6 +121,61 @@ impl Memcached {
     fn ticket(slot: usize, generation: u16) -> u32 {
         (slot as u32) << 16 | u32::from(generation)
     }
+
+    /// Sends the replies kept from earlier refusals, oldest first, until the channel refuses
+    /// again.
+    fn flush_unsent(&mut self, peers: &mut dyn Peers) {
+        while let Some((origin, bytes)) = self.unsent.front() {
+            let sent = match PeerMessage::decode(bytes) {
+                Ok(message) => peers.send(*origin, &message),
+                Err(_) => Ok(()),
+            };
+            if sent == Err(PeerError::Full) {
+                break;
+            }
+            if sent.is_err() {
+                self.engine.counters.count(Stat::ReplySendFailures);
+            }
+            if let Some((_, bytes)) = self.unsent.pop_front() {
+                self.unsent_bytes -= bytes.len();
+            }
+        }
+        self.engine
+            .counters
+            .set(Stat::RepliesQueued, self.unsent.len() as u64);
+    }
+
+    /// Sends a reply to the core that asked, or keeps it for another try if the channel is full
+    /// (replies keep their order behind the ones already kept).
+    fn send_reply(
+        unsent: &mut VecDeque<(crate::config::CoreId, Vec<u8>)>,
+        unsent_bytes: &mut usize,
+        engine_counters: &mut stats::StatsBlock,
+        peers: &mut dyn Peers,
+        origin: crate::config::CoreId,
+        reply: KvReply<'_>,
+    ) {
+        let message = PeerMessage::KvReply(reply);
+        let refused = if unsent.is_empty() {
+            match peers.send(origin, &message) {
+                Ok(()) => return,
+                Err(error) => error,
+            }
+        } else {
+            PeerError::Full
+        };
+        let length = message.encoded_len();
+        if refused != PeerError::Full || *unsent_bytes + length > UNSENT_LIMIT {
+            engine_counters.count(Stat::ReplySendFailures);
+            return;
+        }
+        let mut bytes = vec![0u8; length];
+        if message.encode(&mut bytes).is_ok() {
+            *unsent_bytes += length;
+            unsent.push_back((origin, bytes));
+        }
+        engine_counters.set(Stat::RepliesQueued, unsent.len() as u64);
+    }
 }
 
 impl Application for Memcached {
@@ -121,6 +189,16 @@ impl Application for Memcached {
 
     fn handles_key_value(&self) -> bool {
         true
+    }
+
+    fn on_run(&mut self, context: &mut AppContext<'_>) {
+        let now = self.now(context.now);
+        self.engine.tick(now);
+        self.flush_unsent(context.peers);
+        if !self.unsent.is_empty() {
+            let at = context.now + RETRY;
+            *context.wake_at = Some(context.wake_at.map_or(at, |other| other.min(at)));
+        }
     }
 
     fn on_open(&mut self, _context: &mut AppContext<'_>, slot: usize) {
@@ -238,18 +316,29 @@ impl Application for Memcached {
         self.engine.tick(now);
         match message {
             PeerMessage::KvRequest(request) => {
+                self.flush_unsent(context.peers);
                 let quiet =
                     request.noreply || matches!(request.operation, KvOperation::Release { .. });
-                let reply = self.engine.serve(request, now);
-                if quiet {
-                    return;
+                let Self {
+                    engine,
+                    unsent,
+                    unsent_bytes,
+                    ..
+                } = self;
+                let (reply, counters) = engine.serve_with_counters(request, now);
+                if !quiet {
+                    Self::send_reply(
+                        unsent,
+                        unsent_bytes,
+                        counters,
+                        context.peers,
+                        request.origin,
+                        reply,
+                    );
                 }
-                let refused = context
-                    .peers
-                    .send(request.origin, &PeerMessage::KvReply(reply))
-                    .is_err();
-                if refused {
-                    self.engine.counters.count(Stat::ReplySendFailures);
+                if !self.unsent.is_empty() {
+                    let at = context.now + RETRY;
+                    *context.wake_at = Some(context.wake_at.map_or(at, |other| other.min(at)));
                 }
             }
             PeerMessage::KvReply(reply) => {

@@ -47,6 +47,9 @@ pub const MAX_OUTSTANDING: usize = 64;
 /// Input read ahead while looking for command lines.
 const LINE_WINDOW: usize = 16 * 1024;
 
+/// How soon a fetch the channel refused (full) is tried again.
+const RETRY_MS: u64 = 1;
+
 /// What the session needs from its core while it runs.
 pub struct Env<'a> {
     /// The core's memcached.
@@ -94,6 +97,9 @@ enum Part {
         total: u32,
         /// The outstanding fetch: its sequence and deadline.
         fetch: Option<(u32, u64)>,
+        /// The channel refused the fetch: since when, and when to try again (until the remote
+        /// timeout).
+        refused_since: Option<(u64, u64)>,
     },
     /// Replies from several cores.
     Gather {
@@ -260,6 +266,10 @@ impl Session {
                     fetch: Some((_, deadline)),
                     ..
                 } => Some(*deadline),
+                Part::Stream {
+                    refused_since: Some((_, retry_at)),
+                    ..
+                } => Some(*retry_at),
                 _ => None,
             })
             .min()
@@ -820,12 +830,14 @@ impl Session {
                 offset,
                 total,
                 fetch,
+                refused_since,
             }) = self.parts.get(index)
             else {
                 return;
             };
             let (owner, pin, offset, total) = (*owner, *pin, *offset, *total);
-            if fetch.is_some() {
+            let refused_since = *refused_since;
+            if fetch.is_some() || refused_since.is_some_and(|(_, at)| env.now.millis < at) {
                 return;
             }
             let chunk = if owner == me {
@@ -861,13 +873,29 @@ impl Session {
                     env.engine.counters.count(Stat::RemoteRequests);
                     self.awaiting += 1;
                     let deadline = env.now.millis + env.engine.settings.remote_timeout_ms;
-                    if let Some(Part::Stream { fetch, .. }) = self.parts.get_mut(index) {
+                    if let Some(Part::Stream {
+                        fetch,
+                        refused_since,
+                        ..
+                    }) = self.parts.get_mut(index)
+                    {
                         *fetch = Some((sequence, deadline));
+                        *refused_since = None;
                     }
                 }
-                Err(_) => {
+                Err(error) => {
                     env.engine.counters.count(Stat::PeerSendFailures);
-                    self.break_stream(env.engine);
+                    let since = refused_since.map_or(env.now.millis, |(since, _)| since);
+                    let patient = env.now.millis - since < env.engine.settings.remote_timeout_ms;
+                    if error == PeerError::Full && patient {
+                        // Tried again a little later (the caller wakes at `next_deadline`).
+                        if let Some(Part::Stream { refused_since, .. }) = self.parts.get_mut(index)
+                        {
+                            *refused_since = Some((since, env.now.millis + RETRY_MS));
+                        }
+                    } else {
+                        self.break_stream(env.engine);
+                    }
                 }
             }
             return;
@@ -1121,6 +1149,7 @@ fn answer(expect: Expect, reply: &KvReply<'_>) -> (Vec<u8>, Option<Part>) {
                 offset: reply.value.len() as u32,
                 total,
                 fetch: None,
+                refused_since: None,
             };
             return (out, Some(stream));
         }
@@ -1176,12 +1205,24 @@ mod tests {
         refuse: bool,
         max_message: usize,
         largest: &'a mut usize,
+        /// Fetches still to refuse as if the channel were full.
+        refuse_fetches: &'a mut u32,
     }
 
     impl Peers for Wire<'_> {
         fn send(&mut self, core: CoreId, message: &PeerMessage<'_>) -> Result<(), PeerError> {
             if self.refuse {
                 return Err(PeerError::Full);
+            }
+            if let PeerMessage::KvRequest(KvRequest {
+                operation: KvOperation::Fetch { .. },
+                ..
+            }) = message
+            {
+                if *self.refuse_fetches > 0 {
+                    *self.refuse_fetches -= 1;
+                    return Err(PeerError::Full);
+                }
             }
             if message.encoded_len() > self.max_message {
                 return Err(PeerError::TooLarge);
@@ -1210,6 +1251,7 @@ mod tests {
         closed: bool,
         max_message: usize,
         largest_message: usize,
+        refuse_fetches: u32,
     }
 
     impl Mesh {
@@ -1235,6 +1277,7 @@ mod tests {
                 closed: false,
                 max_message: crate::peers::MAX_KV_MESSAGE,
                 largest_message: 0,
+                refuse_fetches: 0,
             }
         }
 
@@ -1247,6 +1290,7 @@ mod tests {
                 refuse,
                 max_message,
                 largest_message,
+                refuse_fetches,
                 ..
             } = self;
             let mut wire = Wire {
@@ -1255,6 +1299,7 @@ mod tests {
                 refuse: *refuse,
                 max_message: *max_message,
                 largest: largest_message,
+                refuse_fetches,
             };
             let mut env = Env {
                 engine: &mut engines[0],
@@ -1553,6 +1598,38 @@ mod tests {
             mesh.talk(&request),
             b"SERVER_ERROR value too large for the cross-core channel\r\n"
         );
+    }
+
+    #[test]
+    fn a_full_channel_delays_a_long_value_without_spinning() {
+        let mut mesh = Mesh::new();
+        let key = key_of(2, 12);
+        let mut request = format!("set {key} 0 0 100000\r\n").into_bytes();
+        request.resize(request.len() + 100_000, b'v');
+        request.extend_from_slice(b"\r\n");
+        assert_eq!(mesh.talk(&request), b"STORED\r\n");
+        mesh.refuse_fetches = 3;
+        let partial = mesh.talk(format!("get {key}\r\n").as_bytes());
+        assert!(partial.len() < 100_000, "the value waits for the channel");
+        // The retry is scheduled a little later, not now.
+        let retry = mesh.session.next_deadline().expect("a retry time");
+        assert!(retry > mesh.now.millis);
+        let mut out = partial;
+        for _ in 0..10 {
+            mesh.now.millis += 1;
+            out.extend_from_slice(&mesh.talk(b""));
+        }
+        assert_eq!(
+            out.len(),
+            format!("VALUE {key} 0 100000\r\n").len() + 100_002 + 5
+        );
+        assert_eq!(mesh.refuse_fetches, 0);
+        // A channel that stays full past the remote timeout breaks the stream (and closes).
+        mesh.refuse_fetches = u32::MAX;
+        mesh.talk(format!("get {key}\r\n").as_bytes());
+        mesh.now.millis += Settings::default().remote_timeout_ms + 1;
+        mesh.talk(b"");
+        assert!(mesh.closed);
     }
 
     #[test]

@@ -108,12 +108,15 @@ pub enum Stat {
     StreamedValues,
     /// Flotilla: connections closed because a value could not be completed.
     StreamsBroken,
-    /// Flotilla: replies sent back to other cores refused by the channel.
+    /// Flotilla: replies to other cores dropped (the channel refused them and the retry queue
+    /// was full, or they were too large for it).
     ReplySendFailures,
+    /// Flotilla: replies to other cores waiting to be sent again (the channel was full).
+    RepliesQueued,
 }
 
 /// Number of [`Stat`]s.
-pub const COUNT: usize = Stat::ReplySendFailures as usize + 1;
+pub const COUNT: usize = Stat::RepliesQueued as usize + 1;
 
 /// Bytes of an encoded block.
 pub const ENCODED_LEN: usize = COUNT * 8;
@@ -131,7 +134,8 @@ impl Default for StatsBlock {
 }
 
 /// The stats that stay across `stats reset` (gauges, not counters).
-const GAUGES: [Stat; 7] = [
+const GAUGES: [Stat; 8] = [
+    Stat::RepliesQueued,
     Stat::CurrConnections,
     Stat::LimitMaxbytes,
     Stat::Bytes,
@@ -283,6 +287,7 @@ pub fn format_flotilla(out: &mut Vec<u8>, block: &StatsBlock) {
         ("served_for_peers", Stat::ServedForPeers),
         ("peer_send_failures", Stat::PeerSendFailures),
         ("reply_send_failures", Stat::ReplySendFailures),
+        ("replies_queued", Stat::RepliesQueued),
         ("remote_timeouts", Stat::RemoteTimeouts),
         ("lost_to_failed_cores", Stat::LostToFailedCores),
         ("streamed_values", Stat::StreamedValues),
@@ -334,7 +339,7 @@ mod tests {
         let mut a = StatsBlock::default();
         a.count(Stat::CmdGet);
         a.add(Stat::CurrItems, 5);
-        a.set(Stat::ReplySendFailures, u64::MAX);
+        a.set(Stat::RepliesQueued, u64::MAX);
         let encoded = a.encode();
         assert_eq!(StatsBlock::decode(&encoded), Some(a));
         assert_eq!(StatsBlock::decode(&encoded[1..]), None);
