@@ -34,6 +34,7 @@ pub const MAX_KV_VALUE: usize = 1 << 20;
 /// Largest encoded key-value message: header, arguments, a 250-byte key and a 1 MiB value. The
 /// transport must carry messages up to this size (it stays below 1 MiB + 1 KiB).
 pub const MAX_KV_MESSAGE: usize = KV_HEADER + 20 + MAX_KEY + MAX_KV_VALUE;
+const _: () = assert!(MAX_KV_MESSAGE <= (1 << 20) + 1024);
 
 /// Bytes of the fixed part of a `KvRequest` or `KvReply` header.
 const KV_HEADER: usize = 20;
@@ -922,7 +923,6 @@ mod tests {
             value: &value,
         });
         assert!(message.encoded_len() <= MAX_KV_MESSAGE);
-        assert!(MAX_KV_MESSAGE <= (1 << 20) + 1024);
         let mut buffer = vec![0u8; message.encoded_len()];
         message.encode(&mut buffer).unwrap();
         assert_eq!(PeerMessage::decode(&buffer).unwrap(), message);

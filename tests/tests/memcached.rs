@@ -78,10 +78,12 @@ impl Reference {
             .spawn()
             .expect("memcached starts");
         let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // From here the guard kills the server (by its PID), whatever happens.
+        let reference = Self { child, address };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if TcpStream::connect(address).is_ok() {
-                return Self { child, address };
+                return reference;
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -295,7 +295,7 @@ impl Reference {
             "-m",
             "64",
         ]);
-        if std::env::var("USER").as_deref() == Ok("root") || is_root() {
+        if is_root() {
             command.args(["-u", "nobody"]);
         }
         let child = command
@@ -304,9 +304,11 @@ impl Reference {
             .spawn()
             .expect("memcached starts");
         let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // From here the guard kills the server (by its PID), whatever happens.
+        let reference = Self { child, address };
         for _ in 0..200 {
             if TcpStream::connect(address).is_ok() {
-                return Self { child, address };
+                return reference;
             }
             std::thread::sleep(Duration::from_millis(10));
         }

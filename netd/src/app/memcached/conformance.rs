@@ -80,11 +80,11 @@ impl Step {
                 Piece::Text(text) => {
                     let mut rest = text.as_str();
                     while let Some(start) = rest.find("{k") {
-                        out.extend_from_slice(rest[..start].as_bytes());
+                        out.extend_from_slice(&rest.as_bytes()[..start]);
                         let after = &rest[start + 2..];
                         let end = after.find('}').unwrap_or(after.len());
                         out.extend_from_slice(prefix.as_bytes());
-                        out.extend_from_slice(after[..end].as_bytes());
+                        out.extend_from_slice(&after.as_bytes()[..end]);
                         rest = &after[(end + 1).min(after.len())..];
                     }
                     out.extend_from_slice(rest.as_bytes());

@@ -580,7 +580,7 @@ fn storage<'a>(tokens: &Tokens<'a>, mode: StoreMode) -> Result<Command<'a>, Reje
         StoreMode::Cas(_) => StoreMode::Cas(safe_strtoull(tokens.get(5)).ok_or(bad)?),
         other => other,
     };
-    if bytes < 0 || bytes > i32::MAX - 2 {
+    if !(0..=i32::MAX - 2).contains(&bytes) {
         return Err(bad);
     }
     Ok(Command::Store {

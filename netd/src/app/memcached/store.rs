@@ -1341,10 +1341,10 @@ mod tests {
         for n in 0..100 {
             s.store(StoreMode::Set, format!("k{n}").as_bytes(), 0, 0, b"v", NOW);
         }
-        s.retain(|hash| hash % 2 == 0);
+        s.retain(|hash| hash.is_multiple_of(2));
         for n in 0..100 {
             let key = format!("k{n}");
-            let kept = key_hash(key.as_bytes()) % 2 == 0;
+            let kept = key_hash(key.as_bytes()).is_multiple_of(2);
             assert_eq!(value(&mut s, key.as_bytes(), NOW).is_some(), kept);
         }
     }
