@@ -121,6 +121,8 @@ pub struct CoreNet {
     arp_path: usize,
     key_value_path: Option<usize>,
     tx_reserve: usize,
+    /// A live-cores verdict not yet handed to the applications.
+    pending_live: Option<u64>,
 }
 
 impl CoreNet {
@@ -235,6 +237,7 @@ impl CoreNet {
             arp_path: 0,
             key_value_path,
             tx_reserve: MAX_BATCH / 4,
+            pending_live: None,
         })
     }
 
@@ -285,10 +288,15 @@ impl CoreNet {
         }
     }
 
-    /// The monitors' verdict on which cores live (bit `i` = core `i`): applications re-home the
-    /// work of cores that left (memcached's keys) and answer what was pending on them at once.
-    /// The paths run on the next poll.
-    pub fn set_live_cores(&mut self, now: Instant, live: u64, peers: &mut impl Peers) {
+    /// The monitors' verdict on which cores live (bit `i` = core `i`): on the next [`Self::poll`]
+    /// (before anything else) applications re-home the work of cores that left (memcached's keys)
+    /// and answer what was pending on them at once.
+    pub fn set_live_cores(&mut self, live: u64) {
+        self.pending_live = Some(live);
+    }
+
+    /// Hands a live-cores verdict to every application and wakes their paths.
+    fn apply_live_cores(&mut self, now: Instant, live: u64, peers: &mut impl Peers) {
         let uptime_ms = (now - self.started).total_millis();
         let Self {
             paths,
@@ -369,6 +377,9 @@ impl CoreNet {
         peers: &mut impl Peers,
     ) -> PollOutcome {
         self.counters.polls += 1;
+        if let Some(live) = self.pending_live.take() {
+            self.apply_live_cores(now, live, peers);
+        }
         rx.reclaim(pool);
 
         // Receive one bounded batch: the placeholders make `receive` take at most `batch_size`.

@@ -239,12 +239,8 @@ fn a_failed_core_is_answered_for_at_once_and_its_keys_rehome() {
     let (partial, _, _) = connection.exchange_for(&mut cluster, request.as_bytes(), |_| false, 100);
     assert_eq!(partial, b"", "the answer waits for core 3");
     // The monitors' verdict reaches every survivor.
-    let now = cluster.now;
     for core in 0..3 {
-        let simulated = &mut cluster.cores[core];
-        simulated
-            .net
-            .set_live_cores(now, 0b0111, &mut simulated.mailbox);
+        cluster.cores[core].net.set_live_cores(0b0111);
     }
     let (reply, _) = connection.exchange(&mut cluster, b"", |reply| {
         reply.ends_with(b"SERVER_ERROR owner core failed\r\n")
