@@ -246,9 +246,11 @@ impl Session {
         self.broken || (self.closing && self.parts.is_empty())
     }
 
-    /// Whether nothing is queued, awaited or half-read (the client may close without loss).
+    /// Whether no reply is queued or awaited and no command is half done: once the client has
+    /// closed its side, the connection can close (a partial command left in the input can never
+    /// complete; memcached closes on end of input too).
     pub fn is_idle(&self) -> bool {
-        self.parts.is_empty() && self.input.len() == self.start && self.want.is_none()
+        self.parts.is_empty() && self.get.is_none()
     }
 
     /// Whether the connection waits for budget another connection holds.
