@@ -26,6 +26,10 @@ want 'command -v ping' iputils-ping
 want 'command -v curl' curl
 want 'command -v nc' netcat-openbsd
 want "/usr/bin/python3 -c 'import pymemcache'" python3 python3-pymemcache
+# memcached: the reference server (tests start their own on a loopback port) and libmemcached's
+# command-line clients (memcslap, memccp, memccat, memcflush, memcstat) for tests/tests/memcached.rs.
+want '[ -x /usr/bin/memcached ]' memcached
+want 'command -v memcslap' libmemcached-tools
 # Debugging (tests/tests/debug.rs, README "Debugging", docs/debugging.md).
 want 'command -v gdb' gdb
 want 'command -v tshark' tshark

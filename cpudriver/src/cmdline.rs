@@ -156,7 +156,7 @@ pub enum OptionProblem {
 }
 
 /// Keys other subsystems own; the CPU driver does not warn about them.
-pub const FOREIGN_KEYS: &[&str] = &["ip", "gw"];
+pub const FOREIGN_KEYS: &[&str] = &["ip", "gw", "time", "memcached.mem"];
 
 impl KernelOptions {
     /// Parses the CPU driver's options; every problem is passed to `report`.

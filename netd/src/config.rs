@@ -1,4 +1,5 @@
-//! Per-core network configuration and the kernel command-line parser for `ip=` and `gw=`.
+//! Per-core network configuration and the kernel command-line parser for `ip=`, `gw=` and
+//! `memcached.mem=`.
 
 /// Number of flow groups (RSS redirection-table entries), as the NIC API defines them.
 pub const FLOW_GROUPS: usize = drivers::nic::FLOW_GROUPS;
@@ -73,6 +74,28 @@ impl Default for Addresses {
     }
 }
 
+/// The machine's wall clock: `unix_seconds` was the Unix time at the stack's instant `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WallClock {
+    /// Unix time (seconds) at `at`.
+    pub unix_seconds: u64,
+    /// The moment of the stack's clock (the `now` the kernel passes to netd) it was read at.
+    pub at: smoltcp::time::Instant,
+}
+
+impl WallClock {
+    /// The Unix time (seconds) at the stack's instant `now`.
+    pub fn unix_seconds_at(&self, now: smoltcp::time::Instant) -> u64 {
+        let elapsed = now.total_millis() - self.at.total_millis();
+        if elapsed >= 0 {
+            self.unix_seconds + (elapsed / 1000) as u64
+        } else {
+            self.unix_seconds
+                .saturating_sub(elapsed.unsigned_abs().div_ceil(1000))
+        }
+    }
+}
+
 /// Configuration of one core's stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetConfig {
@@ -88,6 +111,13 @@ pub struct NetConfig {
     pub hostname: &'static str,
     /// Seed for smoltcp's TCP initial sequence numbers and ephemeral ports; mixed with the core id.
     pub random_seed: u64,
+    /// The wall clock, when the kernel knows it (RTC or `time=`); without it, applications count
+    /// Unix time from 0 at boot.
+    pub wall_clock: Option<WallClock>,
+    /// Bytes of this core's heap, which applications size their memory by (0: unknown).
+    pub heap_bytes: usize,
+    /// `memcached.mem=MB`: memcached's item memory over all cores (None: half of each heap).
+    pub memcached_memory_mb: Option<u32>,
 }
 
 impl NetConfig {
@@ -100,6 +130,9 @@ impl NetConfig {
             core_count,
             hostname: "flotilla",
             random_seed: 0x5eed_f10f_117a,
+            wall_clock: None,
+            heap_bytes: 0,
+            memcached_memory_mb: None,
         }
     }
 }
@@ -111,6 +144,8 @@ pub enum CommandLineError {
     BadPrefix,
     /// An address was not four dot-separated numbers 0..=255.
     BadAddress,
+    /// `memcached.mem=` was not a number of megabytes from 1 to 1048576.
+    BadMemcachedMemory,
 }
 
 impl core::fmt::Display for CommandLineError {
@@ -119,6 +154,9 @@ impl core::fmt::Display for CommandLineError {
             CommandLineError::BadPrefix => "ip= needs ADDRESS/PREFIX with a prefix of 0 to 32",
             CommandLineError::BadAddress => {
                 "an address is not four numbers 0-255 separated by dots"
+            }
+            CommandLineError::BadMemcachedMemory => {
+                "memcached.mem= needs a number of megabytes from 1 to 1048576"
             }
         })
     }
@@ -163,9 +201,48 @@ pub fn parse_command_line(line: &str) -> Result<Addresses, CommandLineError> {
     Ok(addresses)
 }
 
+/// Reads `memcached.mem=MB` (memcached's item memory over all cores, like memcached's `-m`) from
+/// a kernel command line; `None` when absent.
+pub fn parse_memcached_memory(line: &str) -> Result<Option<u32>, CommandLineError> {
+    let mut memory = None;
+    for option in line.split_ascii_whitespace() {
+        if let Some(value) = option.strip_prefix("memcached.mem=") {
+            let megabytes = value
+                .parse::<u32>()
+                .ok()
+                .filter(|mb| (1..=1 << 20).contains(mb))
+                .ok_or(CommandLineError::BadMemcachedMemory)?;
+            memory = Some(megabytes);
+        }
+    }
+    Ok(memory)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memcached_memory_and_the_wall_clock() {
+        assert_eq!(parse_memcached_memory("ip=1.2.3.4/8"), Ok(None));
+        assert_eq!(parse_memcached_memory("memcached.mem=64 x=1"), Ok(Some(64)));
+        assert_eq!(
+            parse_memcached_memory("memcached.mem=0"),
+            Err(CommandLineError::BadMemcachedMemory)
+        );
+        assert_eq!(
+            parse_memcached_memory("memcached.mem=lots"),
+            Err(CommandLineError::BadMemcachedMemory)
+        );
+        let clock = WallClock {
+            unix_seconds: 1_800_000_000,
+            at: smoltcp::time::Instant::from_millis(5_000),
+        };
+        let at = smoltcp::time::Instant::from_millis;
+        assert_eq!(clock.unix_seconds_at(at(5_999)), 1_800_000_000);
+        assert_eq!(clock.unix_seconds_at(at(7_000)), 1_800_000_002);
+        assert_eq!(clock.unix_seconds_at(at(4_500)), 1_799_999_999);
+    }
 
     #[test]
     fn defaults_when_absent() {

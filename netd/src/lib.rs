@@ -25,10 +25,14 @@ pub mod stats;
 mod tests;
 
 pub use classify::{pick_source_port, DropReason, FlowTable, PathKey, RssHashFn, Verdict};
-pub use config::{parse_command_line, Addresses, CoreId, Dotted, Ipv4Cidr, MacAddress, NetConfig};
+pub use config::{
+    parse_command_line, parse_memcached_memory, Addresses, CoreId, Dotted, Ipv4Cidr, MacAddress,
+    NetConfig, WallClock,
+};
 pub use path::{CycleCounter, PathCounters};
 pub use peers::{
     KvOperation, KvReply, KvRequest, KvStatus, NeighbourEntry, PeerError, PeerMessage, Peers,
+    StoreMode, MAX_KV_MESSAGE,
 };
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{CoreNet, NetError, PollOutcome};

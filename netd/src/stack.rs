@@ -121,6 +121,8 @@ pub struct CoreNet {
     arp_path: usize,
     key_value_path: Option<usize>,
     tx_reserve: usize,
+    /// A live-cores verdict not yet handed to the applications.
+    pending_live: Option<u64>,
 }
 
 impl CoreNet {
@@ -235,6 +237,7 @@ impl CoreNet {
             arp_path: 0,
             key_value_path,
             tx_reserve: MAX_BATCH / 4,
+            pending_live: None,
         })
     }
 
@@ -282,6 +285,46 @@ impl CoreNet {
     pub fn set_flow_table(&mut self, owners: &[CoreId; FLOW_GROUPS]) {
         for (group, owner) in owners.iter().enumerate() {
             self.classifier.flows_mut().set_owner(group as u8, *owner);
+        }
+    }
+
+    /// The monitors' verdict on which cores live (bit `i` = core `i`): on the next [`Self::poll`]
+    /// (before anything else) applications re-home the work of cores that left (memcached's keys)
+    /// and answer what was pending on them at once.
+    pub fn set_live_cores(&mut self, live: u64) {
+        self.pending_live = Some(live);
+    }
+
+    /// Hands a live-cores verdict to every application and wakes their paths.
+    fn apply_live_cores(&mut self, now: Instant, live: u64, peers: &mut impl Peers) {
+        let uptime_ms = (now - self.started).total_millis();
+        let Self {
+            paths,
+            config,
+            stats,
+            stats_wanted,
+            ..
+        } = self;
+        for path in paths.iter_mut() {
+            let Some(app) = path.app.as_mut() else {
+                continue;
+            };
+            let mut run_again = false;
+            let mut wake_at = None;
+            let mut context = AppContext {
+                now,
+                core: config.core,
+                core_count: config.core_count,
+                hostname: config.hostname,
+                uptime_ms,
+                peers,
+                stats,
+                stats_wanted,
+                run_again: &mut run_again,
+                wake_at: &mut wake_at,
+            };
+            app.on_live_cores(&mut context, live);
+            path.wake = true;
         }
     }
 
@@ -334,6 +377,9 @@ impl CoreNet {
         peers: &mut impl Peers,
     ) -> PollOutcome {
         self.counters.polls += 1;
+        if let Some(live) = self.pending_live.take() {
+            self.apply_live_cores(now, live, peers);
+        }
         rx.reclaim(pool);
 
         // Receive one bounded batch: the placeholders make `receive` take at most `batch_size`.
@@ -416,6 +462,7 @@ impl CoreNet {
                 } = self;
                 let path = &mut paths[index];
                 let mut run_again = false;
+                let mut wake_at = None;
                 if let Some(app) = path.app.as_mut() {
                     let mut context = AppContext {
                         now,
@@ -427,11 +474,15 @@ impl CoreNet {
                         stats,
                         stats_wanted,
                         run_again: &mut run_again,
+                        wake_at: &mut wake_at,
                     };
                     app.on_peer_message(&mut context, message);
                 }
                 // The reply may complete a connection's output: run the path on the next poll.
                 path.wake = true;
+                if let Some(at) = wake_at {
+                    path.deadline = Some(path.deadline.map_or(at, |deadline| deadline.min(at)));
+                }
                 path.counters.peer_messages += 1;
                 path.counters.cycles += (self.cycles)().wrapping_sub(start);
             }
@@ -605,6 +656,7 @@ impl CoreNet {
         // application drains the sockets as protocol processing fills them.
         let mut remaining = path.queue.len();
         let mut run_again;
+        let mut wake_at = None;
         let in_place = matches!(path.key, PathKey::Udp(_))
             && path.app.as_ref().is_some_and(|app| app.answers_in_place());
         loop {
@@ -697,7 +749,9 @@ impl CoreNet {
                     stats,
                     stats_wanted,
                     run_again: &mut run_again,
+                    wake_at: &mut wake_at,
                 };
+                app.on_run(&mut context);
                 if let Some(handle) = path.udp {
                     app.on_udp(&mut context, path.sockets.get_mut::<udp::Socket>(handle));
                 }
@@ -763,7 +817,10 @@ impl CoreNet {
             path.counters.tx_packets += 1;
             path.counters.tx_bytes += u64::from(frame.length);
         }
-        path.deadline = iface.poll_at(now, &path.sockets);
+        path.deadline = match (iface.poll_at(now, &path.sockets), wake_at) {
+            (Some(stack), Some(app)) => Some(stack.min(app)),
+            (stack, app) => stack.or(app),
+        };
         path.counters.runs += 1;
         path.counters.cycles += (self.cycles)().wrapping_sub(start);
     }

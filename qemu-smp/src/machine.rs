@@ -80,6 +80,9 @@ pub struct MachineConfig {
     pub pcap: Option<PathBuf>,
     /// Extra QEMU arguments, appended last.
     pub extra_args: Vec<String>,
+    /// Append `time=UNIX_SECONDS` (the host's clock when QEMU starts) to a kernel command line
+    /// that has no `time=` of its own, so the guest's wall clock need not wait for the RTC.
+    pub pass_time: bool,
 }
 
 impl MachineConfig {
@@ -98,6 +101,7 @@ impl MachineConfig {
             gdb: None,
             pcap: None,
             extra_args: Vec::new(),
+            pass_time: true,
         }
     }
 
@@ -142,7 +146,18 @@ impl MachineConfig {
         }
         match &self.medium {
             BootMedium::Kernel { path, cmdline } => {
-                push(&["-kernel", &path.to_string_lossy(), "-append", cmdline]);
+                let has_time = cmdline
+                    .split_ascii_whitespace()
+                    .any(|word| word.starts_with("time="));
+                let cmdline = if self.pass_time && !has_time {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |elapsed| elapsed.as_secs());
+                    format!("{cmdline} time={now}").trim_start().to_string()
+                } else {
+                    cmdline.clone()
+                };
+                push(&["-kernel", &path.to_string_lossy(), "-append", &cmdline]);
             }
             BootMedium::Iso { path, uefi } => {
                 if let Some(ovmf) = uefi {
@@ -425,7 +440,27 @@ mod tests {
             "{args}"
         );
         assert!(args.contains("hostfwd=tcp:127.0.0.1:8080-:80"), "{args}");
-        assert!(args.contains("-kernel /k -append log=info"), "{args}");
+        assert!(args.contains("-kernel /k -append log=info time="), "{args}");
+        // The guest's own time= is kept; without pass_time none is added.
+        let mut config = MachineConfig::kernel(PathBuf::from("/k"), 1, "time=5 log=info");
+        assert!(config
+            .qemu_args()
+            .join(" ")
+            .ends_with("-append time=5 log=info -nic none"));
+        config = MachineConfig::kernel(PathBuf::from("/k"), 1, "");
+        config.pass_time = false;
+        let args = config.qemu_args();
+        let append = args.iter().position(|a| a == "-append").unwrap();
+        assert_eq!(args[append + 1], "");
+        config.pass_time = true;
+        let args = config.qemu_args();
+        let time: u64 = args[append + 1]
+            .strip_prefix("time=")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(time > 1_700_000_000, "{time}");
+        let args = args.join(" ");
         assert!(
             !args.contains("-gdb") && !args.contains("filter-dump"),
             "{args}"

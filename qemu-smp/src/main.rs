@@ -136,6 +136,25 @@ enum Bench {
         #[arg(long, default_value = "")]
         cmdline: String,
     },
+    /// memcached get round trip on one connection: a key of the serving core against each other
+    /// core's key (tap device in a network namespace, root).
+    Memcached {
+        /// Number of cores.
+        #[arg(long, default_value_t = 4)]
+        cores: u32,
+        /// Sequential gets of each key per round.
+        #[arg(long, default_value_t = 1000)]
+        gets: u32,
+        /// Rounds (each round measures every key).
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Value bytes.
+        #[arg(long, default_value_t = 64)]
+        value: usize,
+        /// Extra kernel command-line options for the guest (e.g. "poll_us=1000").
+        #[arg(long, default_value = "")]
+        cmdline: String,
+    },
     /// The in-kernel URPC round-trip matrix (every ordered pair of cores), as CSV.
     Urpc {
         /// Number of cores.
@@ -600,6 +619,31 @@ fn main() -> ExitCode {
             let mut settings = qemu_smp::bench_echo::Settings::new(cores);
             settings.cmdline = cmdline;
             match qemu_smp::bench_echo::run_with(settings) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Commands::Bench {
+            which:
+                Bench::Memcached {
+                    cores,
+                    gets,
+                    rounds,
+                    value,
+                    cmdline,
+                },
+        } => {
+            let settings = qemu_smp::bench_memcached::Settings {
+                cores,
+                gets,
+                rounds,
+                value,
+                cmdline,
+            };
+            match qemu_smp::bench_memcached::run(settings) {
                 Ok(report) => {
                     println!("{report}");
                     ExitCode::SUCCESS

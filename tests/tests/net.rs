@@ -19,223 +19,23 @@
 //! Every loop is bounded in count and time; all tap traffic stays inside the test's namespace.
 //! `FLOTILLA_TEST_KERNEL=/path/to/image` boots that image instead of building the workspace's.
 
-use drivers::nic::QueueId;
-use drivers::rss::{self, FlowTuple, RedirectionTable, DEFAULT_KEY};
+use drivers::rss::{self, FlowTuple, DEFAULT_KEY};
 use flotilla_tests::*;
 use qemu_smp::tap::{TapNamespace, GUEST_ADDRESS};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CORES: u16 = 4;
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-const GUEST_IP: [u8; 4] = [10, 0, 2, 15];
-const PEER_IP: [u8; 4] = [10, 0, 2, 2];
 /// The MAC the raw-frame tests use for 10.0.2.2.
 const PEER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xfe, 0x00, 0x02];
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
 // ---------------------------------------------------------------------------------------------
-
-/// The image to boot: `FLOTILLA_TEST_KERNEL` if set, else the workspace's kernel (built once).
-fn image() -> PathBuf {
-    std::env::var_os("FLOTILLA_TEST_KERNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(kernel)
-}
-
-/// A namespace name no other test (or test process) uses at the same time.
-fn unique_namespace(what: &str) -> String {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "flotilla-test-{}-{what}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Fails (never skips) unless this process runs as root: tap tests need `ip netns`.
-fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .unwrap_or("?");
-    assert_eq!(
-        uid, "0",
-        "this test creates a network namespace and a tap device: run it as root (effective uid is {uid})"
-    );
-}
-
-/// Fails with the install command unless `program` is on the PATH.
-fn require_program(program: &str, package: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    assert!(
-        found,
-        "`{program}` is missing: run `bash qemu-smp/install-deps.sh` (Debian package {package})"
-    );
-}
-
-/// A Python 3 that can import `module`: Debian's `/usr/bin/python3` first (where
-/// `python3-pymemcache` installs), then whatever `python3` the PATH gives.
-fn python_with(module: &str) -> String {
-    for candidate in ["/usr/bin/python3", "python3"] {
-        let ok = Command::new(candidate)
-            .args(["-c", &format!("import {module}")])
-            .output()
-            .is_ok_and(|out| out.status.success());
-        if ok {
-            return candidate.to_string();
-        }
-    }
-    panic!(
-        "no python3 can import `{module}`: run `bash qemu-smp/install-deps.sh` (Debian packages python3 and python3-pymemcache)"
-    );
-}
-
-/// Runs `command` to completion, killing it after `limit`; returns its output.
-fn run_bounded(command: &mut Command, limit: Duration) -> Output {
-    let description = format!("{command:?}");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("could not start {description}: {e}"));
-    let readers: Vec<_> = [
-        Box::new(child.stdout.take().expect("piped")) as Box<dyn Read + Send>,
-        Box::new(child.stderr.take().expect("piped")),
-    ]
-    .into_iter()
-    .map(|mut stream| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = stream.read_to_end(&mut bytes);
-            bytes
-        })
-    })
-    .collect();
-    let deadline = Instant::now() + limit;
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = readers.into_iter().map(|r| r.join().unwrap_or_default());
-    let output = Output {
-        status,
-        stdout: out.next().unwrap_or_default(),
-        stderr: out.next().unwrap_or_default(),
-    };
-    assert!(
-        !timed_out,
-        "{description} did not finish within {limit:?}; it printed:\n{}",
-        text(&output)
-    );
-    output
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// Boots `config` and waits until every core is online and every core's network stack is up
-/// (`netd: core K up`). Any fault, panic or "networking off" fails the test with the console.
-fn boot_with_network(config: &MachineConfig, cores: u16) -> Machine {
-    let mut machine = Machine::start(config, false).unwrap_or_else(|e| panic!("{e}"));
-    let seen = std::cell::RefCell::new(Vec::<String>::new());
-    let complete = |lines: &[String]| {
-        lines.iter().any(|l| parse_ready_line(l).is_some())
-            && (0..cores).all(|core| {
-                let prefix = format!("netd: core {core} up");
-                lines.iter().any(|l| l.starts_with(&prefix))
-            })
-    };
-    let failed = |line: &str| is_failure_line(line) || line.contains("networking off");
-    let early = machine.console();
-    if !complete(&early) {
-        seen.borrow_mut().extend(early);
-        let line = machine
-            .wait_for(
-                "every core online with its network stack up",
-                BOOT_TIMEOUT,
-                |line| {
-                    let mut seen = seen.borrow_mut();
-                    seen.push(line.to_string());
-                    failed(line) || complete(&seen)
-                },
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            !failed(&line),
-            "boot failed: {line}\nconsole:\n{}",
-            machine.console().join("\n")
-        );
-    }
-    machine
-}
-
-/// The console's last lines, for failure messages.
-fn console_tail(machine: &Machine, lines: usize) -> String {
-    let console = machine.console();
-    let start = console.len().saturating_sub(lines);
-    console[start..].join("\n")
-}
-
-/// Source ports (from `ports`) for flows 10.0.2.2:port → 10.0.2.15:`destination` that land on
-/// each queue under `table`, `per_queue` of each, in queue-interleaved order: (port, queue).
-fn ports_by_queue(
-    table: &RedirectionTable,
-    destination: u16,
-    per_queue: usize,
-    ports: std::ops::RangeInclusive<u16>,
-) -> Vec<(u16, u16)> {
-    let queues = usize::from(table.iter().map(|q| q & 0x0F).max().unwrap_or(0)) + 1;
-    let mut found: Vec<Vec<u16>> = vec![Vec::new(); queues];
-    let flow = FlowTuple::V4 {
-        source: PEER_IP,
-        destination: GUEST_IP,
-        ports: Some((0, destination)),
-    };
-    for port in ports {
-        let QueueId(queue) = rss::queue_of(table, flow.with_source_port(port).hash(&DEFAULT_KEY));
-        let bucket = &mut found[usize::from(queue)];
-        if bucket.len() < per_queue {
-            bucket.push(port);
-        }
-        if found.iter().all(|b| b.len() == per_queue) {
-            break;
-        }
-    }
-    assert!(
-        found.iter().all(|b| b.len() == per_queue),
-        "port range too small to find {per_queue} ports per queue: {found:?}"
-    );
-    (0..per_queue)
-        .flat_map(|i| (0..queues).map(move |q| (q, i)))
-        .map(|(q, i)| (found[q][i], q as u16))
-        .collect()
-}
 
 /// Parses `key=value` words of a line into a map.
 fn fields(line: &str) -> BTreeMap<String, String> {

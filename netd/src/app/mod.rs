@@ -41,6 +41,9 @@ pub struct AppContext<'a> {
     pub stats_wanted: &'a mut bool,
     /// Set to have the path run again on the next poll even without new frames.
     pub run_again: &'a mut bool,
+    /// Set (to the earliest moment) to have the path run at that time even without frames: the
+    /// path's deadline, reported in [`crate::PollOutcome::next_deadline`].
+    pub wake_at: &'a mut Option<Instant>,
 }
 
 /// An application served on one path.
@@ -54,6 +57,10 @@ pub trait Application {
 
     /// The port and transport the application serves (`PathKey::Udp` or `PathKey::Tcp`).
     fn endpoint(&self) -> PathKey;
+
+    /// The path runs (once per run, before `on_udp` / the connections' `on_tcp`): work that is
+    /// not tied to one socket, such as retrying messages the cross-core channel refused.
+    fn on_run(&mut self, _context: &mut AppContext<'_>) {}
 
     /// UDP: the path ran; read and answer datagrams on `socket`.
     fn on_udp(&mut self, _context: &mut AppContext<'_>, _socket: &mut udp::Socket<'static>) {}
@@ -95,6 +102,10 @@ pub trait Application {
     /// A cross-core message for this application arrived.
     fn on_peer_message(&mut self, _context: &mut AppContext<'_>, _message: &PeerMessage<'_>) {}
 
+    /// The living cores changed (bit `i` = core `i`; the monitors' failure verdict): requests
+    /// pending on a core that left must be answered now.
+    fn on_live_cores(&mut self, _context: &mut AppContext<'_>, _live: u64) {}
+
     /// Whether the application reads [`AppContext::stats`].
     fn wants_stats(&self) -> bool {
         false
@@ -108,9 +119,6 @@ pub fn default_applications(config: &NetConfig) -> Vec<Box<dyn Application>> {
         Box::new(udp_echo::UdpEcho::new(7)) as Box<dyn Application>,
         Box::new(tcp_echo::TcpEcho::new(7)),
         Box::new(http::Http::new(80, config)),
-        Box::new(memcached::Memcached::new(
-            11211,
-            memcached::StoreLimits::default()
-        )),
+        Box::new(memcached::Memcached::new(11211, config)),
     ]
 }

@@ -18,6 +18,7 @@ pub mod matrix;
 pub mod net;
 pub mod percore;
 pub mod port;
+pub mod rtc;
 pub mod smp;
 pub mod tsc;
 

@@ -275,6 +275,16 @@ impl CoreNetwork {
         });
         let mut config = netd::NetConfig::new(handoff.mac, index as u16, cores as u16);
         config.addresses = addresses;
+        config.wall_clock = super::rtc::wall_clock(cmdline, tsc_per_ms);
+        config.heap_bytes = super::heap::usage().0 + super::heap::usage().1;
+        config.memcached_memory_mb =
+            netd::parse_memcached_memory(cmdline).unwrap_or_else(|error| {
+                crate::kprintln!(
+                    "flotilla: command line: {}; memcached sizes itself by the heap",
+                    error
+                );
+                None
+            });
         config.random_seed ^= tsc::now() ^ index as u64;
         let applications = netd::app::default_applications(&config);
         let mut net = netd::CoreNet::new(config, applications, cycles, instant(tsc_per_ms))?;
@@ -390,5 +400,10 @@ impl netd::Peers for UrpcPeers<'_> {
             .sender
             .notify_if_sleeping(&mut channels::IpiNotifier { apic_id });
         Ok(())
+    }
+
+    /// The encoding buffer above: longer messages are refused as too large.
+    fn max_message(&self) -> usize {
+        4096
     }
 }
