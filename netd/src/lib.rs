@@ -34,4 +34,4 @@ pub use peers::{
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{CoreNet, NetError, PollOutcome};
 pub use stats::{CoreCounters, CoreStats, PathStats, SnapshotError};
-pub use transport::{TransportCounters, TransportDrop};
+pub use transport::{TransportCounters, TransportDrop, TRANSPORT_PEERS};

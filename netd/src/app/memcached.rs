@@ -45,7 +45,8 @@ pub struct StoreLimits {
     pub max_items: usize,
     /// Most bytes of keys and values together.
     pub max_bytes: usize,
-    /// Largest value.
+    /// Largest value (memcached's default item limit, 1 MiB; values of remote keys travel by
+    /// reference in the kernel's bulk buffers).
     pub max_value: usize,
 }
 
@@ -54,7 +55,7 @@ impl Default for StoreLimits {
         Self {
             max_items: 65_536,
             max_bytes: 16 << 20,
-            max_value: 64 << 10,
+            max_value: 1 << 20,
         }
     }
 }
