@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench_echo;
+pub mod bench_kv;
 pub mod build;
 pub mod deps;
 pub mod forward;

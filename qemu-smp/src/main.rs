@@ -129,6 +129,16 @@ enum Bench {
         #[arg(long, default_value = "")]
         cmdline: String,
     },
+    /// memcached get round trips on one connection, local key vs remote key, and the IPI
+    /// wake-up (URPC round trip with the peer halted vs polling), over a tap device (root).
+    Kv {
+        /// Number of cores.
+        #[arg(long, default_value_t = 4)]
+        cores: u32,
+        /// Rounds (the report gives each, and the spread).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// The in-kernel URPC round-trip matrix (every ordered pair of cores), as CSV.
     Urpc {
         /// Number of cores.
@@ -575,6 +585,19 @@ fn main() -> ExitCode {
             let mut settings = qemu_smp::bench_echo::Settings::new(cores);
             settings.cmdline = cmdline;
             match qemu_smp::bench_echo::run_with(settings) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Commands::Bench {
+            which: Bench::Kv { cores, rounds },
+        } => {
+            let mut settings = qemu_smp::bench_kv::Settings::new(cores);
+            settings.rounds = rounds;
+            match qemu_smp::bench_kv::run(settings) {
                 Ok(report) => {
                     println!("{report}");
                     ExitCode::SUCCESS

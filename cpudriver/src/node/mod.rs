@@ -55,6 +55,8 @@ pub trait Platform {
     fn now(&self) -> Instant;
     /// The cycle counter (latency probes).
     fn cycles(&self) -> u64;
+    /// Cycle-counter ticks per millisecond.
+    fn cycles_per_ms(&self) -> u64;
     /// Wakes core `core` if it halted (an IPI).
     fn wake(&mut self, core: usize);
     /// Prints one console line.

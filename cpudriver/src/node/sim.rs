@@ -305,6 +305,10 @@ impl Platform for SimPlatform {
         self.now.as_nanos()
     }
 
+    fn cycles_per_ms(&self) -> u64 {
+        1_000_000
+    }
+
     fn wake(&mut self, core: usize) {
         *self.ipis.borrow_mut() += 1;
         if let Some(flag) = self.wakes.borrow_mut().get_mut(core) {

@@ -427,6 +427,9 @@ mod threads {
         fn cycles(&self) -> u64 {
             self.start.elapsed().as_nanos() as u64
         }
+        fn cycles_per_ms(&self) -> u64 {
+            1_000_000
+        }
         fn wake(&mut self, core: usize) {
             self.wakes.fetch_add(1, Ordering::Relaxed);
             if let Some(thread) = self.threads.get().and_then(|threads| threads.get(core)) {

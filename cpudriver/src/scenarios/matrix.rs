@@ -7,7 +7,8 @@
 //! leaves 500 µs between probes and the pinged core halts in between, so each ping finds it
 //! halted and the figure includes its wake-up (the sender's IPI, the interrupt, leaving `hlt`);
 //! the difference between the two is the IPI wake-up latency. Lines:
-//! `urpc: rtt A->B p50=.. p99=.. cycles` (polled), `urpc: wake rtt A->B ...` (wake), then
+//! `urpc: rtt A->B p50=.. p99=.. cycles (.. ns, .. ns)` (polled), `urpc: wake rtt A->B ...`
+//! (wake), then
 //! `urpc: matrix complete, N cores, K of P pairs answered` and `urpc: wake matrix complete, ...`.
 //! The pinging core polls while it awaits a pong (a measurement, not the datapath).
 
@@ -123,9 +124,15 @@ impl Matrix {
                 PING_TIMEOUT_NS / 1_000_000
             ));
         } else {
+            let per_ms = access.platform.cycles_per_ms().max(1);
             access.platform.print(format_args!(
-                "urpc: {mode} {}->{} p50={} p99={} cycles",
-                access.core, pinging.peer, p50, p99
+                "urpc: {mode} {}->{} p50={} p99={} cycles ({} ns, {} ns)",
+                access.core,
+                pinging.peer,
+                p50,
+                p99,
+                u128::from(p50) * 1_000_000 / u128::from(per_ms),
+                u128::from(p99) * 1_000_000 / u128::from(per_ms)
             ));
         }
         let done = KernelMessage::RttDone {

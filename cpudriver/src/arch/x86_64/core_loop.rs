@@ -39,6 +39,10 @@ impl Platform for KernelPlatform {
         tsc::now()
     }
 
+    fn cycles_per_ms(&self) -> u64 {
+        self.tsc_per_ms
+    }
+
     fn wake(&mut self, core: usize) {
         if let Some(&apic_id) = self.apic_ids.get(core) {
             apic::send_ipi(apic_id, interrupts::WAKE_VECTOR);
