@@ -10,8 +10,6 @@
 //! shared vector before it halts and looks at its own ring once more (`Node::may_halt`), so an
 //! arrival while the vector was auto-masked is never lost.
 
-use alloc::vec::Vec;
-
 /// The vector of `queue` (of `queues`, under `vectors` MSI-X vectors), as the driver assigns it.
 pub fn queue_vector(queue: usize, queues: usize, vectors: usize) -> Option<usize> {
     drivers::igb::queue_vector(queue as u16, queues as u16, vectors as u16).map(usize::from)
@@ -23,21 +21,24 @@ pub fn vector_core(vector: usize, queues: usize, vectors: usize) -> Option<usize
 }
 
 /// The cores `core` wakes by IPI when a queue interrupt reaches it: the other queues' cores on
-/// the vectors routed to it.
-pub fn forward_targets(core: usize, queues: usize, vectors: usize) -> Vec<usize> {
-    (0..queues)
-        .filter(|&queue| queue != core)
-        .filter(|&queue| {
-            queue_vector(queue, queues, vectors)
+/// the vectors routed to it. (No allocation: the kernel asks before its heap exists.)
+pub fn forward_targets(core: usize, queues: usize, vectors: usize) -> impl Iterator<Item = usize> {
+    (0..queues).filter(move |&queue| {
+        queue != core
+            && queue_vector(queue, queues, vectors)
                 .and_then(|vector| vector_core(vector, queues, vectors))
                 == Some(core)
-        })
-        .collect()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::vec::Vec;
+
+    fn targets(core: usize, queues: usize, vectors: usize) -> Vec<usize> {
+        forward_targets(core, queues, vectors).collect()
+    }
 
     #[test]
     fn with_qemus_ten_vectors_every_one_of_sixteen_queues_is_woken() {
@@ -47,21 +48,21 @@ mod tests {
             let target = vector_core(vector, queues, vectors).expect("routed");
             // Either the vector goes to the queue's own core, or that core forwards to it.
             assert!(
-                target == queue || forward_targets(target, queues, vectors).contains(&queue),
+                target == queue || targets(target, queues, vectors).contains(&queue),
                 "queue {queue} (vector {vector}) is never woken"
             );
         }
-        assert_eq!(forward_targets(0, queues, vectors), [9]);
-        assert_eq!(forward_targets(6, queues, vectors), [15]);
-        assert!(forward_targets(7, queues, vectors).is_empty());
+        assert_eq!(targets(0, queues, vectors), [9]);
+        assert_eq!(targets(6, queues, vectors), [15]);
+        assert!(targets(7, queues, vectors).is_empty());
         assert!(
-            forward_targets(9, queues, vectors).is_empty(),
+            targets(9, queues, vectors).is_empty(),
             "core 9 receives nothing"
         );
         // Enough vectors: no forwarding at all.
         for core in 0..16 {
-            assert!(forward_targets(core, 16, 25).is_empty());
-            assert!(forward_targets(core, 4, 10).is_empty());
+            assert!(targets(core, 16, 25).is_empty());
+            assert!(targets(core, 4, 10).is_empty());
         }
     }
 }
