@@ -33,14 +33,17 @@ pub struct Settings {
     pub keys_per_core: usize,
     /// Bytes of each small value.
     pub small: usize,
-    /// Bytes of the one large value per core.
+    /// Bytes of the one large value per core (0: none).
     pub large: usize,
     /// Rounds (each gets every key `gets_per_key` times).
     pub rounds: usize,
     /// Gets of each small key per round.
     pub gets_per_key: usize,
-    /// URPC matrix rounds a pair (polled and halted).
+    /// URPC matrix rounds a pair (polled and halted); 0: no matrix.
     pub matrix_rounds: u32,
+    /// Boot this image instead of building the workspace's (e.g. an older kernel, to compare;
+    /// use `matrix_rounds = 0` for one that has no `urpc=wake`).
+    pub kernel: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -54,6 +57,7 @@ impl Settings {
             rounds: 5,
             gets_per_key: 10,
             matrix_rounds: 200,
+            kernel: None,
         }
     }
 }
@@ -182,11 +186,17 @@ fn load() -> Option<f64> {
 /// Runs the benchmark (progress on stderr).
 pub fn run(settings: Settings) -> Result<Report, BenchError> {
     crate::ensure_dependencies(false).map_err(BenchError::Dependencies)?;
-    let kernel = crate::build_kernel().map_err(BenchError::Build)?;
+    let kernel = match &settings.kernel {
+        Some(path) => path.clone(),
+        None => crate::build_kernel().map_err(BenchError::Build)?,
+    };
     let load_before = load();
     let name = format!("flotilla-kv-{}", std::process::id());
     let namespace = TapNamespace::create(&name).map_err(BenchError::Namespace)?;
-    let cmdline = format!("log=warn urpc=wake:{}", settings.matrix_rounds);
+    let cmdline = match settings.matrix_rounds {
+        0 => "log=warn urpc=off".to_string(),
+        rounds => format!("log=warn urpc=wake:{rounds}"),
+    };
     let mut config = MachineConfig::kernel(kernel, settings.cores, &cmdline);
     config.network = Network::Tap {
         namespace: namespace.name.clone(),
@@ -198,9 +208,14 @@ pub fn run(settings: Settings) -> Result<Report, BenchError> {
     );
     let mut machine = Machine::start(&config, false).map_err(BenchError::Machine)?;
     let timeout = Duration::from_secs(120 + u64::from(settings.matrix_rounds) / 2);
+    let awaited = if settings.matrix_rounds > 0 {
+        "urpc: wake matrix complete"
+    } else {
+        "flotilla: all"
+    };
     let line = machine
-        .wait_for("the URPC matrices", timeout, |l| {
-            l.starts_with("urpc: wake matrix complete") || is_failure_line(l)
+        .wait_for(awaited, timeout, |l| {
+            l.starts_with(awaited) || is_failure_line(l)
         })
         .map_err(BenchError::Machine)?;
     if is_failure_line(&line) {
@@ -359,8 +374,10 @@ fn client_main(settings: &Settings) -> Result<Vec<Round>, BenchError> {
             small.push((owner, key_for(owner, n, "small")));
         }
     }
-    for owner in 0..cores {
-        large.push((owner, key_for(owner, 0, "large")));
+    if settings.large > 0 {
+        for owner in 0..cores {
+            large.push((owner, key_for(owner, 0, "large")));
+        }
     }
     let mut set = |key: &str, length: usize| -> Result<(), BenchError> {
         let stream = reader.get_mut();

@@ -138,6 +138,15 @@ enum Bench {
         /// Rounds (the report gives each, and the spread).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Bytes of the one large value per core (0: none).
+        #[arg(long, default_value_t = 100_000)]
+        large: usize,
+        /// URPC matrix rounds a pair, polled and halted (0: none).
+        #[arg(long, default_value_t = 200)]
+        matrix_rounds: u32,
+        /// Boot this kernel image instead of building the workspace's (to compare kernels).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
     },
     /// The in-kernel URPC round-trip matrix (every ordered pair of cores), as CSV.
     Urpc {
@@ -593,10 +602,20 @@ fn main() -> ExitCode {
             }
         }
         Commands::Bench {
-            which: Bench::Kv { cores, rounds },
+            which:
+                Bench::Kv {
+                    cores,
+                    rounds,
+                    large,
+                    matrix_rounds,
+                    kernel,
+                },
         } => {
             let mut settings = qemu_smp::bench_kv::Settings::new(cores);
             settings.rounds = rounds;
+            settings.matrix_rounds = matrix_rounds;
+            settings.large = large;
+            settings.kernel = kernel;
             match qemu_smp::bench_kv::run(settings) {
                 Ok(report) => {
                     println!("{report}");
