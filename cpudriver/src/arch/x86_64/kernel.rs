@@ -459,6 +459,20 @@ fn set_up_core(
         idt.load();
     }
     let timer = apic::DeadlineTimer::new(apic, shared.apic_ticks_per_ms, shared.tsc_per_ms);
+    if index == 0 {
+        log::info!(
+            "timer: one-shot per halt ({}), no periodic tick{}",
+            if timer.uses_tsc_deadline() {
+                "TSC-deadline mode"
+            } else {
+                "APIC count mode"
+            },
+            match shared.options.tick_hz {
+                0 => alloc::string::String::new(),
+                hz => alloc::format!(" (tick_hz={hz} asked: a deadline every 1/{hz} s)"),
+            }
+        );
+    }
     x86_64::instructions::interrupts::enable();
     let description = shared.cores[index];
     crate::kprintln!(
