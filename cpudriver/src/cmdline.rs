@@ -81,13 +81,18 @@ pub struct KernelOptions {
     pub fault: Option<FaultInjection>,
     /// `hang=CORE@MS`: make one core hang MS milliseconds after it comes online.
     pub hang: Option<HangInjection>,
-    /// `tick_hz=N`: the per-core timer frequency (default 100, 1..=10000).
+    /// `tick_hz=N` (opt-in, 1..=10000): also wake every core N times a second whatever its
+    /// deadlines say. Default 0: no periodic tick, the timer is programmed one-shot for the
+    /// earliest deadline only.
     pub tick_hz: u32,
     /// `exit=ready`: end QEMU through isa-debug-exit once every core is online.
     pub exit_when_ready: bool,
-    /// `urpc=off|matrix|matrix:ROUNDS`: the URPC latency matrix at boot (default 200 rounds a
-    /// pair; 0 = off).
+    /// `urpc=off|matrix|matrix:ROUNDS|wake|wake:ROUNDS`: the URPC latency matrix at boot
+    /// (default 200 rounds a pair; 0 = off).
     pub urpc_matrix_rounds: u32,
+    /// `urpc=wake[:ROUNDS]`: after the polled matrix, the same walk with the pinged core halted
+    /// between probes (its figure includes the IPI wake-up).
+    pub urpc_matrix_wake: bool,
     /// `netd.report=MS`: every core prints its network counters every MS milliseconds (0: off).
     pub netd_report_ms: u32,
     /// `monitor.heartbeat_ms=N`: the monitors' heartbeat period (default 100, 1..=10000).
@@ -122,9 +127,10 @@ impl Default for KernelOptions {
             log: LogLevel::Info,
             fault: None,
             hang: None,
-            tick_hz: 100,
+            tick_hz: 0,
             exit_when_ready: false,
             urpc_matrix_rounds: 200,
+            urpc_matrix_wake: false,
             netd_report_ms: 0,
             heartbeat_ms: 100,
             missed_heartbeats: 5,
@@ -216,7 +222,10 @@ impl KernelOptions {
                     .map(|request| options.move_flow_group = Some(request))
                     .is_some(),
                 "urpc" => parse_urpc(value)
-                    .map(|rounds| options.urpc_matrix_rounds = rounds)
+                    .map(|(rounds, wake)| {
+                        options.urpc_matrix_rounds = rounds;
+                        options.urpc_matrix_wake = wake;
+                    })
                     .is_some(),
                 _ if FOREIGN_KEYS.contains(&key) => true,
                 _ => {
@@ -262,15 +271,19 @@ fn parse_move(value: &str) -> Option<FlowGroupMove> {
     })
 }
 
-fn parse_urpc(value: &str) -> Option<u32> {
-    match value {
-        "off" => Some(0),
-        "matrix" => Some(200),
-        _ => value
-            .strip_prefix("matrix:")?
-            .parse()
-            .ok()
-            .filter(|r| (1..=100_000).contains(r)),
+fn parse_urpc(value: &str) -> Option<(u32, bool)> {
+    let (mode, rounds) = match value.split_once(':') {
+        Some((mode, rounds)) => (
+            mode,
+            rounds.parse().ok().filter(|r| (1..=100_000).contains(r))?,
+        ),
+        None => (value, 200),
+    };
+    match mode {
+        "off" if value == "off" => Some((0, false)),
+        "matrix" => Some((rounds, false)),
+        "wake" => Some((rounds, true)),
+        _ => None,
     }
 }
 
@@ -327,6 +340,14 @@ mod tests {
         assert_eq!(options.tick_hz, 250);
         assert!(options.exit_when_ready);
         assert_eq!(options.urpc_matrix_rounds, 50);
+        assert!(!options.urpc_matrix_wake);
+        let wake = KernelOptions::parse(Cmdline("urpc=wake:30"), |e| panic!("{e:?}"));
+        assert_eq!((wake.urpc_matrix_rounds, wake.urpc_matrix_wake), (30, true));
+        assert_eq!(
+            KernelOptions::default().tick_hz,
+            0,
+            "no periodic tick by default"
+        );
         let moved = KernelOptions::parse(
             Cmdline("netd.move=5:2@300 monitor.heartbeat_ms=20 monitor.miss=3"),
             |e| panic!("{e:?}"),

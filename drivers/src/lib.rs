@@ -7,6 +7,7 @@
 //! Layout (see `docs/drivers.md`):
 //! - [`nic`], [`pool`]: the API every NIC implements and the per-core buffer pool.
 //! - [`rss`]: the one Toeplitz implementation and the flow group / queue rules.
+//! - [`flow_map`]: the one flow group → core map each core keeps (`nic::FlowMap`).
 //! - [`frame`]: minimal Ethernet/IP/TCP/UDP header parsing (hash tuples, checksum checks).
 //! - [`registers`]: the `RegisterAccess` trait and the kernel's volatile [`registers::Mmio`].
 //! - [`dma`]: DMA ordering fences and caller-provided DMA memory for descriptor rings.
@@ -18,6 +19,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod dma;
+pub mod flow_map;
 pub mod frame;
 pub mod igb;
 pub mod ixgbe;

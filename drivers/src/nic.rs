@@ -9,6 +9,8 @@
 
 use crate::pool::{BufferId, BufferPool};
 
+pub use crate::flow_map::{FlowMap, GroupSet};
+
 /// Largest batch a datapath call handles (IX's bound on run-to-completion batches).
 pub const MAX_BATCH: usize = 64;
 

@@ -6,7 +6,7 @@
 //! in a small per-core table of paths. Every rejection has a [`DropReason`]; nothing in here can
 //! panic on any input (see the fuzz-style tests).
 
-use crate::config::{CoreId, FLOW_GROUPS};
+use crate::config::CoreId;
 use drivers::nic::ChecksumStatus;
 
 /// Index of a path in its core's path table.
@@ -110,43 +110,10 @@ pub enum Verdict {
 /// destination port, all network order), as the NIC computes it with the machine's key.
 pub type RssHashFn = fn(&[u8]) -> u32;
 
-/// Flow-group ownership as this core knows it: a local copy of the table the monitor maintains.
-#[derive(Clone, Debug)]
-pub struct FlowTable {
-    owners: [CoreId; FLOW_GROUPS],
-}
-
-impl FlowTable {
-    /// Flow groups spread round-robin over `core_count` cores (the monitor's boot layout).
-    pub fn round_robin(core_count: u16) -> Self {
-        let count = core_count.max(1) as usize;
-        let mut owners = [0; FLOW_GROUPS];
-        for (group, owner) in owners.iter_mut().enumerate() {
-            *owner = (group % count) as CoreId;
-        }
-        Self { owners }
-    }
-
-    /// The core owning `group`.
-    pub fn owner(&self, group: u8) -> CoreId {
-        self.owners[group as usize % FLOW_GROUPS]
-    }
-
-    /// The flow group an RSS hash selects (the low 7 bits index the redirection table).
-    pub fn group_of_hash(hash: u32) -> u8 {
-        (hash as usize % FLOW_GROUPS) as u8
-    }
-
-    /// Records that `group` now belongs to `core`.
-    pub fn set_owner(&mut self, group: u8, core: CoreId) {
-        self.owners[group as usize % FLOW_GROUPS] = core;
-    }
-
-    /// Every owner, indexed by flow group.
-    pub fn owners(&self) -> &[CoreId; FLOW_GROUPS] {
-        &self.owners
-    }
-}
+/// Flow-group ownership: the core's one flow map (`drivers::nic::FlowMap`), owned here by the
+/// classifier and written by the kernel on the monitors' word (the NIC's redirection table is
+/// written from the same map on the NIC's home core).
+pub type FlowTable = drivers::nic::FlowMap;
 
 /// Builds the 12-byte RSS input for an IPv4 TCP/UDP flow as the NIC sees it on receive.
 pub fn rss_input(

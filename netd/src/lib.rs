@@ -20,6 +20,7 @@ pub mod path;
 pub mod peers;
 pub mod stack;
 pub mod stats;
+pub mod transport;
 
 #[cfg(test)]
 mod tests;
@@ -36,4 +37,5 @@ pub use peers::{
 };
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{CoreNet, NetError, PollOutcome};
-pub use stats::{CoreCounters, CoreStats, PathStats};
+pub use stats::{CoreCounters, CoreStats, PathStats, SnapshotError};
+pub use transport::{TransportCounters, TransportDrop, TRANSPORT_PEERS};

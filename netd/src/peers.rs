@@ -247,15 +247,21 @@ pub enum MessageError {
     BadField,
 }
 
-/// Why [`Peers::send`] failed.
+/// Why [`Peers::send`] failed. Nothing was sent; the transport counted the refusal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerError {
-    /// The channel to that core is full; the caller drops or reports busy.
+    /// The channel to that core and its bounded outbox are both full; the caller drops or
+    /// reports busy.
     Full,
-    /// No such core, or it is not running.
+    /// No such core, or no channel to it.
     NoSuchCore(CoreId),
     /// The message is larger than the transport can carry.
     TooLarge,
+    /// The monitors declared that core failed: nothing more is sent to it.
+    PeerFenced(CoreId),
+    /// No bulk buffer large enough is free on this core (large messages travel by reference in
+    /// buffers of the sender's bounded pool, returned by the receiver when done).
+    BulkExhausted,
 }
 
 /// Writes little-endian fields one after another into a buffer known to be large enough.
@@ -724,9 +730,10 @@ impl<'a> PeerMessage<'a> {
 /// What a core's stack needs from the cross-core channels (the kernel implements it over URPC).
 ///
 /// The receiving kernel hands each message to [`crate::CoreNet::handle_peer_message`] on the
-/// destination core. Sending never blocks: a full channel is [`PeerError::Full`]. Messages from
-/// one core to another must arrive in the order they were sent (memcached's reply order and
-/// `flush_all` rely on it).
+/// destination core. Sending never blocks: a message that finds the channel full waits in a
+/// bounded outbox the kernel retries every loop turn; a full outbox is [`PeerError::Full`].
+/// Messages from one core to another arrive in the order they were sent (memcached's reply
+/// order and `flush_all` rely on it).
 pub trait Peers {
     /// Sends `message` to `core`'s stack.
     fn send(&mut self, core: CoreId, message: &PeerMessage<'_>) -> Result<(), PeerError>;

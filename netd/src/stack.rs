@@ -10,7 +10,8 @@ use crate::path::{
     CycleCounter, ListenerConfig, LrpQueue, Path, PathCounters, QueuedFrame, TcpSlot,
 };
 use crate::peers::{NeighbourEntry, PeerMessage, Peers};
-use crate::stats::{CoreCounters, CoreStats, PathStats};
+use crate::stats::{CoreCounters, CoreStats, PathStats, SnapshotError};
+use crate::transport::TransportCounters;
 use drivers::nic::{ChecksumStatus, QueueDatapath, ReceiveBatch, ReceivedFrame, MAX_BATCH};
 use drivers::pool::{BufferId, BufferPool, BUFFER_SIZE};
 use smoltcp::iface::{Config, Interface, SocketSet};
@@ -123,6 +124,8 @@ pub struct CoreNet {
     tx_reserve: usize,
     /// A live-cores verdict not yet handed to the applications.
     pending_live: Option<u64>,
+    transport: TransportCounters,
+    live_cores: u64,
 }
 
 impl CoreNet {
@@ -238,6 +241,12 @@ impl CoreNet {
             key_value_path,
             tx_reserve: MAX_BATCH / 4,
             pending_live: None,
+            transport: TransportCounters::default(),
+            live_cores: if config.core_count >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << config.core_count) - 1
+            },
         })
     }
 
@@ -291,8 +300,12 @@ impl CoreNet {
     /// The monitors' verdict on which cores live (bit `i` = core `i`): on the next [`Self::poll`]
     /// (before anything else) applications re-home the work of cores that left (memcached's keys)
     /// and answer what was pending on them at once.
+    /// Snapshots of cores no longer alive leave `/stats` at once.
     pub fn set_live_cores(&mut self, live: u64) {
         self.pending_live = Some(live);
+        self.live_cores = live;
+        self.stats
+            .retain(|entry| entry.core >= 64 || live & (1 << entry.core) != 0);
     }
 
     /// Hands a live-cores verdict to every application and wakes their paths.
@@ -347,6 +360,7 @@ impl CoreNet {
             counters: self.counters,
             path_count: self.paths.len().min(MAX_PATHS) as u8,
             paths: [PathStats::EMPTY; MAX_PATHS],
+            transport: self.transport,
         };
         for (entry, path) in stats.paths.iter_mut().zip(self.paths.iter()) {
             *entry = PathStats {
@@ -363,6 +377,43 @@ impl CoreNet {
     pub fn update_stats(&mut self, cores: &[CoreStats]) {
         self.stats.clear();
         self.stats.extend_from_slice(cores);
+    }
+
+    /// This core's snapshot as bytes ([`CoreStats::encode`]), for the kernel to carry to the core
+    /// gathering statistics.
+    pub fn snapshot_bytes(&self, now: Instant) -> Vec<u8> {
+        self.stats(now).encode()
+    }
+
+    /// Takes another core's snapshot bytes (from [`Self::snapshot_bytes`] on that core) into
+    /// the table `/stats` serves, replacing that core's entry. The entry's core is `core`,
+    /// whatever the bytes say.
+    pub fn absorb_snapshot(&mut self, core: CoreId, bytes: &[u8]) -> Result<(), SnapshotError> {
+        let mut snapshot = CoreStats::decode(bytes)?;
+        snapshot.core = core;
+        match self.stats.iter_mut().find(|entry| entry.core == core) {
+            Some(entry) => *entry = snapshot,
+            None => {
+                self.stats.push(snapshot);
+                self.stats.sort_by_key(|entry| entry.core);
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's transport counters (its mailbox), shown in this core's snapshot.
+    pub fn set_transport_counters(&mut self, counters: &TransportCounters) {
+        self.transport = *counters;
+    }
+
+    /// The cores the monitors hold alive (bit `c` = core `c`).
+    pub fn live_cores(&self) -> u64 {
+        self.live_cores
+    }
+
+    /// The core's one flow map (owned by the classifier), to change on the monitors' word.
+    pub fn flow_map_mut(&mut self) -> &mut crate::classify::FlowTable {
+        self.classifier.flows_mut()
     }
 
     /// One bounded step of the core's network work: reclaim finished transmissions, receive at

@@ -379,12 +379,13 @@ class Channels(gdb.Command):
     def invoke(self, argument, from_tty):
         with OnCore(parse_core(argument)) as core:
             state = require_core_state(core)
-            endpoints = vec_items(field(field(state, "channels"), "endpoints"))
-            gdb.write(f"core {core}: {len(endpoints)} channel slots (one per core)\n")
-            for peer, slot in enumerate(endpoints):
-                endpoint = some(slot)
-                if endpoint is None:
+            links = vec_items(field(field(field(state, "node"), "mailbox"), "links"))
+            gdb.write(f"core {core}: {len(links)} channel slots (one per core)\n")
+            for peer, slot in enumerate(links):
+                link = some(slot)
+                if link is None:
                     continue
+                endpoint = field(link, "endpoint")
                 sender = field(endpoint, "sender")
                 receiver = field(endpoint, "receiver")
                 sent = number(field(sender, "count"))
@@ -418,7 +419,7 @@ class Paths(gdb.Command):
     def invoke(self, argument, from_tty):
         with OnCore(parse_core(argument)) as core:
             state = require_core_state(core)
-            network = some(field(state, "network"))
+            network = some(field(field(state, "node"), "net"))
             if network is None:
                 gdb.write(f"core {core}: no network (no NIC, or not brought up)\n")
                 return

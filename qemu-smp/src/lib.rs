@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench_echo;
-pub mod bench_memcached;
+pub mod bench_kv;
 pub mod build;
 pub mod debug;
 pub mod deps;

@@ -136,24 +136,24 @@ enum Bench {
         #[arg(long, default_value = "")]
         cmdline: String,
     },
-    /// memcached get round trip on one connection: a key of the serving core against each other
-    /// core's key (tap device in a network namespace, root).
-    Memcached {
+    /// memcached get round trips on one connection, local key vs remote key, and the IPI
+    /// wake-up (URPC round trip with the peer halted vs polling), over a tap device (root).
+    Kv {
         /// Number of cores.
         #[arg(long, default_value_t = 4)]
         cores: u32,
-        /// Sequential gets of each key per round.
-        #[arg(long, default_value_t = 1000)]
-        gets: u32,
-        /// Rounds (each round measures every key).
+        /// Rounds (the report gives each, and the spread).
         #[arg(long, default_value_t = 5)]
-        rounds: u32,
-        /// Value bytes.
-        #[arg(long, default_value_t = 64)]
-        value: usize,
-        /// Extra kernel command-line options for the guest (e.g. "poll_us=1000").
-        #[arg(long, default_value = "")]
-        cmdline: String,
+        rounds: usize,
+        /// Bytes of the one large value per core (0: none).
+        #[arg(long, default_value_t = 100_000)]
+        large: usize,
+        /// URPC matrix rounds a pair, polled and halted (0: none).
+        #[arg(long, default_value_t = 200)]
+        matrix_rounds: u32,
+        /// Boot this kernel image instead of building the workspace's (to compare kernels).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
     },
     /// The in-kernel URPC round-trip matrix (every ordered pair of cores), as CSV.
     Urpc {
@@ -628,22 +628,20 @@ fn main() -> ExitCode {
         }
         Commands::Bench {
             which:
-                Bench::Memcached {
+                Bench::Kv {
                     cores,
-                    gets,
                     rounds,
-                    value,
-                    cmdline,
+                    large,
+                    matrix_rounds,
+                    kernel,
                 },
         } => {
-            let settings = qemu_smp::bench_memcached::Settings {
-                cores,
-                gets,
-                rounds,
-                value,
-                cmdline,
-            };
-            match qemu_smp::bench_memcached::run(settings) {
+            let mut settings = qemu_smp::bench_kv::Settings::new(cores);
+            settings.rounds = rounds;
+            settings.matrix_rounds = matrix_rounds;
+            settings.large = large;
+            settings.kernel = kernel;
+            match qemu_smp::bench_kv::run(settings) {
                 Ok(report) => {
                     println!("{report}");
                     ExitCode::SUCCESS

@@ -15,11 +15,9 @@
 //! * `the_wall_clock_comes_from_the_rtc_without_time`: QEMU user networking (no root), booted
 //!   without `time=`: the guest reads the CMOS RTC, `stats time` is the host's time, and an
 //!   absolute exptime expires on time.
-//! * `long_values_on_other_cores_keys` (ignored until the by-reference cross-core transport of
-//!   issue 10 is on main: today's kernel channel carries at most 4096 bytes, so a storage command
-//!   over ~4 KB for another core's key is refused): 1 MB sets and gets on keys of every core with
-//!   pymemcache, `memccp`/`memccat` of files up to 1 MB, and the long-value differential steps.
-//!   Run it with `cargo test -p flotilla-tests --test memcached -- --ignored`.
+//! * `long_values_on_other_cores_keys`: 1 MB sets and gets on keys of every core with
+//!   pymemcache, `memccp`/`memccat` of files up to 1 MB, and the long-value differential steps
+//!   (remote values travel by reference through the kernel's mailbox, `docs/cpudriver.md`).
 //!
 //! Every loop is bounded in count and time; tap traffic stays inside the test's namespace; the
 //! reference memcached listens on a loopback address only and is killed by its PID.
@@ -681,7 +679,6 @@ fn real_clients_on_every_core() {
 }
 
 #[test]
-#[ignore = "needs the by-reference cross-core transport (issue 10): today a storage command over ~4 KB for another core's key is refused"]
 fn long_values_on_other_cores_keys() {
     let python = python_with("pymemcache");
     let (namespace, machine) = boot_on_tap("long");

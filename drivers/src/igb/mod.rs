@@ -3,7 +3,8 @@
 //!
 //! [`init`] resets the device, programs one RX and one TX queue per core (up to 16), RSS (key,
 //! hash types, 128-entry redirection table), receive checksum offload, MSI-X routing (queue `i` →
-//! MSI-X vector `i`, link events → the next vector) and interrupt moderation, and returns one
+//! MSI-X vector `i mod (vectors − 1)`, so queues share vectors when there are fewer vectors than
+//! queues; link events → the vector after the queues') and interrupt moderation, and returns one
 //! [`IgbQueue`] per queue plus one [`IgbControl`]. Each queue holds only its own rings and a
 //! register handle it uses for its own tail registers and its own interrupt mask bit, so a core
 //! drives its queue with no lock; the control object (RSS, redirection table, link) stays with the
@@ -20,7 +21,10 @@ pub mod regs;
 pub mod model;
 
 use crate::dma::{collect_queue_memory, QueueMemory, QueueMemoryMismatch};
-use crate::nic::{FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError, QueueId};
+use crate::nic::{
+    FiveTupleFilter, FlowGroup, FlowMap, GroupSet, HashTypes, LinkState, NicControl, NicError,
+    QueueId,
+};
 use crate::registers::{Delay, RegisterAccess};
 use crate::ring::{DescriptorQueue, QueueRegisters};
 use crate::rss::{self, RedirectionTable, KEY_LEN};
@@ -58,8 +62,8 @@ pub struct IgbConfig {
     pub rss_key: [u8; KEY_LEN],
     /// Hashed header fields.
     pub hash_types: HashTypes,
-    /// MSI-X vectors the function offers (its MSI-X table size). Queue `i` gets vector `i` while
-    /// `i < msix_vectors - 1`; later queues get none and must be polled.
+    /// MSI-X vectors the function offers (its MSI-X table size). One is kept for link events;
+    /// queue `i` gets vector `i mod min(queues, msix_vectors - 1)` (see [`queue_vector`]).
     pub msix_vectors: u16,
     /// Interrupt moderation: minimum gap between interrupts of one vector, in µs (EITR). Use 0
     /// under QEMU 10.0.2, whose EITR timer is scaled wrongly and throttles far too long.
@@ -138,10 +142,15 @@ fn poll<R: RegisterAccess, D: Delay>(
     registers.read32(register) & mask == expected
 }
 
-/// The MSI-X vector of queue `queue` under `msix_vectors` vectors (the last one is for link
-/// events), or `None` when the queue has to be polled.
-pub fn queue_vector(queue: u16, msix_vectors: u16) -> Option<u16> {
-    (queue + 1 < msix_vectors).then_some(queue)
+/// The MSI-X vector of queue `queue` of `queues` under `msix_vectors` vectors, one of which is
+/// kept for link events: queue `i` gets vector `i mod min(queues, msix_vectors - 1)`, so when
+/// there are fewer vectors than queues (QEMU's igb offers 10 for 16 queues) several queues share
+/// one vector, and the core that takes it wakes the others (the kernel forwards the wake-up by
+/// IPI). `None` only when there is no vector for queues at all (fewer than 2), or `queue` is not
+/// below `queues`.
+pub fn queue_vector(queue: u16, queues: u16, msix_vectors: u16) -> Option<u16> {
+    let shared = queues.min(msix_vectors.saturating_sub(1));
+    (queue < queues && shared > 0).then(|| queue % shared)
 }
 
 /// MRQC value for `types` with RSS enabled (QEMU needs bits 18 and 21 both for TCP over IPv6).
@@ -337,7 +346,7 @@ where
     let mut queue_bits = 0u32;
     let mut ivar = [0u32; 8];
     for queue in 0..queues {
-        if let Some(vector) = queue_vector(queue, config.msix_vectors) {
+        if let Some(vector) = queue_vector(queue, queues, config.msix_vectors) {
             let entry = u32::from(vector) | regs::IVAR_VALID;
             // 82576 IVAR layout: queue n's RX entry in byte 0 (n < 8) or 2, TX in byte 1 or 3.
             let shift = if queue < 8 { 0 } else { 16 };
@@ -370,7 +379,7 @@ where
             rx_drop_counter: Some(regs::rqdpc(index)),
             interrupt_mask_set: regs::EIMS,
             interrupt_mask_clear: regs::EIMC,
-            interrupt_bit: queue_vector(index as u16, config.msix_vectors).map(u32::from),
+            interrupt_bit: queue_vector(index as u16, queues, config.msix_vectors).map(u32::from),
         };
         let queue = DescriptorQueue::new(QueueId(index as u16), registers.clone(), offsets, region);
         // Cannot fail: at most 16 regions.
@@ -399,9 +408,16 @@ impl<R: RegisterAccess> IgbControl<R> {
         self.eeprom_ready
     }
 
-    /// The redirection table as programmed.
-    pub fn redirection_table(&self) -> &RedirectionTable {
-        self.rss.table()
+    /// The redirection table, read from the device's RETA registers.
+    pub fn redirection_table(&self) -> RedirectionTable {
+        self.rss.table(&self.registers)
+    }
+
+    /// Writes the flow groups in `changed` from `map` (core `c` = queue `c`) into the
+    /// redirection table: one register per dword holding a changed group. Returns the registers
+    /// written; nothing is written when an owner has no queue.
+    pub fn write_flow_map(&mut self, map: &FlowMap, changed: GroupSet) -> Result<usize, NicError> {
+        self.rss.write_flow_map(&self.registers, map, changed)
     }
 
     /// Replaces the whole redirection table (entries must name queues below `queue_count`).
@@ -409,11 +425,10 @@ impl<R: RegisterAccess> IgbControl<R> {
         self.rss.set_table(&self.registers, table)
     }
 
-    /// The MSI-X vector (table entry) of `queue`, or `None` when it is polled only.
+    /// The MSI-X vector (table entry) of `queue` (shared with other queues when there are fewer
+    /// vectors than queues), or `None` when it has none.
     pub fn queue_vector(&self, queue: QueueId) -> Option<u16> {
-        (queue.0 < self.rss.queues())
-            .then(|| queue_vector(queue.0, self.msix_vectors))
-            .flatten()
+        queue_vector(queue.0, self.rss.queues(), self.msix_vectors)
     }
 
     /// The MSI-X vector of link and other causes.
@@ -447,7 +462,7 @@ impl<R: RegisterAccess> NicControl for IgbControl<R> {
     }
 
     fn flow_group(&self, group: FlowGroup) -> Result<QueueId, NicError> {
-        self.rss.flow_group(group)
+        self.rss.flow_group(&self.registers, group)
     }
 
     /// The 82576's filters are not driven: QEMU's model drops writes to them, so they could not

@@ -180,11 +180,17 @@ mod tests {
         // Queue 9: IVAR[1], RX in byte 2, TX in byte 3; queue 1 in bytes 0 and 1.
         assert_eq!(model.peek(regs::ivar(1)), 0x8989_8181);
         assert_eq!(control.other_vector(), 16);
-        // With QEMU's 10 vectors, queues 9.. are polled.
-        let (_, control, _) = bring_up(16, 8);
+        // With QEMU's 10 vectors, queues 9.. share vectors 0..: queue 9 with queue 0, 15 with 6.
+        let (model, control, _) = bring_up(16, 8);
         assert_eq!(control.queue_vector(QueueId(8)), Some(8));
-        assert_eq!(control.queue_vector(QueueId(9)), None);
+        assert_eq!(control.queue_vector(QueueId(9)), Some(0));
+        assert_eq!(control.queue_vector(QueueId(15)), Some(6));
+        assert_eq!(control.queue_vector(QueueId(16)), None);
         assert_eq!(control.other_vector(), 9);
+        // IVAR[1]: queue 1 (bytes 0, 1) on vector 1, queue 9 (bytes 2, 3) on vector 0.
+        assert_eq!(model.peek(regs::ivar(1)), 0x8080_8181);
+        // Every queue vector auto-clears and auto-masks; the link vector does not.
+        assert_eq!(model.peek(regs::EIAC), 0x1FF);
     }
 
     #[test]
@@ -240,7 +246,7 @@ mod tests {
         for (queue, pool) in queues.iter_mut().zip(pools.iter_mut()) {
             assert_eq!(queue.refill(pool), 63);
         }
-        let table = *control.redirection_table();
+        let table = control.redirection_table();
         for target in 0..4u16 {
             let port = rss::source_port_for_queue(
                 &rss::DEFAULT_KEY,
@@ -308,7 +314,7 @@ mod tests {
         model.poke(regs::RXCSUM, 0);
         let port = rss::source_port_for_queue(
             &rss::DEFAULT_KEY,
-            control.redirection_table(),
+            &control.redirection_table(),
             FLOW,
             QueueId(2),
             1024..=65535,

@@ -14,7 +14,10 @@ pub mod model;
 
 use crate::dma::{collect_queue_memory, QueueMemory, QueueMemoryMismatch};
 use crate::frame::{PROTOCOL_TCP, PROTOCOL_UDP};
-use crate::nic::{FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError, QueueId};
+use crate::nic::{
+    FiveTupleFilter, FlowGroup, FlowMap, GroupSet, HashTypes, LinkState, NicControl, NicError,
+    QueueId,
+};
 use crate::registers::{Delay, RegisterAccess};
 use crate::ring::{DescriptorQueue, QueueRegisters};
 use crate::rss::{self, RedirectionTable, KEY_LEN};
@@ -341,9 +344,16 @@ impl<R: RegisterAccess> IxgbeControl<R> {
         self.mac
     }
 
-    /// The redirection table as programmed.
-    pub fn redirection_table(&self) -> &RedirectionTable {
-        self.rss.table()
+    /// The redirection table, read from the device's RETA registers.
+    pub fn redirection_table(&self) -> RedirectionTable {
+        self.rss.table(&self.registers)
+    }
+
+    /// Writes the flow groups in `changed` from `map` (core `c` = queue `c`) into the
+    /// redirection table: one register per dword holding a changed group. Returns the registers
+    /// written; nothing is written when an owner has no queue.
+    pub fn write_flow_map(&mut self, map: &FlowMap, changed: GroupSet) -> Result<usize, NicError> {
+        self.rss.write_flow_map(&self.registers, map, changed)
     }
 
     /// Hash types in force.
@@ -377,7 +387,7 @@ impl<R: RegisterAccess> NicControl for IxgbeControl<R> {
     }
 
     fn flow_group(&self, group: FlowGroup) -> Result<QueueId, NicError> {
-        self.rss.flow_group(group)
+        self.rss.flow_group(&self.registers, group)
     }
 
     /// Programs a free five-tuple filter (§7.1.2.5): address and port registers first, the

@@ -208,7 +208,7 @@ mod tests {
         for target in 0..4 {
             let port = rss::source_port_for_queue(
                 &rss::DEFAULT_KEY,
-                control.redirection_table(),
+                &control.redirection_table(),
                 flow,
                 QueueId(target),
                 1024..=65535,
@@ -253,7 +253,7 @@ mod tests {
         };
         let port = rss::source_port_for_queue(
             &rss::DEFAULT_KEY,
-            control.redirection_table(),
+            &control.redirection_table(),
             flow,
             QueueId(0),
             1024..=65535,

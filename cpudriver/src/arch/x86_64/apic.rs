@@ -1,5 +1,6 @@
-//! The local x2APIC: enabling it (with the `x2apic` crate), its timer, end-of-interrupt and
-//! inter-processor interrupts (INIT, SIPI, fixed).
+//! The local x2APIC: enabling it (with the `x2apic` crate), its timer (one-shot, armed for the
+//! loop's earliest deadline: TSC-deadline mode when the CPU has it, a one-shot count otherwise),
+//! end-of-interrupt and inter-processor interrupts (INIT, SIPI, fixed).
 
 use x2apic::lapic::{LocalApic, LocalApicBuilder, TimerDivide, TimerMode};
 use x86_64::registers::model_specific::Msr;
@@ -73,15 +74,72 @@ pub fn calibrate_timer(apic: &mut LocalApic, tsc_per_ms: u64) -> u32 {
     }
 }
 
-/// Starts the periodic timer at `hz` given `ticks_per_ms` from [`calibrate_timer`].
-pub fn start_periodic_timer(apic: &mut LocalApic, ticks_per_ms: u32, hz: u32) {
-    let initial = ((ticks_per_ms as u64 * 1000) / hz.max(1) as u64).clamp(1, u32::MAX as u64);
-    // SAFETY: programming this core's own timer; its vector is handled by the IDT.
-    unsafe {
-        apic.set_timer_divide(TimerDivide::Div16);
-        apic.set_timer_mode(TimerMode::Periodic);
-        apic.set_timer_initial(initial as u32);
-        apic.enable_timer();
+/// IA32_TSC_DEADLINE: the TSC value at which the timer fires (0 disarms).
+const IA32_TSC_DEADLINE: u32 = 0x6E0;
+
+/// Whether the APIC timer has TSC-deadline mode (CPUID.1:ECX bit 24).
+pub fn has_tsc_deadline() -> bool {
+    core::arch::x86_64::__cpuid(1).ecx & (1 << 24) != 0
+}
+
+/// This core's timer, programmed for one deadline at a time: no periodic tick.
+pub struct DeadlineTimer {
+    apic: LocalApic,
+    tsc_deadline: bool,
+    /// APIC timer ticks (divide by 16) per millisecond, for the one-shot fallback.
+    ticks_per_ms: u32,
+    tsc_per_ms: u64,
+}
+
+impl DeadlineTimer {
+    /// Takes over `apic`'s timer: TSC-deadline mode if the CPU has it, else one-shot counts of
+    /// `ticks_per_ms` (from [`calibrate_timer`]). The timer starts disarmed.
+    pub fn new(mut apic: LocalApic, ticks_per_ms: u32, tsc_per_ms: u64) -> Self {
+        let tsc_deadline = has_tsc_deadline();
+        // SAFETY: programming this core's own timer; its vector is handled by the IDT.
+        unsafe {
+            apic.disable_timer();
+            apic.set_timer_divide(TimerDivide::Div16);
+            if tsc_deadline {
+                apic.set_timer_mode(TimerMode::TscDeadline);
+                // SDM Vol. 3A §11.5.4.1: order the LVT write before the first deadline write.
+                core::arch::x86_64::_mm_mfence();
+            } else {
+                apic.set_timer_mode(TimerMode::OneShot);
+            }
+            apic.set_timer_initial(0);
+            apic.enable_timer();
+        }
+        Self {
+            apic,
+            tsc_deadline,
+            ticks_per_ms,
+            tsc_per_ms,
+        }
+    }
+
+    /// Whether TSC-deadline mode is in use.
+    pub fn uses_tsc_deadline(&self) -> bool {
+        self.tsc_deadline
+    }
+
+    /// Fires the timer interrupt at TSC value `deadline`, or never (`None`). A deadline already
+    /// passed fires at once. (Written before every halt: one MSR write.)
+    pub fn arm(&mut self, deadline: Option<u64>) {
+        if self.tsc_deadline {
+            // SAFETY: writing this core's TSC-deadline MSR arms (or, with 0, disarms) its own
+            // timer; the vector is handled by the IDT.
+            unsafe { Msr::new(IA32_TSC_DEADLINE).write(deadline.map_or(0, |at| at.max(1))) };
+            return;
+        }
+        let count = deadline.map_or(0, |at| {
+            let cycles = at.saturating_sub(tsc::now());
+            let ticks = u128::from(cycles) * u128::from(self.ticks_per_ms)
+                / u128::from(self.tsc_per_ms.max(1));
+            ticks.clamp(1, u128::from(u32::MAX)) as u32
+        });
+        // SAFETY: a one-shot count on this core's own timer (0 stops it).
+        unsafe { self.apic.set_timer_initial(count) };
     }
 }
 

@@ -1,5 +1,6 @@
 //! The boot-time URPC channels: one channel between every pair of cores, laid out by core 0 and
-//! attached by both ends; and the IPI notifier that wakes a halted receiver.
+//! attached by both ends (the node's mailbox then owns them; its wake-ups are IPIs through the
+//! kernel's `Platform`).
 //!
 //! Channel `(a, b)` with `a < b` lives in core `a`'s memory: core `a` reserves
 //! `(cores - 1 - a)` channel regions at the top of its slice at boot. Core 0 initialises every
@@ -8,9 +9,7 @@
 
 use alloc::vec::Vec;
 
-use urpc::{ChannelRegion, Endpoint, Notifier, Side};
-
-use super::{apic, interrupts};
+use urpc::{ChannelRegion, Endpoint, Side};
 
 /// The channel type used between cores.
 pub type Channel = ChannelRegion;
@@ -72,17 +71,5 @@ impl Channels {
             endpoints.push(Some(region.claim(side).expect("each side is claimed once")));
         }
         Self { endpoints }
-    }
-}
-
-/// Wakes a core with the wake-up IPI.
-pub struct IpiNotifier {
-    /// The core's APIC id.
-    pub apic_id: u32,
-}
-
-impl Notifier for IpiNotifier {
-    fn notify(&mut self) {
-        apic::send_ipi(self.apic_id, interrupts::WAKE_VECTOR);
     }
 }

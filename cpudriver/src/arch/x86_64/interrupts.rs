@@ -23,6 +23,8 @@ pub const WAKE_VECTOR: u8 = 0x21;
 pub const ERROR_VECTOR: u8 = 0x22;
 /// First vector for device interrupts (MSI-X queues).
 pub const DEVICE_VECTOR_BASE: u8 = 0x30;
+/// The vector NIC queue interrupts arrive on (on every core: each has its own IDT).
+pub const NIC_VECTOR: u8 = DEVICE_VECTOR_BASE;
 /// The spurious-interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
 
@@ -262,6 +264,16 @@ extern "C" fn flotilla_interrupt_dispatch(frame: &mut InterruptFrame) {
             apic::end_of_interrupt();
         }
         SPURIOUS_VECTOR => {}
+        NIC_VECTOR => {
+            if let Some(block) = block {
+                block.interrupts.fetch_add(1, Ordering::Relaxed);
+                // A vector shared by several queues: wake their cores too (node::wake).
+                for &apic_id in block.nic_forward.iter() {
+                    apic::send_ipi(apic_id, WAKE_VECTOR);
+                }
+            }
+            apic::end_of_interrupt();
+        }
         _ => {
             if let Some(block) = block {
                 block.interrupts.fetch_add(1, Ordering::Relaxed);

@@ -9,14 +9,12 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use x2apic::lapic::LocalApic;
 
-use super::core_loop::Core;
-use super::matrix::RttState;
-use super::{
-    acpi, apic, channels, console, control, gdt, heap, interrupts, net, percore, port, smp, tsc,
-};
+use super::core_loop::{Core, KernelPlatform};
+use super::{acpi, apic, channels, console, gdt, heap, interrupts, net, percore, port, smp, tsc};
 use crate::boot_info::BootInfo;
 use crate::cmdline::{Cmdline, KernelOptions, LogLevel, OptionProblem};
 use crate::memory::{split_per_core, CoreMemory, FrameAllocator, PhysicalRange};
+use crate::node::{self, Instant, Platform};
 use crate::topology::{CoreDescription, MAX_CORES};
 
 /// Size of each application processor's boot stack (its only stack).
@@ -25,6 +23,15 @@ const AP_STACK_SIZE: u64 = 256 * 1024;
 const FAULT_STACK_SIZE: u64 = 16 * 1024;
 /// Largest per-core heap.
 const MAX_HEAP: u64 = 32 << 20;
+/// Largest per-core bulk pool (buffers lent by reference to other cores).
+const MAX_BULK: u64 = 8 << 20;
+/// Smallest bulk pool: a 1 MB memcached value with its headers must fit, twice.
+const MIN_BULK: u64 = 2 << 20;
+/// How often a core with a network gathers every core's statistics for `/stats`.
+const STATS_PERIOD_NS: u64 = 2_000_000_000;
+/// The monitors' re-send sweep (their default, 2 ms, would wake every core 500 times a second;
+/// 10 ms is what they effectively had under the old 100 Hz tick).
+const MONITOR_SWEEP_NS: u64 = 10_000_000;
 
 /// Where the kernel image lies, and when it started.
 #[derive(Clone, Copy, Debug)]
@@ -65,6 +72,9 @@ pub struct BootShared {
     pub platform: acpi::Platform,
     /// Each core's URPC channel area (see `channels`).
     pub urpc_areas: [u64; MAX_CORES],
+    /// Each core's bulk pool: (address, bytes), identity-mapped; every core reads the others'
+    /// lent buffers in place (`node::bulk`).
+    pub bulk_areas: [(u64, u64); MAX_CORES],
     /// The NIC's per-core queues and MAC, when there is a NIC.
     pub nic: Option<net::NicHandoff>,
     /// Each core's state: NOT_STARTED, ONLINE or START_FAILED. Written once by the core itself
@@ -251,6 +261,24 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
     // SAFETY: the areas were just cut out of the slices, are identity-mapped, and no other core
     // runs yet.
     unsafe { channels::initialise_all(&urpc_areas, cores.len()) };
+    // Each core's bulk pool is the top of the largest range of its slice (firmware memory maps,
+    // OVMF's above all, can leave the last range small).
+    let mut bulk_areas = [(0u64, 0u64); MAX_CORES];
+    for (index, slice) in memory.iter_mut().enumerate().take(cores.len()) {
+        let Some(range) = slice.ranges.iter_mut().max_by_key(|range| range.len()) else {
+            continue;
+        };
+        let block = node::bulk::BLOCK as u64;
+        let mut size = (range.len() / 8).clamp(MIN_BULK, MAX_BULK) & !(block - 1);
+        if range.len() < size + (4 << 20) {
+            size = (range.len() / 4) & !(block - 1);
+            log::warn!(
+                "core {index}: bulk pool of {size} bytes only (values near 1 MB may be refused)"
+            );
+        }
+        range.end -= size;
+        bulk_areas[index] = (range.end, size);
+    }
     // Each core's NIC descriptor rings sit just below its channel area.
     let mut ring_areas = [0u64; MAX_CORES];
     for (index, slice) in memory.iter_mut().enumerate().take(cores.len()) {
@@ -279,12 +307,12 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
             image,
             platform,
             urpc_areas,
+            bulk_areas,
             nic,
             online: core::array::from_fn(|_| AtomicU32::new(NOT_STARTED)),
         },
     );
-    let mut core = set_up_core(shared, 0, frames, bsp_apic);
-    core.nic_control = nic_control;
+    let mut core = set_up_core(shared, 0, frames, bsp_apic, nic_control);
 
     // The trampoline page: the highest free page below the EBDA that the map calls usable.
     let page = info
@@ -322,11 +350,11 @@ pub fn start_bootstrap_core(info: BootInfo, image: BootImage) -> ! {
             shared.online[index].store(START_FAILED, Ordering::Release);
         }
     }
-    wait_for_cores(shared);
+    wait_for_cores(shared, &mut core.timer);
     core.run()
 }
 
-fn wait_for_cores(shared: &BootShared) {
+fn wait_for_cores(shared: &BootShared, timer: &mut apic::DeadlineTimer) {
     let count = shared.cores.len();
     let deadline = tsc::now() + 5_000 * shared.tsc_per_ms;
     loop {
@@ -358,7 +386,10 @@ fn wait_for_cores(shared: &BootShared) {
             crate::kprintln!("flotilla: only {} of {} cores online", online, count);
             return;
         }
-        x86_64::instructions::hlt();
+        // No periodic tick: wake in 1 ms to look again.
+        x86_64::instructions::interrupts::disable();
+        timer.arm(Some(tsc::now() + shared.tsc_per_ms));
+        x86_64::instructions::interrupts::enable_and_hlt();
     }
 }
 
@@ -368,7 +399,7 @@ extern "C" fn ap_entry(shared: u64, index: u64) -> ! {
     let shared = unsafe { &*(shared as *const BootShared) };
     let frames = FrameAllocator::new(shared.memory[index as usize].clone());
     let apic = apic::enable().unwrap_or_else(|error| fatal(format_args!("{error:?}")));
-    set_up_core(shared, index as usize, frames, apic).run()
+    set_up_core(shared, index as usize, frames, apic, None).run()
 }
 
 /// A core's private tables, allocated together from its own memory.
@@ -382,16 +413,28 @@ fn set_up_core(
     shared: &'static BootShared,
     index: usize,
     mut frames: FrameAllocator,
-    mut apic: LocalApic,
+    apic: LocalApic,
+    nic_control: Option<drivers::igb::IgbControl<drivers::registers::Mmio>>,
 ) -> Core {
     let apic_id = apic::id();
     let fault_stack = frames
         .allocate(FAULT_STACK_SIZE, 4096)
         .unwrap_or_else(|error| fatal(format_args!("fault stack: {error:?}")));
+    // The queues sharing this core's MSI-X vector (node::wake): their cores' APIC ids.
+    let mut nic_forward = heapless::Vec::new();
+    if let Some(nic) = shared.nic.as_ref() {
+        for core in node::wake::forward_targets(
+            index,
+            usize::from(nic.queue_count),
+            usize::from(nic.vectors),
+        ) {
+            let _ = nic_forward.push(shared.cores[core].apic_id);
+        }
+    }
     let block = allocate_static(
         &mut frames,
         CoreBlock {
-            percore: percore::PerCore::new(index as u32, apic_id),
+            percore: percore::PerCore::new(index as u32, apic_id, nic_forward),
             tables: gdt::CoreTables::new(fault_stack + FAULT_STACK_SIZE),
             interrupts: interrupts::InterruptTable::new(0),
         },
@@ -415,7 +458,21 @@ fn set_up_core(
         *idt = interrupts::InterruptTable::new(code.0);
         idt.load();
     }
-    apic::start_periodic_timer(&mut apic, shared.apic_ticks_per_ms, shared.options.tick_hz);
+    let timer = apic::DeadlineTimer::new(apic, shared.apic_ticks_per_ms, shared.tsc_per_ms);
+    if index == 0 {
+        log::info!(
+            "timer: one-shot per halt ({}), no periodic tick{}",
+            if timer.uses_tsc_deadline() {
+                "TSC-deadline mode"
+            } else {
+                "APIC count mode"
+            },
+            match shared.options.tick_hz {
+                0 => alloc::string::String::new(),
+                hz => alloc::format!(" (tick_hz={hz} asked: a deadline every 1/{hz} s)"),
+            }
+        );
+    }
     x86_64::instructions::interrupts::enable();
     let description = shared.cores[index];
     crate::kprintln!(
@@ -433,51 +490,75 @@ fn set_up_core(
             apic_id
         );
     }
+    let platform = KernelPlatform {
+        entry_tsc: shared.image.entry_tsc,
+        tsc_per_ms: shared.tsc_per_ms,
+        apic_ids: shared.cores.iter().map(|c| c.apic_id).collect(),
+    };
+    let now = platform.now();
     // SAFETY: core 0 initialised every channel before this core was started.
     let channels =
         unsafe { channels::Channels::attach(&shared.urpc_areas, shared.cores.len(), index) };
-    let network = set_up_network(shared, index, &mut frames);
-    let apic_ids = shared.cores.iter().map(|c| c.apic_id).collect();
-    let monitor = set_up_monitor(shared, index);
-    let queues = shared.nic.as_ref().map_or(1, |nic| nic.queue_count);
-    let table = drivers::rss::default_table(queues);
-    let flow_owners = core::array::from_fn(|g| monitor::CoreId::new(table[g]).expect("queue < 64"));
+    let cores = shared.cores.len();
+    let (bulk_base, bulk_bytes) = shared.bulk_areas[index];
+    // SAFETY: this core's bulk area was cut out of its slice at boot for this pool alone,
+    // identity-mapped (its address is its pointer) and never freed; other cores only read the
+    // buffers it lends.
+    let pool = unsafe {
+        node::bulk::BulkPool::new(
+            bulk_base as usize,
+            bulk_bytes as usize,
+            urpc::RegionId(index as u16),
+        )
+    };
+    let areas: heapless::Vec<(usize, usize), MAX_CORES> = shared.bulk_areas[..cores]
+        .iter()
+        .map(|&(base, bytes)| (base as usize, bytes as usize))
+        .collect();
+    // SAFETY: every core's bulk area, as above: identity-mapped and live forever.
+    let regions = unsafe { node::bulk::BulkRegions::new(&areas) };
+    let mailbox = node::mailbox::Mailbox::new(index, channels.endpoints, pool);
+    let network = set_up_network(shared, index, &mut frames, now);
+    let monitor = set_up_monitor(shared, index, now);
+    let options = shared.options;
+    let config = node::NodeConfig {
+        core: index,
+        cores,
+        queues: shared.nic.as_ref().map_or(1, |nic| nic.queue_count),
+        poll_after_traffic_ns: u64::from(options.poll_after_traffic_us) * 1000,
+        tick_ns: (options.tick_hz > 0).then(|| 1_000_000_000 / u64::from(options.tick_hz)),
+        stats_period_ns: STATS_PERIOD_NS,
+    };
+    let hook = crate::scenarios::Scenarios::from_options(&options, index, cores).map(|scenarios| {
+        alloc::boxed::Box::new(scenarios) as alloc::boxed::Box<dyn node::hook::Hook>
+    });
+    // Boxed only now: core 0 has no heap before `heap::init` above.
+    let steering = nic_control.map(|control| {
+        alloc::boxed::Box::new(control) as alloc::boxed::Box<dyn node::flows::FlowSteering>
+    });
+    let node = node::Node::new(
+        config, mailbox, regions, network, steering, monitor, hook, now,
+    );
+    let _ = frames;
     // Release: this core's set-up happens-before core 0 reads ONLINE.
     shared.online[index].store(ONLINE, Ordering::Release);
     Core {
-        network,
-        nic_control: None,
-        apic_ids,
-        monitor,
-        outgoing: control::Outgoing::default(),
-        agreements: alloc::vec::Vec::new(),
-        flow_owners,
-        machine_complete_tsc: None,
-        move_requested: false,
-        last_stats_tsc: 0,
-        data_traffic: false,
-        probe_traffic: false,
-        bound: alloc::vec::Vec::new(),
-        bind_at: None,
-        shared,
-        index,
-        frames,
-        apic,
-        online_tsc: tsc::now(),
-        channels,
-        rtt: RttState::default(),
-        busy_until: 0,
+        node,
+        platform,
+        timer,
     }
 }
 
 fn set_up_monitor(
     shared: &'static BootShared,
     index: usize,
-) -> monitor::Monitor<control::KernelHooks> {
+    now: Instant,
+) -> monitor::Monitor<node::control::KernelHooks> {
     let me = monitor::CoreId::new(index as u8).expect("at most 64 cores");
     let mut config = monitor::Config::new(me, monitor::CoreSet::first(shared.cores.len()));
     config.heartbeat_period_ns = u64::from(shared.options.heartbeat_ms) * 1_000_000;
     config.missed_heartbeats = shared.options.missed_heartbeats;
+    config.retransmit_ns = MONITOR_SWEEP_NS.min(config.heartbeat_period_ns);
     let slice = &shared.memory[index];
     let info = monitor::CoreInfo {
         core: me,
@@ -488,10 +569,10 @@ fn set_up_monitor(
             len: slice.total(),
         },
     };
-    let hooks = control::KernelHooks {
+    let hooks = node::control::KernelHooks {
         counters: [0; monitor::COUNTERS],
     };
-    monitor::Monitor::new(config, info, hooks, control::now(shared.tsc_per_ms))
+    monitor::Monitor::new(config, info, hooks, now)
         .unwrap_or_else(|error| fatal(format_args!("monitor: {error:?}")))
 }
 
@@ -499,19 +580,21 @@ fn set_up_network(
     shared: &'static BootShared,
     index: usize,
     frames: &mut FrameAllocator,
-) -> Option<net::CoreNetwork> {
+    now: Instant,
+) -> Option<net::KernelNetwork> {
     let handoff = shared.nic.as_ref()?;
     // SAFETY: slot `index` is this core's; core 0 filled it before starting this core.
     let queue = unsafe { handoff.queues[index].take() }?;
     let pool_bytes = (frames.available() / 4).min(4 << 20) & !0xFFF;
     let pool_base = frames.allocate(pool_bytes, 4096).ok()?;
-    match net::CoreNetwork::new(
+    match net::core_network(
         index,
         shared.cores.len(),
         handoff,
         queue,
         (pool_base, pool_bytes as usize),
         shared.cmdline.as_str(),
+        now,
         shared.tsc_per_ms,
     ) {
         Ok(network) => {

@@ -5,12 +5,11 @@
 //! that owns the queue. The queue objects are left in the boot record, one slot per core; each
 //! core takes its own once, at set-up (the hand-over is the one-time write before the core
 //! starts, see docs/cpudriver.md). From then on a core drives its queue alone: its own buffer
-//! pool, its own smoltcp instance (`netd::CoreNet`), and URPC to the other cores for what RSS
-//! cannot steer (ARP neighbours, misdelivered frames, memcached keys owned elsewhere).
+//! pool and its own smoltcp instance (`netd::CoreNet`), assembled here into the node's
+//! `CoreNetwork`; the node's mailbox carries what RSS cannot steer to the other cores.
 
 use alloc::boxed::Box;
 use alloc::vec;
-use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 
 use drivers::dma::QueueMemory;
@@ -22,14 +21,12 @@ use drivers::pci::port::LegacyPorts;
 use drivers::pci::{self, Bar, ConfigAccess};
 use drivers::pool::{BufferPool, BUFFER_SIZE};
 use drivers::registers::Mmio;
-use urpc::Endpoint;
 
-use super::{acpi::Platform, channels, interrupts, tsc};
-use crate::messages::{KernelMessage, NET_CHUNK_BYTES};
+use super::interrupts::NIC_VECTOR;
+use super::{acpi::Platform, tsc};
+use crate::node::net::{net_instant, CoreNetwork};
+use crate::node::Instant;
 use crate::topology::{CoreDescription, MAX_CORES};
-
-/// The vector NIC queue interrupts arrive on (on every core: each has its own IDT).
-pub const NIC_VECTOR: u8 = interrupts::DEVICE_VECTOR_BASE;
 /// Descriptors per ring.
 pub const RING_SIZE: u16 = 256;
 /// Highest address the boot page tables map.
@@ -66,6 +63,8 @@ pub struct NicHandoff {
     pub mac: [u8; 6],
     /// Queue pairs in use (cores beyond it have no queue).
     pub queue_count: u16,
+    /// MSI-X vectors the NIC offers (queues share them when there are fewer: `node::wake`).
+    pub vectors: u16,
     /// One slot per core.
     pub queues: [QueueSlot; MAX_CORES],
 }
@@ -171,16 +170,27 @@ fn bring_up_with<C: ConfigAccess>(
             return None;
         }
     };
+    // Each queue vector goes to the core of its lowest queue; that core wakes the other queues'
+    // cores on a shared vector by IPI (node::wake).
     for (index, core) in cores.iter().enumerate().take(queue_count as usize) {
-        if let Some(vector) = control.queue_vector(QueueId(index as u16)) {
-            match MsiMessage::to_apic(core.apic_id, NIC_VECTOR) {
-                Ok(message) => {
-                    if let Err(error) = msix.program(&table, vector, message) {
-                        log::error!("MSI-X entry {vector}: {error:?}");
-                    }
+        let Some(vector) = control.queue_vector(QueueId(index as u16)) else {
+            continue;
+        };
+        let routed = crate::node::wake::vector_core(
+            usize::from(vector),
+            usize::from(queue_count),
+            usize::from(msix.table_size),
+        );
+        if routed != Some(index) {
+            continue;
+        }
+        match MsiMessage::to_apic(core.apic_id, NIC_VECTOR) {
+            Ok(message) => {
+                if let Err(error) = msix.program(&table, vector, message) {
+                    log::error!("MSI-X entry {vector}: {error:?}");
                 }
-                Err(error) => log::warn!("queue {index}: {error:?}: polled without interrupts"),
             }
+            Err(error) => log::warn!("queue {index}: {error:?}: polled without interrupts"),
         }
     }
     if let Ok(message) = MsiMessage::to_apic(cores[0].apic_id, NIC_VECTOR + 1) {
@@ -191,6 +201,7 @@ fn bring_up_with<C: ConfigAccess>(
     let handoff = NicHandoff {
         mac,
         queue_count,
+        vectors: msix.table_size,
         queues: core::array::from_fn(|_| QueueSlot::empty()),
     };
     for (slot, queue) in handoff.queues.iter().zip(queues) {
@@ -214,11 +225,6 @@ fn bring_up_with<C: ConfigAccess>(
     Some((control, handoff))
 }
 
-/// The TSC as smoltcp time.
-pub fn instant(tsc_per_ms: u64) -> netd::Instant {
-    netd::Instant::from_micros((u128::from(tsc::now()) * 1000 / u128::from(tsc_per_ms)) as i64)
-}
-
 fn cycles() -> u64 {
     tsc::now()
 }
@@ -227,183 +233,62 @@ fn rss_hash(input: &[u8]) -> u32 {
     drivers::rss::toeplitz(&drivers::rss::DEFAULT_KEY, input)
 }
 
-/// One core's network: its queue, its buffer pool, its stack, and reassembly of multi-slot
-/// messages from each peer.
-pub struct CoreNetwork {
-    /// This core's smoltcp instance and paths.
-    pub net: netd::CoreNet,
-    /// This core's queue pair.
-    pub queue: IgbQueue<Mmio>,
-    /// This core's packet buffers.
-    pub pool: BufferPool,
-    /// Per peer: the bytes of a message arriving in chunks.
-    reassembly: Vec<Vec<u8>>,
-}
+/// A core's network in the kernel: netd's stack over its igb queue.
+pub type KernelNetwork = CoreNetwork<IgbQueue<Mmio>>;
 
 /// Buffers in a core's pool at most.
 const MAX_POOL_BUFFERS: usize = 2048;
 
-impl CoreNetwork {
-    /// Builds core `index`'s network over `queue`, with a pool of `pool_memory` (identity-mapped,
-    /// this core's own) and the addresses from the command line.
-    pub fn new(
-        index: usize,
-        cores: usize,
-        handoff: &NicHandoff,
-        queue: IgbQueue<Mmio>,
-        pool_memory: (u64, usize),
-        cmdline: &str,
-        tsc_per_ms: u64,
-    ) -> Result<Self, netd::NetError> {
-        let (base, length) = pool_memory;
-        let count = (length / BUFFER_SIZE).min(MAX_POOL_BUFFERS);
-        // SAFETY: the caller gives fresh frames of this core's slice, identity-mapped, never
-        // freed; the pool owns them from now on.
-        let memory =
-            unsafe { core::slice::from_raw_parts_mut(base as *mut u8, count * BUFFER_SIZE) };
-        let free = Box::leak(vec![0u32; count].into_boxed_slice());
-        let in_use = Box::leak(vec![false; count].into_boxed_slice());
-        let mut pool =
-            BufferPool::new(memory, base, free, in_use).map_err(|_| netd::NetError::BadCore)?;
-        let addresses = netd::parse_command_line(cmdline).unwrap_or_else(|error| {
-            crate::kprintln!(
-                "flotilla: command line: network addresses: {}; defaults kept ({})",
-                error,
-                netd::Addresses::default()
-            );
-            netd::Addresses::default()
-        });
-        let mut config = netd::NetConfig::new(handoff.mac, index as u16, cores as u16);
-        config.addresses = addresses;
-        config.wall_clock = super::rtc::wall_clock(cmdline, tsc_per_ms);
-        config.heap_bytes = super::heap::usage().0 + super::heap::usage().1;
-        config.memcached_memory_mb =
-            netd::parse_memcached_memory(cmdline).unwrap_or_else(|error| {
-                crate::kprintln!(
-                    "flotilla: command line: {}; memcached sizes itself by the heap",
-                    error
-                );
-                None
-            });
-        config.random_seed ^= tsc::now() ^ index as u64;
-        let applications = netd::app::default_applications(&config);
-        let mut net = netd::CoreNet::new(config, applications, cycles, instant(tsc_per_ms))?;
-        net.set_rss_hash(rss_hash);
-        let table = drivers::rss::default_table(handoff.queue_count);
-        let owners: [netd::CoreId; drivers::nic::FLOW_GROUPS] =
-            core::array::from_fn(|g| u16::from(table[g]));
-        net.set_flow_table(&owners);
-        let mut queue = queue;
-        queue.refill(&mut pool);
-        queue.set_interrupt(true);
-        Ok(Self {
-            net,
-            queue,
-            pool,
-            reassembly: vec![Vec::new(); cores],
-        })
-    }
-
-    /// Adds one chunk of a message from `from`; returns the whole message when it is complete.
-    pub fn reassemble(
-        &mut self,
-        from: usize,
-        total: u16,
-        offset: u16,
-        data: &[u8],
-    ) -> Option<Vec<u8>> {
-        let buffer = self.reassembly.get_mut(from)?;
-        if offset == 0 {
-            buffer.clear();
-        }
-        if usize::from(offset) != buffer.len() {
-            buffer.clear(); // a lost chunk (the sender gave up on a full ring): drop the message
-            return None;
-        }
-        buffer.extend_from_slice(data);
-        (buffer.len() >= usize::from(total)).then(|| core::mem::take(buffer))
-    }
-}
-
-/// Sends `message` to `peer` over its channel, spinning up to `patience_ms` while the ring is
-/// full; wakes the peer if it sleeps.
-pub fn send_kernel_message(
-    endpoint: &mut Endpoint<'static>,
-    apic_id: u32,
-    message: &KernelMessage,
+/// Builds core `index`'s network over `queue`, with a pool of `pool_memory` (identity-mapped,
+/// this core's own) and the addresses from the command line.
+pub fn core_network(
+    index: usize,
+    cores: usize,
+    handoff: &NicHandoff,
+    queue: IgbQueue<Mmio>,
+    pool_memory: (u64, usize),
+    cmdline: &str,
+    now: Instant,
     tsc_per_ms: u64,
-    patience_ms: u64,
-) -> Result<(), urpc::SendError> {
-    let deadline = tsc::now() + patience_ms * tsc_per_ms;
-    loop {
-        match endpoint.sender.try_send_message(message) {
-            Ok(()) => return Ok(()),
-            Err(urpc::SendError::Full) if tsc::now() < deadline => core::hint::spin_loop(),
-            Err(error) => {
-                endpoint
-                    .sender
-                    .notify_if_sleeping(&mut channels::IpiNotifier { apic_id });
-                return Err(error);
-            }
-        }
-        // The peer may be asleep with our ring full: make sure it is woken to drain it.
-        endpoint
-            .sender
-            .notify_if_sleeping(&mut channels::IpiNotifier { apic_id });
-    }
-}
-
-/// netd's view of the other cores: chunks each message over URPC slots.
-pub struct UrpcPeers<'a> {
-    /// This core's channel ends, by peer.
-    pub endpoints: &'a mut [Option<Endpoint<'static>>],
-    /// Each core's APIC id.
-    pub apic_ids: &'a [u32],
-    /// TSC ticks per millisecond.
-    pub tsc_per_ms: u64,
-}
-
-impl netd::Peers for UrpcPeers<'_> {
-    fn send(
-        &mut self,
-        core: netd::CoreId,
-        message: &netd::PeerMessage<'_>,
-    ) -> Result<(), netd::PeerError> {
-        let peer = usize::from(core);
-        let apic_id = *self
-            .apic_ids
-            .get(peer)
-            .ok_or(netd::PeerError::NoSuchCore(core))?;
-        let endpoint = self
-            .endpoints
-            .get_mut(peer)
-            .and_then(Option::as_mut)
-            .ok_or(netd::PeerError::NoSuchCore(core))?;
-        let mut bytes = [0u8; 4096];
-        let length = message
-            .encode(&mut bytes)
-            .map_err(|_| netd::PeerError::TooLarge)?;
-        let total = u16::try_from(length).map_err(|_| netd::PeerError::TooLarge)?;
-        for (index, chunk) in bytes[..length].chunks(NET_CHUNK_BYTES).enumerate() {
-            let mut data = [0u8; NET_CHUNK_BYTES];
-            data[..chunk.len()].copy_from_slice(chunk);
-            let message = KernelMessage::NetChunk {
-                total,
-                offset: (index * NET_CHUNK_BYTES) as u16,
-                length: chunk.len() as u8,
-                data,
-            };
-            send_kernel_message(endpoint, apic_id, &message, self.tsc_per_ms, 5)
-                .map_err(|_| netd::PeerError::Full)?;
-        }
-        endpoint
-            .sender
-            .notify_if_sleeping(&mut channels::IpiNotifier { apic_id });
-        Ok(())
-    }
-
-    /// The encoding buffer above: longer messages are refused as too large.
-    fn max_message(&self) -> usize {
-        4096
-    }
+) -> Result<KernelNetwork, netd::NetError> {
+    let (base, length) = pool_memory;
+    let count = (length / BUFFER_SIZE).min(MAX_POOL_BUFFERS);
+    // SAFETY: the caller gives fresh frames of this core's slice, identity-mapped, never
+    // freed; the pool owns them from now on.
+    let memory = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, count * BUFFER_SIZE) };
+    let free = Box::leak(vec![0u32; count].into_boxed_slice());
+    let in_use = Box::leak(vec![false; count].into_boxed_slice());
+    let mut pool =
+        BufferPool::new(memory, base, free, in_use).map_err(|_| netd::NetError::BadCore)?;
+    let addresses = netd::parse_command_line(cmdline).unwrap_or_else(|error| {
+        crate::kprintln!(
+            "flotilla: command line: network addresses: {}; defaults kept ({})",
+            error,
+            netd::Addresses::default()
+        );
+        netd::Addresses::default()
+    });
+    let mut config = netd::NetConfig::new(handoff.mac, index as u16, cores as u16);
+    config.addresses = addresses;
+    config.wall_clock = super::rtc::wall_clock(cmdline, tsc_per_ms);
+    config.heap_bytes = super::heap::usage().0 + super::heap::usage().1;
+    config.memcached_memory_mb = netd::parse_memcached_memory(cmdline).unwrap_or_else(|error| {
+        crate::kprintln!(
+            "flotilla: command line: {}; memcached sizes itself by the heap",
+            error
+        );
+        None
+    });
+    config.random_seed ^= tsc::now() ^ index as u64;
+    let applications = netd::app::default_applications(&config);
+    let mut net = netd::CoreNet::new(config, applications, cycles, net_instant(now))?;
+    net.set_rss_hash(rss_hash);
+    // The one flow map starts as the NIC does (group g on queue g mod queues): no change to write.
+    let flows = net.flow_map_mut();
+    flows.set_owners(drivers::nic::FlowMap::round_robin(handoff.queue_count).owners());
+    flows.take_changes();
+    let mut queue = queue;
+    queue.refill(&mut pool);
+    queue.set_interrupt(true);
+    Ok(CoreNetwork { net, queue, pool })
 }

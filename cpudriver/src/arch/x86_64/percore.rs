@@ -24,19 +24,24 @@ pub struct PerCore {
     pub ticks: AtomicU64,
     /// Other interrupts taken (IPIs, devices).
     pub interrupts: AtomicU64,
+    /// Cores (APIC ids) this core wakes by IPI when a NIC queue interrupt reaches it: the queues
+    /// that share its MSI-X vector (`node::wake`). Set once before interrupts are enabled.
+    pub nic_forward: heapless::Vec<u32, 8>,
     /// The core's heap (see `heap`).
     pub heap: UnsafeCell<linked_list_allocator::Heap>,
 }
 
 impl PerCore {
-    /// A block for core `index`; its heap is empty until `heap::init`.
-    pub fn new(index: u32, apic_id: u32) -> Self {
+    /// A block for core `index`; its heap is empty until `heap::init`. `nic_forward` lists the
+    /// APIC ids to wake when this core takes a NIC queue interrupt.
+    pub fn new(index: u32, apic_id: u32, nic_forward: heapless::Vec<u32, 8>) -> Self {
         Self {
             self_pointer: core::ptr::null(),
             index,
             apic_id,
             ticks: AtomicU64::new(0),
             interrupts: AtomicU64::new(0),
+            nic_forward,
             heap: UnsafeCell::new(linked_list_allocator::Heap::empty()),
         }
     }

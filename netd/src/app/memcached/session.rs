@@ -144,6 +144,10 @@ fn failure_line(failure: Failure) -> &'static [u8] {
             b"SERVER_ERROR value too large for the cross-core channel\r\n"
         }
         Failure::Refused(PeerError::NoSuchCore(_)) => b"SERVER_ERROR owner core unreachable\r\n",
+        Failure::Refused(PeerError::PeerFenced(_)) => b"SERVER_ERROR owner core failed\r\n",
+        Failure::Refused(PeerError::BulkExhausted) => {
+            b"SERVER_ERROR out of memory for the cross-core channel\r\n"
+        }
         Failure::Timeout => b"SERVER_ERROR owner core did not answer\r\n",
         Failure::CoreFailed => b"SERVER_ERROR owner core failed\r\n",
     }
