@@ -11,36 +11,39 @@
 
 use crate::nic::FLOW_GROUPS;
 
-/// A set of flow groups (bit `g` = group `g`).
+/// A set of flow groups (bit `g % 64` of word `g / 64` = group `g`). Two 64-bit words rather
+/// than a `u128`: gdb 13 cannot read a structure holding a 128-bit integer, and the kernel's
+/// per-core state holds a flow map (`qemu-smp gdb`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct GroupSet(pub u128);
+pub struct GroupSet(pub [u64; 2]);
 
 impl GroupSet {
     /// No group.
-    pub const EMPTY: GroupSet = GroupSet(0);
+    pub const EMPTY: GroupSet = GroupSet([0; 2]);
     /// Every group.
-    pub const ALL: GroupSet = GroupSet(u128::MAX);
+    pub const ALL: GroupSet = GroupSet([u64::MAX; 2]);
 
     /// Whether `group` is in the set.
     pub fn contains(self, group: u8) -> bool {
-        usize::from(group) < FLOW_GROUPS && self.0 & (1 << group) != 0
+        usize::from(group) < FLOW_GROUPS
+            && self.0[usize::from(group / 64)] & (1 << (group % 64)) != 0
     }
 
     /// Adds `group`.
     pub fn insert(&mut self, group: u8) {
         if usize::from(group) < FLOW_GROUPS {
-            self.0 |= 1 << group;
+            self.0[usize::from(group / 64)] |= 1 << (group % 64);
         }
     }
 
     /// Whether the set is empty.
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.0 == [0; 2]
     }
 
     /// Number of groups in the set.
     pub fn len(self) -> usize {
-        self.0.count_ones() as usize
+        (self.0[0].count_ones() + self.0[1].count_ones()) as usize
     }
 
     /// The groups, in increasing order.
