@@ -45,10 +45,7 @@ fn echo_batch<Q: QueueDatapath>(
     let mut batch = ReceiveBatch::new();
     let n = queue.receive(pool, &mut batch);
     frames.clear();
-    frames.extend(batch.iter().map(|f| TransmitFrame {
-        buffer: f.buffer,
-        length: f.length,
-    }));
+    frames.extend(batch.iter().map(|f| TransmitFrame::new(f.buffer, f.length)));
     let sent = queue.transmit(pool, frames);
     for frame in &frames[sent..] {
         let _ = pool.free(frame.buffer);

@@ -672,10 +672,7 @@ mod tests {
         let mut pool = BufferPool::new_host(32);
         let mut q = queue(8);
         let frames: Vec<TransmitFrame> = (0..10)
-            .map(|i| TransmitFrame {
-                buffer: pool.alloc().unwrap(),
-                length: 60 + i,
-            })
+            .map(|i| TransmitFrame::new(pool.alloc().unwrap(), 60 + i))
             .collect();
         assert_eq!(q.transmit(&mut pool, &frames), 7);
         assert_eq!(q.stats().tx_ring_full, 3);

@@ -9,7 +9,6 @@ use drivers::nic::{
 };
 use drivers::pool::BufferPool;
 use netd::app::default_applications;
-use netd::classify::{checksum_add, checksum_fold};
 use netd::{CoreNet, Instant, NetConfig, PeerError, PeerMessage, Peers};
 use std::hint::black_box;
 use std::time::Instant as WallClock;
@@ -95,25 +94,17 @@ fn ethernet(destination: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 fn udp_frame(source_port: u16, payload: &[u8]) -> Vec<u8> {
-    let mut datagram = Vec::new();
-    datagram.extend_from_slice(&source_port.to_be_bytes());
-    datagram.extend_from_slice(&7u16.to_be_bytes());
-    datagram.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    datagram.extend_from_slice(&[0, 0]);
-    datagram.extend_from_slice(payload);
-    let mut sum = checksum_add(0, &CLIENT_IP);
-    sum = checksum_add(sum, &STACK_IP);
-    sum += 17 + datagram.len() as u32;
-    let checksum = !checksum_fold(checksum_add(sum, &datagram));
-    datagram[6..8].copy_from_slice(&checksum.to_be_bytes());
-    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    packet[2..4].copy_from_slice(&((20 + datagram.len()) as u16).to_be_bytes());
-    packet.extend_from_slice(&CLIENT_IP);
-    packet.extend_from_slice(&STACK_IP);
-    let checksum = !checksum_fold(checksum_add(0, &packet));
-    packet[10..12].copy_from_slice(&checksum.to_be_bytes());
-    packet.extend_from_slice(&datagram);
-    ethernet(STACK_MAC, 0x0800, &packet)
+    let mut frame = vec![0u8; 42 + payload.len()];
+    let length = drivers::frame::build_udp_ipv4(
+        &mut frame,
+        CLIENT_MAC,
+        STACK_MAC,
+        (CLIENT_IP, source_port),
+        (STACK_IP, 7),
+        payload,
+    );
+    frame.truncate(length);
+    frame
 }
 
 fn arp_request() -> Vec<u8> {

@@ -1,13 +1,20 @@
 //! The classifier: maps each received frame, once, to a path (or to a forward or a counted drop)
 //! before smoltcp sees it.
 //!
-//! It parses Ethernet, ARP, IPv4, ICMP, UDP and TCP headers by hand, checks lengths and
-//! checksums (trusting the NIC's [`ChecksumStatus`] when it checked), and looks the destination up
-//! in a small per-core table of paths. Every rejection has a [`DropReason`]; nothing in here can
-//! panic on any input (see the fuzz-style tests).
+//! It parses Ethernet, ARP, IPv4, ICMP, UDP and TCP headers with `smoltcp::wire` (the checked
+//! constructors are the no-panic contract; no byte offsets are written here), checks lengths and
+//! checksums (trusting the NIC's [`ChecksumStatus`] when it checked; the arithmetic is smoltcp's
+//! one checksum routine), and looks the destination up in a small per-core table of paths. Every
+//! rejection has a [`DropReason`]; nothing in here can panic on any input (see the fuzz-style
+//! tests).
 
 use crate::config::{CoreId, FLOW_GROUPS};
 use drivers::nic::ChecksumStatus;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpAddress,
+    IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
+    TCP_HEADER_LEN, UDP_HEADER_LEN,
+};
 
 /// Index of a path in its core's path table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -182,31 +189,6 @@ pub struct Classifier {
     hash: Option<RssHashFn>,
 }
 
-/// Reads a big-endian u16 at `at`; the caller has checked the bounds.
-fn be16(bytes: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([bytes[at], bytes[at + 1]])
-}
-
-/// Adds `bytes` to a ones'-complement running sum (RFC 1071), unfolded.
-pub fn checksum_add(mut sum: u32, bytes: &[u8]) -> u32 {
-    let mut chunks = bytes.chunks_exact(2);
-    for pair in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-/// Folds a running sum to the 16-bit ones'-complement checksum value.
-pub fn checksum_fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 impl Classifier {
     /// A classifier for `core` of `core_count` with our `mac` and `ip/prefix`, and no paths yet.
     pub fn new(mac: [u8; 6], ip: [u8; 4], prefix: u8, core: CoreId, core_count: u16) -> Self {
@@ -282,38 +264,36 @@ impl Classifier {
         rss_hash: u32,
         forwarded: bool,
     ) -> Result<Verdict, DropReason> {
-        const ETHERNET: usize = 14;
-        if frame.len() < ETHERNET {
-            return Err(DropReason::Truncated);
-        }
-        let destination = &frame[0..6];
-        if destination != self.mac && destination != [0xff; 6] {
+        let ethernet = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
+        let destination = ethernet.dst_addr();
+        if destination.as_bytes() != self.mac && !destination.is_broadcast() {
             return Err(DropReason::NotForUs);
         }
-        if frame[6] & 1 != 0 {
+        if ethernet.src_addr().is_multicast() {
             return Err(DropReason::BadSource);
         }
-        match be16(frame, 12) {
-            0x0806 => self.classify_arp(&frame[ETHERNET..]),
-            0x0800 => self.classify_ipv4(&frame[ETHERNET..], checksum, rss_hash, forwarded),
+        let payload = &frame[ETHERNET_HEADER_LEN..];
+        match ethernet.ethertype() {
+            EthernetProtocol::Arp => self.classify_arp(payload),
+            EthernetProtocol::Ipv4 => self.classify_ipv4(payload, checksum, rss_hash, forwarded),
             _ => Err(DropReason::UnsupportedEtherType),
         }
     }
 
     fn classify_arp(&self, arp: &[u8]) -> Result<Verdict, DropReason> {
-        if arp.len() < 28 {
-            return Err(DropReason::Truncated);
-        }
-        let operation = be16(arp, 6);
-        if be16(arp, 0) != 1
-            || be16(arp, 2) != 0x0800
-            || arp[4] != 6
-            || arp[5] != 4
-            || !(1..=2).contains(&operation)
-        {
+        let packet = ArpPacket::new_checked(arp).map_err(|_| DropReason::Truncated)?;
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            target_protocol_addr,
+            ..
+        } = ArpRepr::parse(&packet).map_err(|_| DropReason::BadArp)?
+        else {
+            return Err(DropReason::BadArp);
+        };
+        if !matches!(operation, ArpOperation::Request | ArpOperation::Reply) {
             return Err(DropReason::BadArp);
         }
-        if arp[24..28] != self.ip {
+        if target_protocol_addr.octets() != self.ip {
             return Err(DropReason::NotForUs);
         }
         self.arp
@@ -328,28 +308,18 @@ impl Classifier {
         rss_hash: u32,
         forwarded: bool,
     ) -> Result<Verdict, DropReason> {
-        if packet.len() < 20 {
-            return Err(DropReason::Truncated);
-        }
-        let header_length = usize::from(packet[0] & 0x0f) * 4;
-        if packet[0] >> 4 != 4 || header_length < 20 {
+        let ip = Ipv4Packet::new_checked(packet).map_err(|_| ipv4_error(packet))?;
+        if ip.version() != 4 {
             return Err(DropReason::BadIpHeader);
-        }
-        if packet.len() < header_length {
-            return Err(DropReason::Truncated);
-        }
-        let total_length = usize::from(be16(packet, 2));
-        if total_length < header_length || total_length > packet.len() {
-            return Err(DropReason::BadLength);
         }
         if checksum.error {
             return Err(DropReason::BadChecksum);
         }
-        if !checksum.ipv4_ok && checksum_fold(checksum_add(0, &packet[..header_length])) != 0xffff {
+        if !checksum.ipv4_ok && !ip.verify_checksum() {
             return Err(DropReason::BadChecksum);
         }
-        let source: [u8; 4] = [packet[12], packet[13], packet[14], packet[15]];
-        let destination: [u8; 4] = [packet[16], packet[17], packet[18], packet[19]];
+        let source = ip.src_addr().octets();
+        let destination = ip.dst_addr().octets();
         if destination != self.ip && destination != [255; 4] && destination != self.subnet_broadcast
         {
             return Err(DropReason::NotForUs);
@@ -361,84 +331,79 @@ impl Classifier {
         {
             return Err(DropReason::BadSource);
         }
-        let flags_fragment = be16(packet, 6);
-        if flags_fragment & 0x3fff != 0 {
+        if ip.more_frags() || ip.frag_offset() != 0 {
             return Err(DropReason::Fragment);
         }
-        let protocol = packet[9];
-        let payload = &packet[header_length..total_length];
-        let pseudo_sum = || {
-            let sum = checksum_add(0, &packet[12..20]);
-            sum + u32::from(protocol) + payload.len() as u32
-        };
-        match protocol {
-            1 => {
-                if payload.len() < 8 {
-                    return Err(DropReason::Truncated);
-                }
-                if checksum_fold(checksum_add(0, payload)) != 0xffff {
+        let (source_address, destination_address) = (
+            IpAddress::Ipv4(ip.src_addr()),
+            IpAddress::Ipv4(ip.dst_addr()),
+        );
+        let payload = ip.payload();
+        match ip.next_header() {
+            IpProtocol::Icmp => {
+                let message =
+                    Icmpv4Packet::new_checked(payload).map_err(|_| DropReason::Truncated)?;
+                if !message.verify_checksum() {
                     return Err(DropReason::BadChecksum);
                 }
                 self.icmp
                     .map(Verdict::Deliver)
                     .ok_or(DropReason::UnsupportedProtocol)
             }
-            17 => {
-                if payload.len() < 8 {
-                    return Err(DropReason::Truncated);
-                }
-                let udp_length = usize::from(be16(payload, 4));
-                if udp_length < 8 || udp_length > payload.len() {
-                    return Err(DropReason::BadLength);
-                }
-                let datagram = &payload[..udp_length];
-                if !checksum.l4_ok && be16(datagram, 6) != 0 {
-                    let sum = checksum_add(0, &packet[12..20]) + 17 + udp_length as u32;
-                    if checksum_fold(checksum_add(sum, datagram)) != 0xffff {
-                        return Err(DropReason::BadChecksum);
+            IpProtocol::Udp => {
+                let datagram = UdpPacket::new_checked(payload).map_err(|_| {
+                    if payload.len() < UDP_HEADER_LEN {
+                        DropReason::Truncated
+                    } else {
+                        DropReason::BadLength
                     }
+                })?;
+                if !checksum.l4_ok
+                    && !datagram.verify_checksum(&source_address, &destination_address)
+                {
+                    return Err(DropReason::BadChecksum);
                 }
-                let (source_port, destination_port) = (be16(payload, 0), be16(payload, 2));
                 if let Some(core) = self.misdelivered(
                     source,
                     destination,
-                    source_port,
-                    destination_port,
+                    datagram.src_port(),
+                    datagram.dst_port(),
                     rss_hash,
                     forwarded,
                 ) {
                     return Ok(Verdict::Forward(core));
                 }
-                Self::lookup(&self.udp, destination_port)
+                Self::lookup(&self.udp, datagram.dst_port())
                     .map(Verdict::Deliver)
                     .ok_or(DropReason::NoSuchPort)
             }
-            6 => {
-                if payload.len() < 20 {
-                    return Err(DropReason::Truncated);
-                }
-                let data_offset = usize::from(payload[12] >> 4) * 4;
-                if data_offset < 20 || data_offset > payload.len() {
-                    return Err(DropReason::BadLength);
-                }
-                if !checksum.l4_ok && checksum_fold(checksum_add(pseudo_sum(), payload)) != 0xffff {
+            IpProtocol::Tcp => {
+                let segment = TcpPacket::new_checked(payload).map_err(|_| {
+                    if payload.len() < TCP_HEADER_LEN {
+                        DropReason::Truncated
+                    } else {
+                        DropReason::BadLength
+                    }
+                })?;
+                if !checksum.l4_ok
+                    && !segment.verify_checksum(&source_address, &destination_address)
+                {
                     return Err(DropReason::BadChecksum);
                 }
                 if destination != self.ip {
                     return Err(DropReason::NotForUs);
                 }
-                let (source_port, destination_port) = (be16(payload, 0), be16(payload, 2));
                 if let Some(core) = self.misdelivered(
                     source,
                     destination,
-                    source_port,
-                    destination_port,
+                    segment.src_port(),
+                    segment.dst_port(),
                     rss_hash,
                     forwarded,
                 ) {
                     return Ok(Verdict::Forward(core));
                 }
-                Self::lookup(&self.tcp, destination_port)
+                Self::lookup(&self.tcp, segment.dst_port())
                     .map(Verdict::Deliver)
                     .ok_or(DropReason::NoSuchPort)
             }
@@ -471,6 +436,24 @@ impl Classifier {
         };
         let owner = self.flows.owner(FlowTable::group_of_hash(hash));
         (owner != self.core).then_some(owner)
+    }
+}
+
+/// Why `smoltcp` refused an IPv4 header, told apart for the drop counters: too short for the
+/// fixed header or its options, a header length below the minimum, or a total length that
+/// disagrees with the header or the bytes present. Reads only what the length check allows.
+fn ipv4_error(packet: &[u8]) -> DropReason {
+    if packet.len() < IPV4_HEADER_LEN {
+        return DropReason::Truncated;
+    }
+    let header = Ipv4Packet::new_unchecked(packet);
+    let header_length = usize::from(header.header_len());
+    if header_length < IPV4_HEADER_LEN {
+        DropReason::BadIpHeader
+    } else if packet.len() < header_length {
+        DropReason::Truncated
+    } else {
+        DropReason::BadLength
     }
 }
 

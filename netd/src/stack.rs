@@ -17,7 +17,10 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv4Cidr,
+};
 
 extern crate alloc;
 use alloc::boxed::Box;
@@ -619,16 +622,19 @@ impl CoreNet {
                 if in_place {
                     // The fast path: the reply leaves from the request's own buffer.
                     let reply = match (pool.bytes_mut(frame.buffer), path.app.as_mut()) {
-                        (Ok(bytes), Some(app)) => {
-                            fastpath::answer_in_place(bytes, length, config.mac, |payload, n| {
-                                app.on_datagram(payload, n)
-                            })
-                        }
+                        (Ok(bytes), Some(app)) => fastpath::answer_in_place(
+                            bytes,
+                            length,
+                            config.mac,
+                            drivers::nic::QueueCapabilities::default(),
+                            |payload, n| app.on_datagram(payload, n),
+                        ),
                         _ => None,
                     };
-                    let out = reply.map(|length| drivers::nic::TransmitFrame {
+                    let out = reply.map(|reply| drivers::nic::TransmitFrame {
                         buffer: frame.buffer,
-                        length: length as u16,
+                        length: reply.length as u16,
+                        checksum: reply.checksum,
                     });
                     match out.map(|out| tx_queue.push(out)) {
                         Some(Ok(())) => {}
@@ -659,10 +665,7 @@ impl CoreNet {
                     let sent = pool.alloc().and_then(|buffer| {
                         let target = pool.bytes_mut(buffer).ok()?;
                         target[..length].copy_from_slice(&staging.bytes[..length]);
-                        let out = drivers::nic::TransmitFrame {
-                            buffer,
-                            length: length as u16,
-                        };
+                        let out = drivers::nic::TransmitFrame::new(buffer, length as u16);
                         match tx_queue.push(out) {
                             Ok(()) => Some(()),
                             Err(_) => {
@@ -802,35 +805,55 @@ fn add_listener(path: &mut Path) {
 
 /// The sender of an ARP packet aimed at us, if it is a unicast neighbour on our subnet.
 fn arp_sender(frame: &[u8], config: &NetConfig) -> Option<NeighbourEntry> {
-    let arp = frame.get(14..42)?;
-    let mut entry = NeighbourEntry {
-        ip: [0; 4],
-        mac: [0; 6],
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    let packet = ArpPacket::new_checked(ethernet.payload()).ok()?;
+    let ArpRepr::EthernetIpv4 {
+        source_hardware_addr,
+        source_protocol_addr,
+        ..
+    } = ArpRepr::parse(&packet).ok()?
+    else {
+        return None;
     };
-    entry.mac.copy_from_slice(&arp[8..14]);
-    entry.ip.copy_from_slice(&arp[14..18]);
-    let prefix = u32::from(config.addresses.ip.prefix.min(32));
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix)
+    let entry = NeighbourEntry {
+        ip: source_protocol_addr.octets(),
+        mac: source_hardware_addr.0,
     };
-    let ours = u32::from_be_bytes(config.addresses.ip.address);
-    let theirs = u32::from_be_bytes(entry.ip);
-    let unicast_mac = entry.mac[0] & 1 == 0 && entry.mac != [0; 6];
-    (unicast_mac && theirs & mask == ours & mask && theirs != ours && theirs != 0).then_some(entry)
+    let ours = Ipv4Cidr::new(
+        Ipv4Address::from_octets(config.addresses.ip.address),
+        config.addresses.ip.prefix.min(32),
+    );
+    let unicast_mac = source_hardware_addr.is_unicast() && entry.mac != [0; 6];
+    let on_subnet = ours.contains_addr(&source_protocol_addr);
+    let theirs = entry.ip;
+    (unicast_mac && on_subnet && theirs != config.addresses.ip.address && theirs != [0; 4])
+        .then_some(entry)
 }
 
+/// Length of an Ethernet frame carrying an Ethernet/IPv4 ARP packet (no padding).
+pub const ARP_FRAME_LEN: usize = 42;
+
 /// An ARP reply from `entry` to us, as the neighbour itself would send it.
-pub fn arp_reply_frame(entry: NeighbourEntry, our_mac: [u8; 6], our_ip: [u8; 4]) -> [u8; 42] {
-    let mut frame = [0u8; 42];
-    frame[0..6].copy_from_slice(&our_mac);
-    frame[6..12].copy_from_slice(&entry.mac);
-    frame[12..14].copy_from_slice(&[0x08, 0x06]);
-    frame[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 2]);
-    frame[22..28].copy_from_slice(&entry.mac);
-    frame[28..32].copy_from_slice(&entry.ip);
-    frame[32..38].copy_from_slice(&our_mac);
-    frame[38..42].copy_from_slice(&our_ip);
+pub fn arp_reply_frame(
+    entry: NeighbourEntry,
+    our_mac: [u8; 6],
+    our_ip: [u8; 4],
+) -> [u8; ARP_FRAME_LEN] {
+    let arp = ArpRepr::EthernetIpv4 {
+        operation: ArpOperation::Reply,
+        source_hardware_addr: EthernetAddress(entry.mac),
+        source_protocol_addr: Ipv4Address::from_octets(entry.ip),
+        target_hardware_addr: EthernetAddress(our_mac),
+        target_protocol_addr: Ipv4Address::from_octets(our_ip),
+    };
+    let ethernet = EthernetRepr {
+        src_addr: EthernetAddress(entry.mac),
+        dst_addr: EthernetAddress(our_mac),
+        ethertype: EthernetProtocol::Arp,
+    };
+    let mut frame = [0u8; ARP_FRAME_LEN];
+    let mut view = EthernetFrame::new_unchecked(&mut frame[..]);
+    ethernet.emit(&mut view);
+    arp.emit(&mut ArpPacket::new_unchecked(view.payload_mut()));
     frame
 }

@@ -2,7 +2,7 @@
 //! fake URPC mailbox between the cores, and a second smoltcp interface as the remote client.
 
 use crate::app::default_applications;
-use crate::classify::{checksum_add, checksum_fold, rss_input, Classifier, FlowTable};
+use crate::classify::{rss_input, Classifier, FlowTable};
 use crate::config::{CoreId, NetConfig};
 use crate::peers::{PeerError, PeerMessage, Peers};
 use crate::stack::{CoreNet, PollOutcome};
@@ -15,7 +15,10 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{
+    checksum, EthernetAddress, HardwareAddress, Icmpv4Packet, IpAddress, IpCidr, IpProtocol,
+    Ipv4Address, Ipv4Packet,
+};
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::vec::Vec;
@@ -302,17 +305,21 @@ pub(crate) fn ipv4(source: [u8; 4], destination: [u8; 4], protocol: u8, payload:
     packet[2..4].copy_from_slice(&total.to_be_bytes());
     packet.extend_from_slice(&source);
     packet.extend_from_slice(&destination);
-    let checksum = !checksum_fold(checksum_add(0, &packet));
-    packet[10..12].copy_from_slice(&checksum.to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut packet[..]).fill_checksum();
     packet.extend_from_slice(payload);
     packet
 }
 
 fn l4_checksum(source: [u8; 4], destination: [u8; 4], protocol: u8, segment: &[u8]) -> u16 {
-    let mut sum = checksum_add(0, &source);
-    sum = checksum_add(sum, &destination);
-    sum += u32::from(protocol) + segment.len() as u32;
-    !checksum_fold(checksum_add(sum, segment))
+    !checksum::combine(&[
+        checksum::pseudo_header_v4(
+            &Ipv4Address::from_octets(source),
+            &Ipv4Address::from_octets(destination),
+            IpProtocol::from(protocol),
+            segment.len() as u32,
+        ),
+        checksum::data(segment),
+    ])
 }
 
 pub(crate) fn udp_frame(source_port: u16, destination_port: u16, payload: &[u8]) -> Vec<u8> {
@@ -354,8 +361,7 @@ pub(crate) fn icmp_echo(identifier: u16, sequence: u16, data: &[u8]) -> Vec<u8> 
     message.extend_from_slice(&identifier.to_be_bytes());
     message.extend_from_slice(&sequence.to_be_bytes());
     message.extend_from_slice(data);
-    let checksum = !checksum_fold(checksum_add(0, &message));
-    message[2..4].copy_from_slice(&checksum.to_be_bytes());
+    Icmpv4Packet::new_unchecked(&mut message[..]).fill_checksum();
     ethernet(
         STACK_MAC,
         CLIENT_MAC,
@@ -682,9 +688,7 @@ fn classifier_maps_each_protocol_to_its_path_or_a_reason() {
     // Fragments, other addresses, other protocols.
     let mut fragment = ipv4(CLIENT_IP, STACK_IP, 17, &[0u8; 16]);
     fragment[6] = 0x20; // more fragments
-    fragment[10..12].copy_from_slice(&[0, 0]);
-    let checksum = !checksum_fold(checksum_add(0, &fragment[..20]));
-    fragment[10..12].copy_from_slice(&checksum.to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut fragment[..]).fill_checksum();
     assert_eq!(
         deliver_verdict(
             &classifier,
@@ -932,7 +936,9 @@ fn icmp_echo_is_answered_and_charged_to_the_icmp_path() {
     assert_eq!(reply[34], 0, "echo reply");
     assert_eq!(&reply[38..42], &[0, 0x77, 0, 9]);
     assert_eq!(&reply[42..], b"0123456789");
-    assert_eq!(checksum_fold(checksum_add(0, &reply[34..])), 0xffff);
+    assert!(Icmpv4Packet::new_checked(&reply[34..])
+        .unwrap()
+        .verify_checksum());
     let counters = cluster.path_counters(core, PathKey::Icmp);
     assert_eq!((counters.packets, counters.tx_packets), (1, 1));
     assert!(counters.cycles > 0);

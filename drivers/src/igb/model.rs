@@ -346,10 +346,7 @@ mod tests {
         // Echo them back out.
         let frames: Vec<TransmitFrame> = batch
             .iter()
-            .map(|f| TransmitFrame {
-                buffer: f.buffer,
-                length: f.length,
-            })
+            .map(|f| TransmitFrame::new(f.buffer, f.length))
             .collect();
         assert_eq!(q.transmit(&mut pool, &frames), 7);
         let wire = model.take_transmitted();
@@ -381,10 +378,7 @@ mod tests {
             assert_eq!(n, usize::from(round % 15 + 1));
             let frames: Vec<TransmitFrame> = batch
                 .iter()
-                .map(|f| TransmitFrame {
-                    buffer: f.buffer,
-                    length: f.length,
-                })
+                .map(|f| TransmitFrame::new(f.buffer, f.length))
                 .collect();
             assert_eq!(q.transmit(&mut pool, &frames), n);
             assert_eq!(q.reclaim(&mut pool), n);

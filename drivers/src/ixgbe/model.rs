@@ -351,10 +351,7 @@ mod tests {
             let n = q.receive(&mut pool, &mut batch);
             let frames: Vec<TransmitFrame> = batch
                 .iter()
-                .map(|f| TransmitFrame {
-                    buffer: f.buffer,
-                    length: f.length,
-                })
+                .map(|f| TransmitFrame::new(f.buffer, f.length))
                 .collect();
             assert_eq!(q.transmit(&mut pool, &frames), n);
             q.reclaim(&mut pool);

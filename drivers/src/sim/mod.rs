@@ -771,10 +771,7 @@ mod tests {
                                 ([10, 0, 0, 1], 3000 + i),
                                 b"out",
                             );
-                            TransmitFrame {
-                                buffer,
-                                length: n as u16,
-                            }
+                            TransmitFrame::new(buffer, n as u16)
                         })
                         .collect();
                     let accepted = queue.transmit(&mut pool, &frames);
