@@ -107,6 +107,9 @@ impl DropReason {
 pub enum Verdict {
     /// Append the frame to this path's queue.
     Deliver(PathIndex),
+    /// The frame is for this path, whose queue is full: drop it now, before any checksum or
+    /// protocol work, and count it as the path's drop (LRP).
+    PathFull(PathIndex),
     /// The frame's flow group belongs to another core: forward it there, once.
     Forward(CoreId),
     /// Drop the frame and count the reason.
@@ -172,6 +175,28 @@ pub fn rss_input(
 
 /// Maximum number of paths on one core.
 pub const MAX_PATHS: usize = 16;
+
+/// A set of paths (bit `i` = path index `i`): the paths whose queues are full, for
+/// [`Classifier::classify_admitting`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathSet(pub u16);
+
+impl PathSet {
+    /// No path.
+    pub const EMPTY: Self = Self(0);
+
+    /// Whether `path` is in the set.
+    pub fn contains(self, path: PathIndex) -> bool {
+        path.0 < 16 && self.0 & (1 << path.0) != 0
+    }
+
+    /// Adds `path`.
+    pub fn insert(&mut self, path: PathIndex) {
+        if path.0 < 16 {
+            self.0 |= 1 << path.0;
+        }
+    }
+}
 
 /// The per-core classifier: our addresses, the path table and the flow table.
 #[derive(Clone, Debug)]
@@ -251,7 +276,20 @@ impl Classifier {
         rss_hash: u32,
         forwarded: bool,
     ) -> Verdict {
-        match self.classify_inner(frame, checksum, rss_hash, forwarded) {
+        self.classify_admitting(frame, checksum, rss_hash, forwarded, PathSet::EMPTY)
+    }
+
+    /// Classifies one frame, answering [`Verdict::PathFull`] for a frame whose path is in `full`
+    /// as soon as the path is known: before the IPv4 and transport checksums are verified.
+    pub fn classify_admitting(
+        &self,
+        frame: &[u8],
+        checksum: ChecksumStatus,
+        rss_hash: u32,
+        forwarded: bool,
+        full: PathSet,
+    ) -> Verdict {
+        match self.classify_inner(frame, checksum, rss_hash, forwarded, full) {
             Ok(verdict) => verdict,
             Err(reason) => Verdict::Drop(reason),
         }
@@ -263,6 +301,7 @@ impl Classifier {
         checksum: ChecksumStatus,
         rss_hash: u32,
         forwarded: bool,
+        full: PathSet,
     ) -> Result<Verdict, DropReason> {
         let ethernet = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
         let destination = ethernet.dst_addr();
@@ -274,13 +313,15 @@ impl Classifier {
         }
         let payload = &frame[ETHERNET_HEADER_LEN..];
         match ethernet.ethertype() {
-            EthernetProtocol::Arp => self.classify_arp(payload),
-            EthernetProtocol::Ipv4 => self.classify_ipv4(payload, checksum, rss_hash, forwarded),
+            EthernetProtocol::Arp => self.classify_arp(payload, full),
+            EthernetProtocol::Ipv4 => {
+                self.classify_ipv4(payload, checksum, rss_hash, forwarded, full)
+            }
             _ => Err(DropReason::UnsupportedEtherType),
         }
     }
 
-    fn classify_arp(&self, arp: &[u8]) -> Result<Verdict, DropReason> {
+    fn classify_arp(&self, arp: &[u8], full: PathSet) -> Result<Verdict, DropReason> {
         let packet = ArpPacket::new_checked(arp).map_err(|_| DropReason::Truncated)?;
         let ArpRepr::EthernetIpv4 {
             operation,
@@ -296,9 +337,8 @@ impl Classifier {
         if target_protocol_addr.octets() != self.ip {
             return Err(DropReason::NotForUs);
         }
-        self.arp
-            .map(Verdict::Deliver)
-            .ok_or(DropReason::UnsupportedEtherType)
+        let path = self.arp.ok_or(DropReason::UnsupportedEtherType)?;
+        Ok(admit(path, full))
     }
 
     fn classify_ipv4(
@@ -307,15 +347,13 @@ impl Classifier {
         checksum: ChecksumStatus,
         rss_hash: u32,
         forwarded: bool,
+        full: PathSet,
     ) -> Result<Verdict, DropReason> {
         let ip = Ipv4Packet::new_checked(packet).map_err(|_| ipv4_error(packet))?;
         if ip.version() != 4 {
             return Err(DropReason::BadIpHeader);
         }
         if checksum.error {
-            return Err(DropReason::BadChecksum);
-        }
-        if !checksum.ipv4_ok && !ip.verify_checksum() {
             return Err(DropReason::BadChecksum);
         }
         let source = ip.src_addr().octets();
@@ -338,17 +376,22 @@ impl Classifier {
             IpAddress::Ipv4(ip.src_addr()),
             IpAddress::Ipv4(ip.dst_addr()),
         );
+        // Checksums are verified once the destination is known and only if it will take the
+        // frame: a frame for a full path costs no checksum (LRP's early drop).
+        let header_ok = || checksum.ipv4_ok || ip.verify_checksum();
         let payload = ip.payload();
         match ip.next_header() {
             IpProtocol::Icmp => {
                 let message =
                     Icmpv4Packet::new_checked(payload).map_err(|_| DropReason::Truncated)?;
-                if !message.verify_checksum() {
+                let path = self.icmp.ok_or(DropReason::UnsupportedProtocol)?;
+                if full.contains(path) {
+                    return Ok(Verdict::PathFull(path));
+                }
+                if !header_ok() || !message.verify_checksum() {
                     return Err(DropReason::BadChecksum);
                 }
-                self.icmp
-                    .map(Verdict::Deliver)
-                    .ok_or(DropReason::UnsupportedProtocol)
+                Ok(Verdict::Deliver(path))
             }
             IpProtocol::Udp => {
                 let datagram = UdpPacket::new_checked(payload).map_err(|_| {
@@ -358,11 +401,12 @@ impl Classifier {
                         DropReason::BadLength
                     }
                 })?;
-                if !checksum.l4_ok
-                    && !datagram.verify_checksum(&source_address, &destination_address)
-                {
-                    return Err(DropReason::BadChecksum);
-                }
+                let verified = || {
+                    header_ok()
+                        && (checksum.l4_ok
+                            || datagram.verify_checksum(&source_address, &destination_address))
+                };
+                // The flow-owner lookup (forward once to the owner core) comes first.
                 if let Some(core) = self.misdelivered(
                     source,
                     destination,
@@ -371,11 +415,21 @@ impl Classifier {
                     rss_hash,
                     forwarded,
                 ) {
-                    return Ok(Verdict::Forward(core));
+                    return if verified() {
+                        Ok(Verdict::Forward(core))
+                    } else {
+                        Err(DropReason::BadChecksum)
+                    };
                 }
-                Self::lookup(&self.udp, datagram.dst_port())
-                    .map(Verdict::Deliver)
-                    .ok_or(DropReason::NoSuchPort)
+                let path =
+                    Self::lookup(&self.udp, datagram.dst_port()).ok_or(DropReason::NoSuchPort)?;
+                if full.contains(path) {
+                    return Ok(Verdict::PathFull(path));
+                }
+                if !verified() {
+                    return Err(DropReason::BadChecksum);
+                }
+                Ok(Verdict::Deliver(path))
             }
             IpProtocol::Tcp => {
                 let segment = TcpPacket::new_checked(payload).map_err(|_| {
@@ -385,14 +439,14 @@ impl Classifier {
                         DropReason::BadLength
                     }
                 })?;
-                if !checksum.l4_ok
-                    && !segment.verify_checksum(&source_address, &destination_address)
-                {
-                    return Err(DropReason::BadChecksum);
-                }
                 if destination != self.ip {
                     return Err(DropReason::NotForUs);
                 }
+                let verified = || {
+                    header_ok()
+                        && (checksum.l4_ok
+                            || segment.verify_checksum(&source_address, &destination_address))
+                };
                 if let Some(core) = self.misdelivered(
                     source,
                     destination,
@@ -401,11 +455,21 @@ impl Classifier {
                     rss_hash,
                     forwarded,
                 ) {
-                    return Ok(Verdict::Forward(core));
+                    return if verified() {
+                        Ok(Verdict::Forward(core))
+                    } else {
+                        Err(DropReason::BadChecksum)
+                    };
                 }
-                Self::lookup(&self.tcp, segment.dst_port())
-                    .map(Verdict::Deliver)
-                    .ok_or(DropReason::NoSuchPort)
+                let path =
+                    Self::lookup(&self.tcp, segment.dst_port()).ok_or(DropReason::NoSuchPort)?;
+                if full.contains(path) {
+                    return Ok(Verdict::PathFull(path));
+                }
+                if !verified() {
+                    return Err(DropReason::BadChecksum);
+                }
+                Ok(Verdict::Deliver(path))
             }
             _ => Err(DropReason::UnsupportedProtocol),
         }
@@ -436,6 +500,15 @@ impl Classifier {
         };
         let owner = self.flows.owner(FlowTable::group_of_hash(hash));
         (owner != self.core).then_some(owner)
+    }
+}
+
+/// `Deliver(path)`, or `PathFull(path)` when its queue is full.
+fn admit(path: PathIndex, full: PathSet) -> Verdict {
+    if full.contains(path) {
+        Verdict::PathFull(path)
+    } else {
+        Verdict::Deliver(path)
     }
 }
 

@@ -29,8 +29,8 @@ pub struct InPlaceReply {
 }
 
 /// Answers the UDP datagram in `frame[..length]` in place. `answer` gets the payload area (the
-/// request's `n` bytes first; the whole rest of the buffer up to a full frame is writable) and
-/// returns the reply's length, or `None` for no reply. Returns the reply frame, with Ethernet,
+/// request's `n` bytes first; the whole rest of the buffer up to a full frame is writable) and the
+/// sender's address and port, and returns the reply's length, or `None` for no reply. Returns the reply frame, with Ethernet,
 /// IPv4 and UDP headers turned around; its checksums are computed here, or left to the NIC for
 /// what `offload` says it computes (the IPv4 checksum field then holds 0 and the UDP one the
 /// pseudo-header sum, as the 82576 and 82599 datasheets ask). `None` when there is no reply or
@@ -40,11 +40,11 @@ pub fn answer_in_place(
     length: usize,
     our_mac: [u8; 6],
     offload: QueueCapabilities,
-    answer: impl FnOnce(&mut [u8], usize) -> Option<usize>,
+    answer: impl FnOnce(&mut [u8], usize, ([u8; 4], u16)) -> Option<usize>,
 ) -> Option<InPlaceReply> {
     let length = length.min(frame.len());
     // Read the request (validated by the classifier; checked again, it costs a few compares).
-    let (peer_mac, header_length, request_payload) = {
+    let (peer_mac, header_length, request_payload, sender) = {
         let ethernet = EthernetFrame::new_checked(&frame[..length]).ok()?;
         if ethernet.ethertype() != EthernetProtocol::Ipv4 {
             return None;
@@ -58,6 +58,7 @@ pub fn answer_in_place(
             ethernet.src_addr(),
             usize::from(ip.header_len()),
             usize::from(udp.len()) - UDP_HEADER_LEN,
+            (ip.src_addr().octets(), udp.src_port()),
         )
     };
     let payload_at = ETHERNET_HEADER_LEN + header_length + UDP_HEADER_LEN;
@@ -65,6 +66,7 @@ pub fn answer_in_place(
     let reply = answer(
         &mut frame[payload_at..payload_at + capacity],
         request_payload,
+        sender,
     )?;
     if reply > capacity {
         return None;
@@ -174,7 +176,7 @@ mod tests {
     #[test]
     fn echo_reply_has_turned_headers_and_valid_checksums() {
         let (mut frame, length) = request(b"hello, fast path");
-        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n| Some(n)).unwrap();
+        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n)).unwrap();
         assert_eq!(reply.length, length);
         assert_eq!(reply.checksum, TxChecksum::NONE);
         check_reply(&frame[..reply.length], b"hello, fast path");
@@ -183,14 +185,14 @@ mod tests {
     #[test]
     fn longer_and_shorter_replies_fit_and_odd_lengths_checksum_right() {
         let (mut frame, length) = request(b"x");
-        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |payload, _| {
+        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |payload, _, _| {
             payload[..101].fill(b'y');
             Some(101)
         })
         .unwrap();
         check_reply(&frame[..reply.length], &[b'y'; 101]);
         let (mut frame, length) = request(&[b'z'; 300]);
-        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _| Some(3)).unwrap();
+        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _, _| Some(3)).unwrap();
         assert_eq!(reply.length, 42 + 3);
         check_reply(&frame[..reply.length], b"zzz");
     }
@@ -203,7 +205,7 @@ mod tests {
             tx_checksum_tcp: true,
         };
         let (mut frame, length) = request(b"offloaded");
-        let reply = answer_in_place(&mut frame, length, US, offload, |_, n| Some(n)).unwrap();
+        let reply = answer_in_place(&mut frame, length, US, offload, |_, n, _| Some(n)).unwrap();
         assert_eq!(
             reply.checksum,
             TxChecksum {
@@ -237,7 +239,7 @@ mod tests {
         for cut in 0..length {
             let mut frame = good.clone();
             assert_eq!(
-                answer_in_place(&mut frame, cut, US, NO_OFFLOAD, |_, n| Some(n)),
+                answer_in_place(&mut frame, cut, US, NO_OFFLOAD, |_, n, _| Some(n)),
                 None,
                 "cut {cut}"
             );
@@ -245,30 +247,30 @@ mod tests {
         let mut frame = good.clone();
         frame[23] = 6; // TCP
         assert_eq!(
-            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n| Some(n)),
+            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n)),
             None
         );
         let mut frame = good.clone();
         frame[38..40].copy_from_slice(&3u16.to_be_bytes()); // UDP length below its header
         assert_eq!(
-            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n| Some(n)),
+            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n)),
             None
         );
         let mut frame = good.clone();
         assert_eq!(
-            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _| Some(5000)),
+            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _, _| Some(5000)),
             None
         );
         let mut frame = good.clone();
         assert_eq!(
-            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _| None),
+            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _, _| None),
             None
         );
         for seed in 0..2000u32 {
             let mut frame = good.clone();
             let at = 14 + (seed as usize * 7) % 40;
             frame[at] = (seed * 31) as u8;
-            let _ = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n| Some(n));
+            let _ = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n));
         }
     }
 }

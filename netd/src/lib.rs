@@ -18,18 +18,24 @@ pub mod device;
 pub mod fastpath;
 pub mod path;
 pub mod peers;
+pub mod runner;
+pub(crate) mod schedule;
 pub mod stack;
 pub mod stats;
 
 #[cfg(test)]
 mod tests;
 
+pub use app::Service;
 pub use classify::{pick_source_port, DropReason, FlowTable, PathKey, RssHashFn, Verdict};
-pub use config::{parse_command_line, Addresses, CoreId, Dotted, Ipv4Cidr, MacAddress, NetConfig};
+pub use config::{
+    parse_command_line, parse_options, Addresses, CoreId, Discipline, Dotted, Ipv4Cidr, MacAddress,
+    NetConfig, NetOptions, OptionError, SchedulerConfig, UdpPath,
+};
 pub use path::{CycleCounter, PathCounters};
 pub use peers::{
     KvOperation, KvReply, KvRequest, KvStatus, NeighbourEntry, PeerError, PeerMessage, Peers,
 };
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{CoreNet, NetError, PollOutcome};
-pub use stats::{CoreCounters, CoreStats, PathStats};
+pub use stats::{CoreCounters, CoreStats, PathStats, StatsView};

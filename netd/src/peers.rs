@@ -8,8 +8,11 @@
 //! |---|---|---|---|
 //! | `Neighbour` | 12 bytes: type, 0, IPv4 (4), MAC (6) | - | always |
 //! | `Frame` | 4 bytes: type, 0, length (u16 LE) | the frame | frame ≤ 52 bytes (else several slots or a buffer) |
-//! | `KvRequest` | 24 bytes: type, operation, noreply, key length, origin core (u16 LE), 0 (u16), ticket (u32 LE), sequence (u32 LE), flags (u32 LE), value length (u32 LE) | key, value | get/delete with a key ≤ 32 bytes |
-//! | `KvReply` | 32 bytes: type, status, key length, 0, ticket, sequence, flags, value length (u32 LE each), CAS unique (u64 LE) | key, value | a miss, STORED, DELETED or NOT_FOUND with a key ≤ 24 bytes |
+//! | `KvRequest` | 24 bytes: type, operation, noreply, key length, origin core (u16 LE), service (u16 LE), ticket (u32 LE), sequence (u32 LE), flags (u32 LE), value length (u32 LE) | key, value | get/delete with a key ≤ 32 bytes |
+//! | `KvReply` | 32 bytes: type, status, key length, 0, ticket, sequence, flags, value length (u32 LE each), CAS unique (u64 LE), service (u16 LE), 0 (u16) | key, value | a miss, STORED, DELETED or NOT_FOUND with a key ≤ 24 bytes |
+//!
+//! `service` names the peer service the message is for: the TCP port it is registered on
+//! (11211 for memcached), so several key-value services can coexist on one core.
 //!
 //! Type bytes: 1 `Neighbour`, 2 `Frame`, 3 `KvRequest`, 4 `KvReply`. Longer messages are the
 //! transport's business: a run of consecutive slots, or a buffer handed over by reference.
@@ -46,6 +49,8 @@ pub enum KvOperation {
 /// A key-value request travelling to the key's owner core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvRequest<'a> {
+    /// The peer service it is for (its TCP port on every core).
+    pub service: u16,
     /// What to do.
     pub operation: KvOperation,
     /// The client asked for no reply (`noreply`): the owner sends none.
@@ -85,6 +90,8 @@ pub enum KvStatus {
 /// The owner's answer to a [`KvRequest`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvReply<'a> {
+    /// The peer service it is for (the request's `service`, returned unchanged).
+    pub service: u16,
     /// Outcome.
     pub status: KvStatus,
     /// The request's ticket, returned unchanged.
@@ -226,7 +233,7 @@ impl<'a> PeerMessage<'a> {
                 out[2] = u8::from(request.noreply);
                 out[3] = request.key.len() as u8;
                 put_u16(out, 4, request.origin);
-                put_u16(out, 6, 0);
+                put_u16(out, 6, request.service);
                 put_u32(out, 8, request.ticket);
                 put_u32(out, 12, request.sequence);
                 put_u32(out, 16, request.flags);
@@ -250,7 +257,8 @@ impl<'a> PeerMessage<'a> {
                 put_u32(out, 12, reply.flags);
                 put_u32(out, 16, value_length);
                 out[20..28].copy_from_slice(&reply.cas.to_le_bytes());
-                put_u32(out, 28, 0);
+                put_u16(out, 28, reply.service);
+                put_u16(out, 30, 0);
                 let key_end = 32 + reply.key.len();
                 out[32..key_end].copy_from_slice(reply.key);
                 out[key_end..length].copy_from_slice(reply.value);
@@ -292,6 +300,7 @@ impl<'a> PeerMessage<'a> {
                     .checked_add(get_u32(bytes, 20) as usize)
                     .ok_or(MessageError::BadField)?;
                 Ok(PeerMessage::KvRequest(KvRequest {
+                    service: get_u16(bytes, 6),
                     operation: KvOperation::from_byte(bytes[1])?,
                     noreply: bytes[2] != 0,
                     origin: get_u16(bytes, 4),
@@ -315,6 +324,7 @@ impl<'a> PeerMessage<'a> {
                 let mut cas = [0u8; 8];
                 cas.copy_from_slice(&bytes[20..28]);
                 Ok(PeerMessage::KvReply(KvReply {
+                    service: get_u16(bytes, 28),
                     status: KvStatus::from_byte(bytes[1])?,
                     ticket: get_u32(bytes, 4),
                     sequence: get_u32(bytes, 8),
@@ -365,6 +375,7 @@ mod tests {
         round_trip(neighbour);
         round_trip(PeerMessage::Frame(&[1, 2, 3, 4, 5]));
         let get = PeerMessage::KvRequest(KvRequest {
+            service: 11211,
             operation: KvOperation::Get,
             noreply: false,
             origin: 3,
@@ -385,6 +396,7 @@ mod tests {
         });
         assert!(short_get.fits_one_slot());
         round_trip(PeerMessage::KvReply(KvReply {
+            service: 11211,
             status: KvStatus::Value,
             ticket: 9,
             sequence: 10,

@@ -10,7 +10,11 @@
 //!
 //! Receive copies a frame into a buffer the queue posted with `refill`, as DMA would; a queue
 //! accepts as many frames as it has posted buffers, and drops the rest (`rx_no_descriptor`).
-//! Transmissions complete at once: `reclaim` returns every transmitted buffer.
+//! Receive checksum offload reports each frame's checksum status (or nothing, when off).
+//! Transmissions complete at once: `reclaim` returns every transmitted buffer. Transmit checksum
+//! offload, when on, fills in the checksums a frame asks for as QEMU's igb does
+//! ([`frame::apply_tx_checksums`]); a frame that asks while it is off leaves with its checksums
+//! as they are, and is counted (`WireStats::offload_refused`).
 
 extern crate std;
 
@@ -22,8 +26,9 @@ use std::vec::Vec;
 
 use crate::frame;
 use crate::nic::{
-    FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError, QueueDatapath, QueueId,
-    QueueStats, ReceiveBatch, ReceivedFrame, TransmitFrame,
+    ChecksumStatus, FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError,
+    QueueCapabilities, QueueDatapath, QueueId, QueueStats, ReceiveBatch, ReceivedFrame,
+    TransmitFrame,
 };
 use crate::pool::{BufferId, BufferPool, BUFFER_SIZE};
 use crate::rss::{self, FlowTuple, RedirectionTable, KEY_LEN};
@@ -62,10 +67,17 @@ pub struct SimConfig {
     pub faults: FaultConfig,
     /// Whether to keep a pcap capture of frames in and out.
     pub capture: bool,
+    /// Descriptors per TX ring (at most `tx_ring_size - 1` in flight); 0: `ring_size`.
+    pub tx_ring_size: u16,
+    /// Receive checksum offload: report each frame's checksum status.
+    pub rx_checksum_offload: bool,
+    /// Transmit checksum offload (IPv4 header, UDP, TCP), offered in the queues' capabilities.
+    pub tx_checksum_offload: bool,
 }
 
 impl SimConfig {
-    /// `queues` queues of 256 descriptors, the default key, every hash type, no faults, capture on.
+    /// `queues` queues of 256 descriptors, the default key, every hash type, no faults, capture
+    /// on, receive and transmit checksum offload on (as on the 82576).
     pub fn new(queues: u16) -> Self {
         Self {
             queues,
@@ -74,6 +86,9 @@ impl SimConfig {
             hash_types: HashTypes::ALL,
             faults: FaultConfig::default(),
             capture: true,
+            tx_ring_size: 0,
+            rx_checksum_offload: true,
+            tx_checksum_offload: true,
         }
     }
 }
@@ -106,6 +121,10 @@ pub struct WireStats {
     pub reordered: u64,
     /// Frames transmitted by the NIC.
     pub transmitted: u64,
+    /// Transmitted frames whose checksums the NIC filled in (transmit offload).
+    pub offloaded: u64,
+    /// Transmitted frames that asked for checksum offload while it was off (sent unchanged).
+    pub offload_refused: u64,
 }
 
 struct QueueState {
@@ -129,6 +148,8 @@ struct Device {
     held_back: Option<Vec<u8>>,
     time_us: u64,
     stats: WireStats,
+    rx_checksum_offload: bool,
+    tx_checksum_offload: bool,
 }
 
 type Shared = Arc<Mutex<Device>>;
@@ -163,14 +184,26 @@ pub fn sim_nic(config: SimConfig) -> (SimWire, SimControl, Vec<SimQueue>) {
         held_back: None,
         time_us: 0,
         stats: WireStats::default(),
+        rx_checksum_offload: config.rx_checksum_offload,
+        tx_checksum_offload: config.tx_checksum_offload,
     };
     let shared = Arc::new(Mutex::new(device));
     let ring_size = config.ring_size.max(2);
+    let tx_ring_size = match config.tx_ring_size {
+        0 => ring_size,
+        size => size.max(2),
+    };
     let datapaths = (0..queues)
         .map(|q| SimQueue {
             id: QueueId(q),
             shared: shared.clone(),
             ring_size,
+            tx_ring_size,
+            capabilities: QueueCapabilities {
+                tx_checksum_ipv4: config.tx_checksum_offload,
+                tx_checksum_udp: config.tx_checksum_offload,
+                tx_checksum_tcp: config.tx_checksum_offload,
+            },
             posted: VecDeque::new(),
             in_flight: VecDeque::new(),
             stats: QueueStats::default(),
@@ -453,11 +486,25 @@ pub struct SimQueue {
     id: QueueId,
     shared: Shared,
     ring_size: u16,
+    tx_ring_size: u16,
+    capabilities: QueueCapabilities,
     /// Buffers posted to the RX ring, in ring order.
     posted: VecDeque<BufferId>,
     /// Transmitted buffers not yet reclaimed, with their lengths.
     in_flight: VecDeque<(BufferId, u16)>,
     stats: QueueStats,
+}
+
+impl SimQueue {
+    /// Buffers posted to the RX ring now (they belong to the device until received).
+    pub fn posted(&self) -> usize {
+        self.posted.len()
+    }
+
+    /// Transmitted buffers not yet reclaimed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
 }
 
 impl QueueDatapath for SimQueue {
@@ -474,11 +521,12 @@ impl QueueDatapath for SimQueue {
 
     fn receive(&mut self, pool: &mut BufferPool, batch: &mut ReceiveBatch) -> usize {
         let room = batch.capacity() - batch.len();
-        let frames: Vec<(Vec<u8>, u32)> = {
+        let (frames, rx_checksum): (Vec<(Vec<u8>, u32)>, bool) = {
             let mut device = lock(&self.shared);
+            let rx_checksum = device.rx_checksum_offload;
             let pending = &mut device.queues[usize::from(self.id.0)].pending;
             let take = room.min(pending.len());
-            pending.drain(..take).collect()
+            (pending.drain(..take).collect(), rx_checksum)
         };
         let mut received = 0;
         for (bytes, hash) in frames {
@@ -491,9 +539,10 @@ impl QueueDatapath for SimQueue {
                 continue;
             };
             target[..length].copy_from_slice(&bytes[..length]);
-            let checksum = frame::parse(&bytes)
-                .map(|p| p.checksum_status(&bytes))
-                .unwrap_or_default();
+            let checksum = match frame::parse(&bytes) {
+                Some(parsed) if rx_checksum => parsed.checksum_status(&bytes),
+                _ => ChecksumStatus::default(),
+            };
             let _ = batch.push(ReceivedFrame {
                 buffer,
                 length: length as u16,
@@ -524,14 +573,22 @@ impl QueueDatapath for SimQueue {
         let mut accepted = 0;
         let mut device = lock(&self.shared);
         for frame in frames {
-            if self.in_flight.len() >= usize::from(self.ring_size) - 1 {
+            if self.in_flight.len() >= usize::from(self.tx_ring_size) - 1 {
                 self.stats.tx_ring_full += (frames.len() - accepted) as u64;
                 break;
             }
             let Ok(bytes) = pool.bytes(frame.buffer) else {
                 break;
             };
-            let data = bytes[..usize::from(frame.length).min(BUFFER_SIZE)].to_vec();
+            let mut data = bytes[..usize::from(frame.length).min(BUFFER_SIZE)].to_vec();
+            if frame.checksum.is_requested() {
+                if device.tx_checksum_offload {
+                    let applied = frame::apply_tx_checksums(&mut data, frame.checksum);
+                    device.stats.offloaded += u64::from(applied.ipv4_header || applied.l4);
+                } else {
+                    device.stats.offload_refused += 1;
+                }
+            }
             let time = device.time_us;
             if let Some(capture) = device.capture.as_mut() {
                 capture.record(time, &data);
@@ -565,6 +622,10 @@ impl QueueDatapath for SimQueue {
 
     fn set_interrupt(&mut self, enabled: bool) {
         lock(&self.shared).queues[usize::from(self.id.0)].interrupt_enabled = enabled;
+    }
+
+    fn capabilities(&self) -> QueueCapabilities {
+        self.capabilities
     }
 }
 

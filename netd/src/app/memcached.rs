@@ -8,8 +8,7 @@
 //! front of the queue, so replies keep request order however the cores answer.
 //! Expiry times are accepted and ignored (items live until deleted or replaced).
 
-use super::{AppContext, Application};
-use crate::classify::PathKey;
+use super::{AppContext, PeerService, StreamService};
 use crate::config::CoreId;
 use crate::peers::{KvOperation, KvReply, KvRequest, KvStatus, PeerMessage, MAX_KEY};
 use core::fmt::Write;
@@ -106,6 +105,7 @@ impl Store {
         value: &[u8],
     ) -> KvReply<'s> {
         let mut reply = KvReply {
+            service: 0,
             status: KvStatus::Miss,
             ticket: 0,
             sequence: 0,
@@ -406,6 +406,7 @@ impl Memcached {
         let sequence = connection.next_sequence;
         connection.next_sequence = connection.next_sequence.wrapping_add(1);
         let request = KvRequest {
+            service: self.port,
             operation,
             noreply,
             origin: context.core,
@@ -537,17 +538,9 @@ impl Memcached {
     }
 }
 
-impl Application for Memcached {
+impl StreamService for Memcached {
     fn name(&self) -> &'static str {
         "memcached"
-    }
-
-    fn endpoint(&self) -> PathKey {
-        PathKey::Tcp(self.port)
-    }
-
-    fn handles_key_value(&self) -> bool {
-        true
     }
 
     fn on_open(&mut self, _context: &mut AppContext<'_>, slot: usize) {
@@ -564,7 +557,7 @@ impl Application for Memcached {
         connection.generation = generation;
     }
 
-    fn on_tcp(
+    fn on_data(
         &mut self,
         context: &mut AppContext<'_>,
         slot: usize,
@@ -628,7 +621,9 @@ impl Application for Memcached {
             *context.run_again = true;
         }
     }
+}
 
+impl PeerService for Memcached {
     fn on_peer_message(&mut self, context: &mut AppContext<'_>, message: &PeerMessage<'_>) {
         match message {
             PeerMessage::KvRequest(request) => {
@@ -644,6 +639,7 @@ impl Application for Memcached {
                 if request.noreply {
                     return;
                 }
+                reply.service = request.service;
                 reply.ticket = request.ticket;
                 reply.sequence = request.sequence;
                 if context

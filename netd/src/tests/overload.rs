@@ -1,0 +1,1 @@
+//! Overload, isolation and accounting tests (filled in below).
