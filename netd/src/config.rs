@@ -75,7 +75,7 @@ impl Default for Addresses {
 }
 
 /// How a core's data plane takes frames from its RX ring and processes them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Discipline {
     /// The default: polling (interrupts only start it) with Lazy Receiver Processing: the
     /// classifier puts each frame on its path's bounded queue (or drops it there when the queue
@@ -144,14 +144,14 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
-    /// Budgets for a counter running at `cycles_per_microsecond`: a 20 µs quantum, turns of at
-    /// most about 200 µs of path work, 32 frames per path and 256 received frames per turn, and
+    /// Budgets for a counter running at `cycles_per_microsecond`: a 10 µs quantum, turns of at
+    /// most about 100 µs of path work, 32 frames per path and 256 received frames per turn, and
     /// receive work capped at 20 % of a turn while paths are behind.
     pub fn for_cycles_per_microsecond(cycles_per_microsecond: u64) -> Self {
         let per_microsecond = cycles_per_microsecond.max(1);
         Self {
-            quantum_cycles: 20 * per_microsecond,
-            turn_cycles: 200 * per_microsecond,
+            quantum_cycles: 10 * per_microsecond,
+            turn_cycles: 100 * per_microsecond,
             path_frames_per_turn: 32,
             rx_frames_per_turn: 256,
             rx_share_percent: 20,

@@ -84,6 +84,11 @@ impl LrpQueue {
     pub fn is_full(&self) -> bool {
         self.frames.len() >= self.limit
     }
+
+    /// Whether the queue is behind: filled to three quarters of its limit or more.
+    pub fn is_behind(&self) -> bool {
+        self.frames.len() >= self.limit - self.limit / 4
+    }
 }
 
 /// What a path has used and dropped.
@@ -167,6 +172,8 @@ pub struct Path {
     pub(crate) deadline: Option<Instant>,
     /// TCP connections open after the path's last run.
     pub(crate) open_connections: usize,
+    /// The last turn a frame for the path was received (0: never).
+    pub(crate) last_admitted: u64,
 }
 
 impl Path {
@@ -180,6 +187,7 @@ impl Path {
             wake: false,
             deadline: None,
             open_connections: 0,
+            last_admitted: 0,
         }
     }
 

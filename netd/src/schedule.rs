@@ -5,9 +5,10 @@
 //! quantum of credit at the start of each turn, without banking more than one quantum; its run
 //! is charged the cycles it really took (read from the caller's cycle counter), so a path that
 //! burns cycles goes negative and sits out turns until the quanta pay its debt: it gets fewer
-//! turns, the others do not wait for it. Paths run in order of credit (most first, so a path
-//! that has used little recently goes before a busy one), each taking at most as many frames as
-//! its credit covers at its measured cost per frame, at most `path_frames_per_turn`. Once a turn
+//! turns, the others do not wait for it. Paths run in order of the cycles charged to them
+//! recently (least first, so a path that has used little goes before a busy one and a light flow
+//! waits for no flood), each taking at most as many frames as its credit covers at its measured
+//! cost per frame, at most `path_frames_per_turn`. Once a turn
 //! has used `turn_cycles`, no further path starts; the ones left keep their credit and lead the
 //! next turn. A turn is therefore bounded in time, whatever the load.
 //!
@@ -60,6 +61,11 @@ pub(crate) struct PathSchedule {
     pub(crate) credit: i64,
     /// Its measured cost per frame (moving average), 0 until measured.
     pub(crate) cost_per_frame: u64,
+    /// Cycles charged per turn, a moving average over about eight turns: the order of turns
+    /// (least charged first).
+    pub(crate) recent: u64,
+    /// Cycles charged since the turn began.
+    spent: u64,
 }
 
 impl PathSchedule {
@@ -67,12 +73,16 @@ impl PathSchedule {
         Self {
             credit: quantum_of(quantum),
             cost_per_frame: 0,
+            recent: 0,
+            spent: 0,
         }
     }
 
-    /// A turn begins: one more quantum, at most one banked. Idle turns repay an overrun too, so
-    /// a path's debt is paid by time, whether or not it has work meanwhile.
+    /// A turn begins: the last turn's charges go into the moving average, and one more quantum
+    /// of credit, at most one banked. Idle turns repay an overrun too, so a path's debt is paid
+    /// by time, whether or not it has work meanwhile.
     pub(crate) fn replenish(&mut self, quantum: u64) {
+        self.recent = (7 * self.recent + core::mem::take(&mut self.spent)) / 8;
         let quantum = quantum_of(quantum);
         self.credit = self.credit.saturating_add(quantum).min(quantum);
     }
@@ -93,6 +103,7 @@ impl PathSchedule {
 
     /// Charges a run that took `cycles` for `frames` frames.
     pub(crate) fn charge(&mut self, cycles: u64, frames: usize) {
+        self.spent += cycles;
         self.credit = self
             .credit
             .saturating_sub(i64::try_from(cycles).unwrap_or(i64::MAX));
@@ -221,7 +232,7 @@ mod tests {
     fn shares_split_exactly_by_bytes() {
         let mut shares = Shares::default();
         assert_eq!(shares.split(1000, |_, _| panic!("no share")), 1000);
-        shares.add(2, 64 - 64 + 36); // weight 100
+        shares.add(2, 36); // weight 36 + 64 = 100
         shares.add(5, 236); // weight 300
         let mut parts = std::vec::Vec::new();
         let unowned = shares.split(1001, |path, cycles| parts.push((path, cycles)));

@@ -43,6 +43,10 @@ use alloc::vec::Vec;
 /// under load is seen within a few turns).
 pub const MIN_RX_QUOTA: usize = 4;
 
+/// A path that had a frame within this many turns counts as active for [`CoreNet::poll`]'s
+/// decision to leave frames in the ring.
+pub const ACTIVE_TURNS: u64 = 64;
+
 /// Capacity of the shared FIFO of the `netd.lrp=off` baseline.
 pub const SHARED_FIFO_CAPACITY: usize = 128;
 
@@ -197,6 +201,8 @@ pub struct CoreNet {
     rotation: usize,
     /// Paths with frames processed whose service has not run since (the baselines).
     unserviced: PathSet,
+    /// Frames handed to the TX ring so far in this turn.
+    transmitted: usize,
 }
 
 impl CoreNet {
@@ -295,6 +301,7 @@ impl CoreNet {
             next_nic_stats: now,
             rotation: 0,
             unserviced: PathSet::EMPTY,
+            transmitted: 0,
         })
     }
 
@@ -443,7 +450,8 @@ impl CoreNet {
             }
         };
 
-        let transmitted = self.flush_tx(rx, pool, &mut meter);
+        let transmitted =
+            core::mem::take(&mut self.transmitted) + self.flush_tx(rx, pool, &mut meter);
         rx.refill(pool);
         let cycles = meter.lap();
         if received.is_empty() {
@@ -475,16 +483,26 @@ impl CoreNet {
         }
     }
 
-    /// The receive quota of an LRP or shared-FIFO turn: nothing when every path queue is full;
-    /// while paths have backlog, what keeps receiving within `rx_share_percent` of the turn
-    /// (measured by the last turn's path work and the cost of receiving a frame), at least
+    /// The receive quota of an LRP or shared-FIFO turn: nothing when every path that has had
+    /// frames lately (the last [`ACTIVE_TURNS`] turns) is behind (its queue three quarters full
+    /// or more) — what would be taken would mostly be dropped at those queues, so the NIC may as
+    /// well drop it, at no CPU cost, while the paths catch up; while
+    /// paths have backlog, what keeps receiving within `rx_share_percent` of the turn (measured
+    /// by the last turn's path work and the cost of receiving a frame), at least
     /// [`MIN_RX_QUOTA`]; otherwise `rx_frames_per_turn`.
     fn rx_quota(&mut self, now: Instant) -> usize {
         let scheduler = &self.config.scheduler;
         let most = scheduler.rx_frames_per_turn.max(1);
-        if self.config.options.discipline == Discipline::Lrp
-            && self.paths.iter().all(|path| path.queue.is_full())
-        {
+        let turn = self.counters.polls;
+        let mut active = self
+            .paths
+            .iter()
+            .filter(|path| {
+                path.last_admitted > 0 && turn.saturating_sub(path.last_admitted) <= ACTIVE_TURNS
+            })
+            .peekable();
+        let all_behind = active.peek().is_some() && active.all(|path| path.queue.is_behind());
+        if self.config.options.discipline == Discipline::Lrp && all_behind {
             self.counters.rx_withheld += 1;
             return 0;
         }
@@ -576,7 +594,7 @@ impl CoreNet {
         if quota > 0 && ring_left {
             self.counters.rx_quota_reached += 1;
         }
-        self.rx_state.last_path_cycles = self.run_paths(now, pool, peers, offload, meter);
+        self.rx_state.last_path_cycles = self.run_paths(now, rx, pool, peers, offload, meter);
         Received {
             taken,
             quota,
@@ -589,6 +607,7 @@ impl CoreNet {
     fn run_paths(
         &mut self,
         now: Instant,
+        rx: &mut impl QueueDatapath,
         pool: &mut BufferPool,
         peers: &mut impl Peers,
         offload: QueueCapabilities,
@@ -596,17 +615,17 @@ impl CoreNet {
     ) -> u64 {
         let scheduler = self.config.scheduler;
         let count = self.paths.len();
-        let mut order: heapless::Vec<(i64, usize, usize), MAX_PATHS> = heapless::Vec::new();
+        let mut order: heapless::Vec<(u64, usize, usize), MAX_PATHS> = heapless::Vec::new();
         for (index, path) in self.paths.iter_mut().enumerate() {
             path.schedule.replenish(scheduler.quantum_cycles);
             if path.has_work(now) {
-                // Most credit first; ties in an order that rotates every turn.
+                // Least charged recently first; ties in an order that rotates every turn.
                 let rank = (index + count - self.rotation % count.max(1)) % count.max(1);
-                let _ = order.push((path.schedule.credit, rank, index));
+                let _ = order.push((path.schedule.recent, rank, index));
             }
         }
         self.rotation = self.rotation.wrapping_add(1);
-        order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        order.sort_unstable();
         let mut used = 0u64;
         for &(_, _, index) in order.iter() {
             let path = &self.paths[index];
@@ -630,6 +649,9 @@ impl CoreNet {
                 path.counters.turns_deferred += 1;
             }
             self.counters.neighbours_sent += done.neighbours_sent;
+            // Replies leave when their path's run ends, not when the whole turn does: a light
+            // path does not wait for the busy ones behind it.
+            self.transmitted += self.flush_tx(rx, pool, meter);
         }
         used
     }
@@ -678,6 +700,7 @@ impl CoreNet {
         // Receiving into the FIFO: no path is known yet; it is charged with the frames'
         // classification below (or to the unowned count for frames the FIFO dropped).
         let receive_cycles = meter.lap();
+        self.note_rx_cost(receive_cycles, taken);
         self.counters.cycles_unclassified += dropped.split(receive_cycles, |_, _| {});
         received.merge(&dropped);
         let ring_left = taken >= quota && rx.receive_pending();
@@ -701,7 +724,6 @@ impl CoreNet {
             let target =
                 self.classify_unqueued(&entry.frame, entry.forwarded, pool, peers, &mut shares);
             let classify_cycles = meter.lap();
-            self.note_rx_cost(classify_cycles, 1);
             self.charge_shares(&shares, classify_cycles, Stage::Receive);
             received.merge(&shares);
             used += classify_cycles;
@@ -767,6 +789,10 @@ impl CoreNet {
                     self.paths[index].charge(Stage::Run, cycles);
                 }
             }
+            // The driver's interrupt handler gives the ring its buffers back as it goes.
+            rx.refill(pool);
+            let cycles = meter.lap();
+            self.charge_shares(received, cycles, Stage::Receive);
         }
         if !drained {
             drained = !rx.receive_pending();
@@ -904,9 +930,13 @@ impl CoreNet {
             ),
             Err(_) => return,
         };
+        let turn = self.counters.polls;
         match verdict {
             Verdict::Deliver(path) => {
                 shares.add(usize::from(path.0), frame.length);
+                if let Some(path) = self.paths.get_mut(usize::from(path.0)) {
+                    path.last_admitted = turn;
+                }
                 if self.enqueue(path, frame.buffer, frame.length, false, pool) {
                     full.insert(path);
                 }
@@ -915,6 +945,7 @@ impl CoreNet {
                 shares.add(usize::from(path.0), frame.length);
                 if let Some(path) = self.paths.get_mut(usize::from(path.0)) {
                     path.counters.queue_drops += 1;
+                    path.last_admitted = turn;
                 }
                 let _ = pool.free(frame.buffer);
             }

@@ -369,6 +369,14 @@ impl SimWire {
         lock(&self.shared).stats
     }
 
+    /// Frames waiting in `queue`'s RX ring (delivered by the wire, not yet received).
+    pub fn pending(&self, queue: QueueId) -> usize {
+        lock(&self.shared)
+            .queues
+            .get(usize::from(queue.0))
+            .map_or(0, |q| q.pending.len())
+    }
+
     /// Interrupts raised for `queue` while its interrupt was enabled.
     pub fn interrupts(&self, queue: QueueId) -> u64 {
         lock(&self.shared)
@@ -856,6 +864,44 @@ mod tests {
         wire.write_pcap(&path).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), pcap);
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn transmit_checksum_offload_fills_what_is_asked_and_counts_refusals() {
+        use crate::nic::{TxChecksum, TxL4Checksum};
+        for offload in [true, false] {
+            let (wire, _control, mut queues) = sim_nic(SimConfig {
+                tx_checksum_offload: offload,
+                ..SimConfig::new(1)
+            });
+            assert_eq!(queues[0].capabilities().tx_checksum_udp, offload);
+            let mut pool = BufferPool::new_host(8);
+            let buffer = pool.alloc().unwrap();
+            let good = udp(4242);
+            let bytes = pool.bytes_mut(buffer).unwrap();
+            bytes[..good.len()].copy_from_slice(&good);
+            bytes[24..26].fill(0); // IPv4 header checksum left to the NIC
+            bytes[40..42].fill(0xAB); // a seed the NIC overwrites
+            let frame = TransmitFrame {
+                checksum: TxChecksum {
+                    ipv4_header: true,
+                    l4: Some(TxL4Checksum::Udp),
+                    l2_length: 14,
+                    l3_length: 20,
+                },
+                ..TransmitFrame::new(buffer, good.len() as u16)
+            };
+            assert_eq!(queues[0].transmit(&mut pool, &[frame]), 1);
+            let sent = wire.take_transmitted();
+            let stats = wire.stats();
+            if offload {
+                assert_eq!(sent[0].1, good, "the NIC filled in both checksums");
+                assert_eq!((stats.offloaded, stats.offload_refused), (1, 0));
+            } else {
+                assert_ne!(sent[0].1, good, "sent as it was");
+                assert_eq!((stats.offloaded, stats.offload_refused), (0, 1));
+            }
+        }
     }
 
     #[test]

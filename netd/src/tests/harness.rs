@@ -5,7 +5,6 @@
 //! interface as the remote client.
 
 use crate::app::{default_applications, Service};
-use crate::classify::FlowTable;
 use crate::config::{CoreId, NetConfig, NetOptions};
 use crate::peers::{PeerError, PeerMessage, Peers};
 use crate::stack::{CoreNet, PollOutcome};
@@ -14,7 +13,7 @@ use drivers::nic::{
     QueueCapabilities, QueueDatapath, QueueId, QueueStats, ReceiveBatch, TransmitFrame,
 };
 use drivers::pool::BufferPool;
-use drivers::sim::{sim_nic, InjectOutcome, SimConfig, SimControl, SimQueue, SimWire};
+use drivers::sim::{sim_nic, InjectOutcome, SimConfig, SimQueue, SimWire};
 use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
@@ -25,6 +24,7 @@ use smoltcp::wire::{
 };
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::vec::Vec;
 
 pub(crate) const STACK_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
@@ -82,12 +82,34 @@ pub(crate) fn instant_of(cycles: u64) -> Instant {
     Instant::from_micros(1_000_000 + (cycles / 1000) as i64)
 }
 
+/// Frames arriving on the wire as simulated time passes: before a queue is looked at, every
+/// frame for its core whose arrival time has come is put on the wire.
+pub(crate) trait Arrivals {
+    /// Injects the frames for `core` that arrived by `now` (cycles).
+    fn arrive(&mut self, core: usize, now: u64);
+}
+
 /// A simulated queue that costs `receive_cost` cycles per frame taken from its ring (the
 /// descriptor work and cache misses of a real receive; the classifier's own cost is not
-/// simulated, so this stands for all receive work up to the path queue).
+/// simulated, so this stands for all receive work up to the path queue), and lets frames
+/// arrive as its core's clock moves.
 pub(crate) struct CostedQueue {
     pub(crate) inner: SimQueue,
     pub(crate) receive_cost: u64,
+    pub(crate) arrivals: Option<Rc<RefCell<dyn Arrivals>>>,
+    pub(crate) core: usize,
+    /// When set, frames transmitted are taken off this wire at once and kept in `sent`, stamped
+    /// with the core's clock (when they left).
+    pub(crate) stamp: Option<SimWire>,
+    pub(crate) sent: Vec<(u64, Vec<u8>)>,
+}
+
+impl CostedQueue {
+    fn arrive(&self) {
+        if let Some(arrivals) = &self.arrivals {
+            arrivals.borrow_mut().arrive(self.core, clock(self.core));
+        }
+    }
 }
 
 impl QueueDatapath for CostedQueue {
@@ -95,6 +117,7 @@ impl QueueDatapath for CostedQueue {
         self.inner.queue()
     }
     fn receive(&mut self, pool: &mut BufferPool, batch: &mut ReceiveBatch) -> usize {
+        self.arrive();
         let received = self.inner.receive(pool, batch);
         advance(received as u64 * self.receive_cost);
         received
@@ -103,7 +126,16 @@ impl QueueDatapath for CostedQueue {
         self.inner.refill(pool)
     }
     fn transmit(&mut self, pool: &mut BufferPool, frames: &[TransmitFrame]) -> usize {
-        self.inner.transmit(pool, frames)
+        let accepted = self.inner.transmit(pool, frames);
+        if let Some(wire) = &self.stamp {
+            let now = clock(self.core);
+            self.sent.extend(
+                wire.take_transmitted()
+                    .into_iter()
+                    .map(|(_, frame)| (now, frame)),
+            );
+        }
+        accepted
     }
     fn reclaim(&mut self, pool: &mut BufferPool) -> usize {
         self.inner.reclaim(pool)
@@ -115,6 +147,7 @@ impl QueueDatapath for CostedQueue {
         self.inner.set_interrupt(enabled)
     }
     fn receive_pending(&self) -> bool {
+        self.arrive();
         self.inner.receive_pending()
     }
     fn capabilities(&self) -> QueueCapabilities {
@@ -161,12 +194,15 @@ impl SimCore {
     }
 }
 
+/// Builds a core's services from its configuration.
+pub(crate) type Services = Box<dyn Fn(&NetConfig) -> Vec<Service>>;
+
 /// How to build a cluster.
 pub(crate) struct ClusterConfig {
     pub(crate) cores: u16,
     pub(crate) nic: SimConfig,
     pub(crate) options: NetOptions,
-    pub(crate) services: fn(&NetConfig) -> Vec<Service>,
+    pub(crate) services: Services,
     pub(crate) receive_cost: u64,
     pub(crate) pool_buffers: usize,
     pub(crate) adjust: fn(&mut NetConfig),
@@ -181,7 +217,7 @@ impl ClusterConfig {
                 ..SimConfig::new(cores)
             },
             options: NetOptions::default(),
-            services: default_applications,
+            services: Box::new(default_applications),
             receive_cost: 0,
             pool_buffers: 1024,
             adjust: |_| {},
@@ -219,7 +255,6 @@ pub(crate) fn assert_all_buffers_home(cluster: &Cluster) {
 pub(crate) struct Cluster {
     pub(crate) cores: Vec<SimCore>,
     pub(crate) nic: SimWire,
-    pub(crate) control: SimControl,
     pub(crate) now: Instant,
     /// Frames the cores transmitted, oldest first.
     pub(crate) wire: Vec<Vec<u8>>,
@@ -238,7 +273,7 @@ impl Cluster {
     pub(crate) fn with(setup: ClusterConfig) -> Self {
         reset_clocks();
         let now = Instant::from_millis(1_000);
-        let (wire, control, queues) = sim_nic(setup.nic);
+        let (wire, _control, queues) = sim_nic(setup.nic);
         let core_count = setup.cores;
         let cores = queues
             .into_iter()
@@ -254,6 +289,10 @@ impl Cluster {
                 let mut nic = CostedQueue {
                     inner: queue,
                     receive_cost: setup.receive_cost,
+                    arrivals: None,
+                    core,
+                    stamp: None,
+                    sent: Vec::new(),
                 };
                 nic.refill(&mut pool);
                 nic.set_interrupt(true);
@@ -271,7 +310,6 @@ impl Cluster {
         Self {
             cores,
             nic: wire,
-            control,
             now,
             wire: Vec::new(),
             peer_messages: 0,
@@ -358,16 +396,6 @@ impl Cluster {
             .iter()
             .map(|core| core.net.counters().drops[reason as usize])
             .sum()
-    }
-
-    /// The flow table the NIC's redirection table stands for (flow group → queue = core).
-    pub(crate) fn nic_table(&self) -> FlowTable {
-        let table = self.control.redirection_table();
-        let mut flows = FlowTable::round_robin(self.cores.len() as u16);
-        for (group, queue) in table.iter().enumerate() {
-            flows.set_owner(group as u8, u16::from(*queue));
-        }
-        flows
     }
 }
 
