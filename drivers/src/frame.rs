@@ -157,6 +157,13 @@ impl ParsedFrame {
     }
 }
 
+/// The lengths of an IPv4 frame's link-layer and IPv4 headers (what a transmit context's MACLEN
+/// and IPLEN must say), or `None` when the frame is not IPv4.
+pub fn header_lengths(frame: &[u8]) -> Option<(u8, u8)> {
+    let ip = ipv4_of(frame)?;
+    Some((EthernetFrame::<&[u8]>::header_len() as u8, ip.header_len()))
+}
+
 /// What a device's transmit checksum offload did to one frame.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OffloadApplied {

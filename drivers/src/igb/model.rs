@@ -33,7 +33,7 @@ pub const LAYOUT: Layout = Layout {
     ctrl_reset: regs::CTRL_RST,
     reset_reads: 2,
     reset_values: RESET_VALUES,
-    clear_on_read: &[regs::ICR, regs::EICR],
+    clear_on_read: &[regs::ICR, regs::EICR, regs::MPC],
     rx_enable: (regs::RCTL, regs::RCTL_EN),
     tx_enable: (regs::TCTL, regs::TCTL_EN),
     rx_block: (0xC000, 0x40),
@@ -47,6 +47,7 @@ pub const LAYOUT: Layout = Layout {
     rssrk: regs::RSSRK,
     interrupt: (regs::EIMS, regs::EIMC, regs::EICR),
     five_tuple: None,
+    tx_context_needs_check: false,
     queues: 16,
 };
 
@@ -329,6 +330,26 @@ mod tests {
         let a = model.receive(&udp(1000));
         let b = model.receive(&udp(2000));
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn transmit_checksum_offload_through_context_descriptors() {
+        let (model, _control, mut queues) = bring_up(2, 16);
+        crate::model::offload_check::transmit_offload_is_honoured(&model, &mut queues[1]);
+        // UDP, TCP, UDP: the UDP context stays in slot 0 while TCP uses slot 1, so two context
+        // descriptors were written for six frames, then none for the plain frame.
+        assert_eq!(model.peek(regs::tdt(1)), 2 + 6 + 1);
+    }
+
+    #[test]
+    fn missed_packets_are_read_by_queue_zero_only() {
+        let (model, _control, queues) = bring_up(2, 16);
+        model.poke(regs::MPC, 5);
+        assert_eq!(queues[1].stats().rx_missed, 0);
+        assert_eq!(queues[0].stats().rx_missed, 5);
+        assert_eq!(model.peek(regs::MPC), 0, "clear on read");
+        model.poke(regs::MPC, 2);
+        assert_eq!(queues[0].stats().rx_missed, 7, "accumulated");
     }
 
     #[test]

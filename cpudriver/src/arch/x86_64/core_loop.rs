@@ -399,7 +399,9 @@ impl Core {
                 next_report_ms = elapsed_ms + u64::from(options.netd_report_ms);
                 self.report_network();
             }
-            if now < self.busy_until {
+            // netd's contract: halt only when its poll said there is no more work (frames wait
+            // in path queues between turns under its scheduler).
+            if now < self.busy_until || network_busy {
                 core::hint::spin_loop();
                 continue;
             }
