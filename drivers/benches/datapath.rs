@@ -69,6 +69,9 @@ fn ring_only() {
         interrupt_mask_set: 0,
         interrupt_mask_clear: 0,
         interrupt_bit: None,
+        missed_packets_counter: None,
+        tx_checksum_offload: false,
+        tx_check_context: false,
     };
     let mut queue = DescriptorQueue::new(
         QueueId(0),
