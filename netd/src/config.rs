@@ -145,15 +145,16 @@ pub struct SchedulerConfig {
 
 impl SchedulerConfig {
     /// Budgets for a counter running at `cycles_per_microsecond`: a 10 µs quantum, turns of at
-    /// most about 100 µs of path work, 32 frames per path and 256 received frames per turn, and
-    /// receive work capped at 20 % of a turn while paths are behind.
+    /// most about 100 µs of path work, 128 frames per path and 128 received frames per turn (a
+    /// path's queue holds a whole turn's receive, and one path can take all of it), and receive
+    /// work capped at 20 % of a turn while paths are behind.
     pub fn for_cycles_per_microsecond(cycles_per_microsecond: u64) -> Self {
         let per_microsecond = cycles_per_microsecond.max(1);
         Self {
             quantum_cycles: 10 * per_microsecond,
             turn_cycles: 100 * per_microsecond,
-            path_frames_per_turn: 32,
-            rx_frames_per_turn: 256,
+            path_frames_per_turn: 128,
+            rx_frames_per_turn: 128,
             rx_share_percent: 20,
         }
     }

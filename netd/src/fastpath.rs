@@ -74,20 +74,16 @@ pub fn answer_in_place(
     let reply_length = payload_at + reply;
     let datagram_length = (UDP_HEADER_LEN + reply) as u16;
 
-    // Ethernet: back to the sender, from us.
-    let mut ethernet = EthernetFrame::new_checked(&mut frame[..length.max(reply_length)]).ok()?;
+    // The write views below cover exactly the reply, whose headers are the request's (checked
+    // above: Ethernet, an IPv4 header of `header_length` bytes, 8 bytes of UDP header) and whose
+    // payload `answer` wrote: every field they touch lies inside them, so they are built
+    // unchecked, once each.
+    let reply_frame = &mut frame[..reply_length];
+    let mut ethernet = EthernetFrame::new_unchecked(&mut reply_frame[..]);
     ethernet.set_dst_addr(peer_mac);
     ethernet.set_src_addr(EthernetAddress(our_mac));
-    // The request's lengths still stand here, so the checked views see a consistent packet.
-    let mut ip = Ipv4Packet::new_checked(ethernet.payload_mut()).ok()?;
-    {
-        let mut udp = UdpPacket::new_checked(ip.payload_mut()).ok()?;
-        let (source_port, destination_port) = (udp.src_port(), udp.dst_port());
-        udp.set_src_port(destination_port);
-        udp.set_dst_port(source_port);
-        udp.set_len(datagram_length);
-    }
     // IPv4: swap addresses, fresh TTL, the reply's length.
+    let mut ip = Ipv4Packet::new_unchecked(&mut reply_frame[ETHERNET_HEADER_LEN..]);
     let (peer, us) = (ip.src_addr(), ip.dst_addr());
     ip.set_src_addr(us);
     ip.set_dst_addr(peer);
@@ -99,7 +95,12 @@ pub fn answer_in_place(
     } else {
         ip.fill_checksum();
     }
-    let mut udp = UdpPacket::new_checked(ip.payload_mut()).ok()?;
+    // UDP: swap ports, the reply's length, the checksum (or its pseudo-header seed).
+    let mut udp = UdpPacket::new_unchecked(&mut reply_frame[ETHERNET_HEADER_LEN + header_length..]);
+    let (source_port, destination_port) = (udp.src_port(), udp.dst_port());
+    udp.set_src_port(destination_port);
+    udp.set_dst_port(source_port);
+    udp.set_len(datagram_length);
     let offload_udp = offload.tx_checksum_udp;
     if offload_udp {
         udp.set_checksum(checksum::pseudo_header_v4(

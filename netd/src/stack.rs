@@ -22,9 +22,9 @@ use crate::config::{CoreId, Discipline, NetConfig, UdpPath, FLOW_GROUPS};
 use crate::device::{capabilities, Staging, TxQueue, TX_QUEUE_CAPACITY};
 use crate::path::{CycleCounter, Path, QueuedFrame, Stage};
 use crate::peers::{KvReply, KvRequest, PeerMessage, Peers};
-use crate::runner::{self, Ingress, PathRunner, Reply, RunContext};
+use crate::runner::{self, Ingress, PathRunner, Progress, Reply, RunContext};
 use crate::schedule::{Meter, Shares};
-use crate::stats::{CoreCounters, CoreStats, OwnCore, PathStats, StatsView};
+use crate::stats::{CoreCounters, CoreStats, CurrentPath, OwnCore, StatsView};
 use drivers::nic::{
     ChecksumStatus, QueueCapabilities, QueueDatapath, ReceiveBatch, ReceivedFrame, TransmitFrame,
     MAX_BATCH,
@@ -151,6 +151,14 @@ enum Job<'m> {
 struct JobDone {
     /// Frames processed.
     frames: usize,
+    /// Their bytes.
+    bytes: u64,
+    /// Of them, frames another core had forwarded.
+    forwarded_in: u64,
+    /// Of them, frames dropped at their socket after protocol work.
+    socket_drops: u64,
+    /// Replies that could not be queued for transmission.
+    tx_drops: u64,
     /// The peer message was for the path.
     handled: bool,
     /// Neighbour entries sent.
@@ -517,14 +525,16 @@ impl CoreNet {
         frames.clamp(MIN_RX_QUOTA.min(most), most)
     }
 
-    /// Takes up to `want` frames from the ring into `batch` (at most [`MAX_BATCH`]).
+    /// Takes up to `want` frames from the ring (at most [`MAX_BATCH`]) into `batch`; returns
+    /// where the frames start in it.
     fn receive_batch(
         rx: &mut impl QueueDatapath,
         pool: &mut BufferPool,
         want: usize,
-    ) -> ReceiveBatch {
+        batch: &mut ReceiveBatch,
+    ) -> usize {
         // Placeholders make `receive` take at most `want`: it fills the batch's remaining room.
-        let mut batch = ReceiveBatch::new();
+        batch.clear();
         let placeholder = ReceivedFrame {
             buffer: BufferId(u32::MAX),
             length: 0,
@@ -535,12 +545,8 @@ impl CoreNet {
             let _ = batch.push(placeholder);
         }
         let skip = batch.len();
-        rx.receive(pool, &mut batch);
-        let mut frames = ReceiveBatch::new();
-        for frame in &batch[skip..] {
-            let _ = frames.push(*frame);
-        }
-        frames
+        rx.receive(pool, batch);
+        skip
     }
 
     /// Updates the moving average of a received frame's cost.
@@ -570,23 +576,25 @@ impl CoreNet {
     ) -> Received {
         let quota = self.rx_quota(now);
         let mut taken = 0;
+        let mut batch = ReceiveBatch::new();
         while taken < quota {
             let want = (quota - taken).min(MAX_BATCH);
-            let batch = Self::receive_batch(rx, pool, want);
-            if batch.is_empty() {
+            let skip = Self::receive_batch(rx, pool, want, &mut batch);
+            let frames = &batch[skip..];
+            if frames.is_empty() {
                 break;
             }
-            taken += batch.len();
+            taken += frames.len();
             let mut shares = Shares::default();
             let mut full = self.full_paths();
-            for frame in &batch {
+            for frame in frames {
                 self.admit(frame, pool, peers, &mut full, &mut shares);
             }
             let cycles = meter.lap();
-            self.note_rx_cost(cycles, batch.len());
+            self.note_rx_cost(cycles, frames.len());
             self.charge_shares(&shares, cycles, Stage::Receive);
             received.merge(&shares);
-            if batch.len() < want {
+            if frames.len() < want {
                 break;
             }
         }
@@ -626,6 +634,27 @@ impl CoreNet {
         }
         self.rotation = self.rotation.wrapping_add(1);
         order.sort_unstable();
+        // Work-conserving: when every path with frames is in debt, the rounds that would pay
+        // the least indebted one's debt are granted at once (to all of them, so their
+        // differences stand) instead of leaving the core idle — an overrun (a descheduled vCPU
+        // shows as one) costs a path its turns only while others have work.
+        let waiting = |path: &Path| !path.queue.is_empty();
+        let most_credit = order
+            .iter()
+            .filter(|(_, _, index)| waiting(&self.paths[*index]))
+            .map(|(_, _, index)| self.paths[*index].schedule.credit)
+            .max();
+        if let Some(credit) = most_credit.filter(|credit| *credit <= 0) {
+            let quantum = i64::try_from(scheduler.quantum_cycles.max(1)).unwrap_or(i64::MAX);
+            let rounds = (1 - credit).div_euclid(quantum) + 1;
+            for (_, _, index) in order.iter() {
+                let schedule = &mut self.paths[*index].schedule;
+                schedule.credit = schedule
+                    .credit
+                    .saturating_add(rounds.saturating_mul(quantum))
+                    .min(quantum);
+            }
+        }
         let mut used = 0u64;
         for &(_, _, index) in order.iter() {
             let path = &self.paths[index];
@@ -673,14 +702,16 @@ impl CoreNet {
         let quota = self.rx_quota(now);
         let mut taken = 0;
         let mut dropped = Shares::default();
+        let mut batch = ReceiveBatch::new();
         while taken < quota {
             let want = (quota - taken).min(MAX_BATCH);
-            let batch = Self::receive_batch(rx, pool, want);
-            if batch.is_empty() {
+            let skip = Self::receive_batch(rx, pool, want, &mut batch);
+            let frames = &batch[skip..];
+            if frames.is_empty() {
                 break;
             }
-            taken += batch.len();
-            for frame in &batch {
+            taken += frames.len();
+            for frame in frames {
                 self.counters.rx_frames += 1;
                 self.counters.rx_bytes += u64::from(frame.length);
                 let entry = FifoFrame {
@@ -693,7 +724,7 @@ impl CoreNet {
                     let _ = pool.free(frame.buffer);
                 }
             }
-            if batch.len() < want {
+            if frames.len() < want {
                 break;
             }
         }
@@ -761,17 +792,19 @@ impl CoreNet {
     ) -> Received {
         let mut taken = 0;
         let mut drained = false;
+        let mut batch = ReceiveBatch::new();
         while taken < INTERRUPT_DRAIN_LIMIT {
-            let batch = Self::receive_batch(rx, pool, MAX_BATCH);
-            if batch.is_empty() {
+            let skip = Self::receive_batch(rx, pool, MAX_BATCH, &mut batch);
+            let frames = batch[skip..].to_vec();
+            if frames.is_empty() {
                 drained = true;
                 break;
             }
-            taken += batch.len();
+            taken += frames.len();
             let receive_cycles = meter.lap();
-            let per_frame = receive_cycles / batch.len() as u64;
-            let mut remainder = receive_cycles - per_frame * batch.len() as u64;
-            for frame in &batch {
+            let per_frame = receive_cycles / frames.len() as u64;
+            let mut remainder = receive_cycles - per_frame * frames.len() as u64;
+            for frame in &frames {
                 self.counters.rx_frames += 1;
                 self.counters.rx_bytes += u64::from(frame.length);
                 let mut shares = Shares::default();
@@ -1033,16 +1066,23 @@ impl CoreNet {
         let Some((path, after)) = rest.split_first_mut() else {
             return JobDone::default();
         };
-        let current = PathStats::of(path);
         let mut run_again = false;
         let mut done = JobDone::default();
         let progress = {
             let Path {
+                key,
                 queue,
                 counters: path_counters,
                 runner,
+                open_connections,
                 ..
             } = &mut *path;
+            let current = CurrentPath {
+                key: *key,
+                counters: path_counters,
+                queued: queue.len() as u16,
+                open_connections: *open_connections as u16,
+            };
             let mut cx = RunContext {
                 now,
                 iface: &mut *iface,
@@ -1077,15 +1117,27 @@ impl CoreNet {
             match job {
                 Job::Queue(frames) => {
                     runner.prepare(frames);
-                    for _ in 0..frames {
-                        let Some(frame) = queue.pop() else { break };
-                        ingest(runner.as_mut(), &mut cx, frame, path_counters, &mut done);
+                    let chunk = runner.frames_per_service().max(1);
+                    let mut left = frames;
+                    let mut progress = Progress::default();
+                    loop {
+                        for _ in 0..left.min(chunk) {
+                            let Some(frame) = queue.pop() else { break };
+                            ingest(runner.as_mut(), &mut cx, frame, &mut done);
+                        }
+                        left = left.saturating_sub(chunk);
+                        let step = runner.service(&mut cx);
+                        progress.run_again = step.run_again;
+                        progress.connections_opened += step.connections_opened;
+                        if left == 0 || queue.is_empty() {
+                            break;
+                        }
                     }
-                    Some(runner.service(&mut cx))
+                    Some(progress)
                 }
                 Job::Frame(frame) => {
                     runner.prepare(1);
-                    ingest(runner.as_mut(), &mut cx, frame, path_counters, &mut done);
+                    ingest(runner.as_mut(), &mut cx, frame, &mut done);
                     None
                 }
                 Job::Service => Some(runner.service(&mut cx)),
@@ -1095,6 +1147,11 @@ impl CoreNet {
                 }
             }
         };
+        path.counters.packets += done.frames as u64;
+        path.counters.bytes += done.bytes;
+        path.counters.forwarded_in += done.forwarded_in;
+        path.counters.socket_drops += done.socket_drops;
+        path.counters.tx_drops += done.tx_drops;
         if let Some(progress) = progress {
             path.counters.runs += 1;
             path.counters.connections += u64::from(progress.connections_opened);
@@ -1295,25 +1352,22 @@ impl CoreNet {
     }
 }
 
-/// One frame through a path's runner: counted, processed, its reply committed.
+/// One frame through a path's runner: processed, its reply committed, counted in `done`.
+#[inline]
 fn ingest(
     runner: &mut dyn PathRunner,
     cx: &mut RunContext<'_>,
     frame: QueuedFrame,
-    counters: &mut crate::path::PathCounters,
     done: &mut JobDone,
 ) {
-    counters.packets += 1;
-    counters.bytes += u64::from(frame.length);
-    counters.forwarded_in += u64::from(frame.forwarded);
     let ingress: Ingress = runner.ingress(cx, frame);
     done.frames += 1;
+    done.bytes += u64::from(frame.length);
+    done.forwarded_in += u64::from(frame.forwarded);
     done.neighbours_sent += u64::from(ingress.neighbours_sent);
-    if ingress.socket_drop {
-        counters.socket_drops += 1;
-    }
+    done.socket_drops += u64::from(ingress.socket_drop);
     if !commit(cx, &frame, ingress.reply) {
-        counters.tx_drops += 1;
+        done.tx_drops += 1;
     }
 }
 

@@ -127,8 +127,33 @@ impl CoreStats {
     }
 }
 
+/// The running path, as its own run's application sees it: its counters as they stood when the
+/// run began (the run's own frames are added when it ends).
+#[derive(Clone, Copy)]
+pub struct CurrentPath<'a> {
+    /// Which path.
+    pub key: PathKey,
+    /// Its counters.
+    pub counters: &'a PathCounters,
+    /// Frames queued when the run began.
+    pub queued: u16,
+    /// Connections open after its last run.
+    pub open_connections: u16,
+}
+
+impl CurrentPath<'_> {
+    fn stats(&self) -> PathStats {
+        PathStats {
+            key: self.key,
+            counters: *self.counters,
+            open_connections: self.open_connections,
+            queued: self.queued,
+        }
+    }
+}
+
 /// This core's own counters, borrowed while one of its paths runs: the paths before and after
-/// the running one, and a copy of the running path's entry taken when its run began.
+/// the running one, and the running one.
 pub struct OwnCore<'a> {
     /// The core.
     pub core: CoreId,
@@ -138,8 +163,8 @@ pub struct OwnCore<'a> {
     pub counters: &'a CoreCounters,
     /// Paths with a lower index than the running one.
     pub before: &'a [Path],
-    /// The running path's entry (None outside a path run).
-    pub current: Option<PathStats>,
+    /// The running path (None outside a path run).
+    pub current: Option<CurrentPath<'a>>,
     /// Paths with a higher index.
     pub after: &'a [Path],
 }
@@ -158,7 +183,7 @@ impl OwnCore<'_> {
             .before
             .iter()
             .map(PathStats::of)
-            .chain(self.current)
+            .chain(self.current.map(|current| current.stats()))
             .chain(self.after.iter().map(PathStats::of));
         for (slot, entry) in stats.paths.iter_mut().zip(entries) {
             *slot = entry;

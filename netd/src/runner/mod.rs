@@ -132,6 +132,13 @@ pub(crate) trait PathRunner {
     /// queued SYN finds one).
     fn prepare(&mut self, _frames: usize) {}
 
+    /// Most frames a run ingests before its service runs (then ingest resumes): what the
+    /// path's sockets hold, so protocol work is never done on a frame only for its socket to
+    /// drop it. Unlimited for runners whose ingress is the whole job.
+    fn frames_per_service(&self) -> usize {
+        usize::MAX
+    }
+
     /// The runner's next timer.
     fn poll_at(&mut self, _iface: &mut Interface, _now: Instant) -> Option<Instant> {
         None

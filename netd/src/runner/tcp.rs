@@ -17,6 +17,9 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
+/// Segments a TCP run ingests before the application runs on the connections.
+const SEGMENTS_PER_SERVICE: usize = 32;
+
 /// How a TCP path keeps listening sockets available.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerConfig {
@@ -156,6 +159,12 @@ impl PathRunner for TcpRunner {
 
     fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Ingress {
         Ingress::reply(smoltcp_ingress(cx, &mut self.connections.sockets, frame))
+    }
+
+    fn frames_per_service(&self) -> usize {
+        // Each connection's receive buffer holds a few segments: let the application drain
+        // them every so often within a run.
+        SEGMENTS_PER_SERVICE
     }
 
     fn service(&mut self, cx: &mut RunContext<'_>) -> Progress {

@@ -72,6 +72,11 @@ impl PathRunner for UdpSocketRunner {
         }
     }
 
+    fn frames_per_service(&self) -> usize {
+        // The socket holds SOCKET_PACKETS datagrams; its service drains them between chunks.
+        SOCKET_PACKETS / 2
+    }
+
     fn service(&mut self, cx: &mut RunContext<'_>) -> Progress {
         let mut scratch = [0u8; MAX_PAYLOAD];
         let socket = self.sockets.get_mut::<udp::Socket>(self.socket);
