@@ -35,6 +35,7 @@ pub struct InPlaceReply {
 /// what `offload` says it computes (the IPv4 checksum field then holds 0 and the UDP one the
 /// pseudo-header sum, as the 82576 and 82599 datasheets ask). `None` when there is no reply or
 /// the frame is not a plain IPv4/UDP frame.
+#[inline]
 pub fn answer_in_place(
     frame: &mut [u8],
     length: usize,

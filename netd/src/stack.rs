@@ -427,14 +427,11 @@ impl CoreNet {
         let offload = self.offload(rx);
 
         // Reclaiming finished transmissions is charged to the paths whose frames they were.
-        let reclaimed = rx.reclaim(pool);
-        let cycles = meter.lap();
-        let in_flight = core::mem::take(&mut self.in_flight);
-        if reclaimed > 0 {
+        // (When nothing moved, a stage reads no counter: its cycles go with the next lap.)
+        if rx.reclaim(pool) > 0 {
+            let cycles = meter.lap();
+            let in_flight = core::mem::take(&mut self.in_flight);
             self.charge_shares(&in_flight, cycles, Stage::Transmit);
-        } else {
-            self.in_flight = in_flight;
-            self.counters.cycles_idle += cycles;
         }
         if now >= self.next_nic_stats {
             self.next_nic_stats = now + NIC_STATS_PERIOD;
