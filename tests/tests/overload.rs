@@ -601,7 +601,7 @@ fn echo_flood(cmdline: &str, rate: u64, duration: Duration) -> (f64, f64, u64) {
             'ready: while Instant::now() < deadline {
                 let _ = sockets[0].send(b"ready?");
                 std::thread::sleep(Duration::from_millis(100));
-                while sockets[0].recv(&mut buffer).is_ok() {
+                if sockets[0].recv(&mut buffer).is_ok() {
                     break 'ready;
                 }
             }
