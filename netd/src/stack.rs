@@ -22,7 +22,7 @@ use crate::config::{CoreId, Discipline, NetConfig, UdpPath, FLOW_GROUPS};
 use crate::device::{capabilities, Staging, TxQueue, TX_QUEUE_CAPACITY};
 use crate::path::{CycleCounter, Path, QueuedFrame, Stage};
 use crate::peers::{KvReply, KvRequest, PeerMessage, Peers};
-use crate::runner::{self, Ingress, PathRunner, Progress, Reply, RunContext};
+use crate::runner::{self, Notes, PathRunner, Progress, Reply, RunContext};
 use crate::schedule::{Meter, Shares};
 use crate::stats::{CoreCounters, CoreStats, CurrentPath, OwnCore, StatsView};
 use drivers::nic::{
@@ -1110,8 +1110,9 @@ impl CoreNet {
                     stats_wanted,
                     run_again: &mut run_again,
                 },
+                notes: Notes::default(),
             };
-            match job {
+            let progress = match job {
                 Job::Queue(frames) => {
                     runner.prepare(frames);
                     let chunk = runner.frames_per_service().max(1);
@@ -1142,7 +1143,10 @@ impl CoreNet {
                     done.handled = runner.on_peer_message(&mut cx, message);
                     None
                 }
-            }
+            };
+            done.neighbours_sent = cx.notes.neighbours_sent;
+            done.socket_drops = cx.notes.socket_drops;
+            progress
         };
         path.counters.packets += done.frames as u64;
         path.counters.bytes += done.bytes;
@@ -1357,13 +1361,11 @@ fn ingest(
     frame: QueuedFrame,
     done: &mut JobDone,
 ) {
-    let ingress: Ingress = runner.ingress(cx, frame);
+    let reply = runner.ingress(cx, frame);
     done.frames += 1;
     done.bytes += u64::from(frame.length);
     done.forwarded_in += u64::from(frame.forwarded);
-    done.neighbours_sent += u64::from(ingress.neighbours_sent);
-    done.socket_drops += u64::from(ingress.socket_drop);
-    if !commit(cx, &frame, ingress.reply) {
+    if !commit(cx, &frame, reply) {
         done.tx_drops += 1;
     }
 }

@@ -2,7 +2,7 @@
 //! becomes a neighbour of every core (non-IP frames reach queue 0 only, so the other cores learn
 //! it by message).
 
-use super::{smoltcp_ingress, Ingress, PathRunner, RunContext};
+use super::{smoltcp_ingress, PathRunner, Reply, RunContext};
 use crate::config::NetConfig;
 use crate::device::{PathDevice, TxSink};
 use crate::path::QueuedFrame;
@@ -31,7 +31,7 @@ impl ArpRunner {
 }
 
 impl PathRunner for ArpRunner {
-    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Ingress {
+    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Reply {
         let length = usize::from(frame.length).min(BUFFER_SIZE);
         let neighbour = match cx.pool.bytes(frame.buffer) {
             Ok(bytes) if !frame.forwarded => arp_sender(&bytes[..length], cx.config),
@@ -52,10 +52,8 @@ impl PathRunner for ArpRunner {
                 }
             }
         }
-        Ingress {
-            neighbours_sent: sent,
-            ..Ingress::reply(reply)
-        }
+        cx.notes.neighbours_sent += sent;
+        reply
     }
 
     /// Installs a neighbour another core learnt: smoltcp 0.14 has no public call to insert one,

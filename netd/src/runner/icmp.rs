@@ -1,7 +1,7 @@
 //! The ICMP path: smoltcp answers echo requests itself (`auto-icmp-echo-reply`) during ingress;
 //! other ICMP messages are read and ignored.
 
-use super::{smoltcp_ingress, Ingress, PathRunner, RunContext};
+use super::{smoltcp_ingress, PathRunner, Reply, RunContext};
 use crate::path::QueuedFrame;
 use smoltcp::iface::SocketSet;
 
@@ -22,7 +22,7 @@ impl IcmpRunner {
 }
 
 impl PathRunner for IcmpRunner {
-    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Ingress {
-        Ingress::reply(smoltcp_ingress(cx, &mut self.sockets, frame))
+    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Reply {
+        smoltcp_ingress(cx, &mut self.sockets, frame)
     }
 }

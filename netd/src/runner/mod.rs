@@ -11,8 +11,8 @@
 //!
 //! Ingress returns the reply as a value ([`Reply`]: none, the request's own buffer rewritten in
 //! place, or a frame smoltcp wrote into the staging area); the core commits it to its TX queue and
-//! charges it to the path. Runners touch no counters: what they did comes back in [`Ingress`] and
-//! [`Progress`]. Adding a path kind is one file here and one arm in [`build`].
+//! charges it to the path. Runners touch no counters: what they did comes back as the reply, in
+//! [`Progress`], and in the run's [`Notes`]. Adding a path kind is one file here and one arm in [`build`].
 
 use crate::app::{AppContext, Service};
 use crate::classify::PathKey;
@@ -58,6 +58,8 @@ pub(crate) struct RunContext<'a> {
     pub(crate) config: &'a NetConfig,
     /// The application's view.
     pub(crate) app: AppContext<'a>,
+    /// What the run noticed besides its replies.
+    pub(crate) notes: Notes,
 }
 
 /// What becomes of a frame's buffer after ingress.
@@ -81,28 +83,14 @@ pub(crate) enum Reply {
     },
 }
 
-/// The outcome of one frame's ingress.
-#[must_use]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Ingress {
-    /// What to transmit.
-    pub(crate) reply: Reply,
+/// What runs noticed besides their replies, for the core to count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Notes {
     /// Neighbour entries sent to other cores (ARP).
-    pub(crate) neighbours_sent: u16,
-    /// The frame went through protocol processing and was then dropped because its socket was
-    /// full.
-    pub(crate) socket_drop: bool,
-}
-
-impl Ingress {
-    /// Just a reply.
-    pub(crate) fn reply(reply: Reply) -> Self {
-        Self {
-            reply,
-            neighbours_sent: 0,
-            socket_drop: false,
-        }
-    }
+    pub(crate) neighbours_sent: u64,
+    /// Frames that went through protocol processing and were then dropped because their socket
+    /// was full.
+    pub(crate) socket_drops: u64,
 }
 
 /// The outcome of a service call.
@@ -120,7 +108,7 @@ pub(crate) trait PathRunner {
     /// Protocol processing of one frame taken from the path's queue, in `cx.pool`'s buffer
     /// `frame.buffer` (on the UDP fast path, the application too). The buffer still belongs to
     /// the caller, who frees or transmits it as the reply says.
-    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Ingress;
+    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Reply;
 
     /// Application work not tied to one frame, then egress: after a run's frames, when the path
     /// was woken, or when its timer is due.

@@ -4,7 +4,7 @@
 //! connection state can grow (issue 14: resets, thousands of connections, bounded buffers)
 //! without touching how the path runs.
 
-use super::{smoltcp_egress, smoltcp_ingress, Ingress, PathRunner, Progress, RunContext};
+use super::{smoltcp_egress, smoltcp_ingress, PathRunner, Progress, Reply, RunContext};
 use crate::app::{PeerService, StreamService};
 use crate::path::QueuedFrame;
 use crate::peers::PeerMessage;
@@ -157,8 +157,8 @@ impl PathRunner for TcpRunner {
         self.connections.arm(want);
     }
 
-    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Ingress {
-        Ingress::reply(smoltcp_ingress(cx, &mut self.connections.sockets, frame))
+    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Reply {
+        smoltcp_ingress(cx, &mut self.connections.sockets, frame)
     }
 
     fn frames_per_service(&self) -> usize {

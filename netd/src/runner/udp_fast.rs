@@ -1,7 +1,7 @@
 //! The UDP fast path: each datagram goes to the datagram service inside its own pool buffer,
 //! and the reply leaves from that buffer (`crate::fastpath`): no smoltcp socket, no copy.
 
-use super::{Ingress, PathRunner, Reply, RunContext};
+use super::{PathRunner, Reply, RunContext};
 use crate::app::{Datagram, DatagramService, Peer};
 use crate::fastpath;
 use crate::path::QueuedFrame;
@@ -21,7 +21,7 @@ impl UdpFastRunner {
 }
 
 impl PathRunner for UdpFastRunner {
-    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Ingress {
+    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Reply {
         let RunContext {
             pool,
             config,
@@ -49,13 +49,13 @@ impl PathRunner for UdpFastRunner {
             ),
             Err(_) => None,
         };
-        Ingress::reply(match reply {
+        match reply {
             Some(reply) => Reply::InPlace {
                 length: reply.length as u16,
                 checksum: reply.checksum,
             },
             None => Reply::Nothing,
-        })
+        }
     }
 
     fn application(&self) -> Option<&'static str> {

@@ -3,7 +3,7 @@
 //! (the baseline the fast path is measured against) and by the `netd.mode=interrupt` baseline,
 //! whose "interrupt" does the protocol work up to the socket and whose applications run later.
 
-use super::{smoltcp_egress, smoltcp_ingress, Ingress, PathRunner, Progress, RunContext};
+use super::{smoltcp_egress, smoltcp_ingress, PathRunner, Progress, Reply, RunContext};
 use crate::app::{Datagram, DatagramService, Peer};
 use crate::path::QueuedFrame;
 use smoltcp::iface::{SocketHandle, SocketSet};
@@ -50,7 +50,7 @@ impl UdpSocketRunner {
 }
 
 impl PathRunner for UdpSocketRunner {
-    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Ingress {
+    fn ingress(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame) -> Reply {
         let payload = cx
             .pool
             .bytes(frame.buffer)
@@ -65,11 +65,8 @@ impl PathRunner for UdpSocketRunner {
         // smoltcp drops a datagram that does not fit, silently: the queue did not grow although
         // the datagram was for this socket (the classifier checked the port). An empty
         // datagram's fate cannot be seen this way; it counts as delivered.
-        let socket_drop = payload > 0 && after == before;
-        Ingress {
-            socket_drop,
-            ..Ingress::reply(reply)
-        }
+        cx.notes.socket_drops += u64::from(payload > 0 && after == before);
+        reply
     }
 
     fn frames_per_service(&self) -> usize {
