@@ -867,3 +867,59 @@ fn every_discipline_and_udp_path_serves_udp_icmp_and_tcp() {
         }
     }
 }
+
+#[test]
+fn two_key_value_services_coexist_each_getting_its_own_peer_messages() {
+    use crate::app::memcached::{key_owner, Memcached, StoreLimits};
+    let mut setup = ClusterConfig::new(2);
+    setup.services = Box::new(|config| {
+        let mut services = crate::app::default_applications(config);
+        services.push(Service::peer(
+            11212,
+            Memcached::new(11212, StoreLimits::default()),
+        ));
+        services
+    });
+    let mut cluster = Cluster::with(setup);
+    let mut client = Client::new(cluster.now);
+    // A key core 1 owns, set through a connection core 0 serves: it travels by peer message,
+    // to the service on the same port on core 1.
+    let key = (0..)
+        .map(|n| format!("other{n}"))
+        .find(|key| key_owner(key.as_bytes(), 2) == 1)
+        .unwrap();
+    let port = ports_for_core(&cluster, 0, 11212, 2);
+    let reply = client.request(
+        &mut cluster,
+        port[0],
+        11212,
+        format!("set {key} 5 0 3\r\nabc\r\nget {key}\r\n").as_bytes(),
+        |reply| reply.ends_with(b"END\r\n"),
+    );
+    assert_eq!(
+        String::from_utf8(reply).unwrap(),
+        format!("STORED\r\nVALUE {key} 5 3\r\nabc\r\nEND\r\n")
+    );
+    // The other service does not have it: its store is its own.
+    let other = ports_for_core(&cluster, 0, 11211, 1)[0];
+    let reply = client.request(
+        &mut cluster,
+        other,
+        11211,
+        format!("get {key}\r\n").as_bytes(),
+        |reply| reply.ends_with(b"END\r\n"),
+    );
+    assert_eq!(reply, b"END\r\n");
+    // Core 1's 11212 path served the request and 11211's the miss: routed by port.
+    let served = |port| cluster.path_counters(1, PathKey::Tcp(port)).peer_messages;
+    assert!(served(11212) >= 2, "{}", served(11212));
+    assert!(served(11211) >= 1);
+    assert_eq!(
+        cluster
+            .cores
+            .iter()
+            .map(|c| c.net.counters().peer_unroutable)
+            .sum::<u64>(),
+        0
+    );
+}
