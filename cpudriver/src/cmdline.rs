@@ -164,6 +164,9 @@ pub enum OptionProblem {
 /// Keys other subsystems own; the CPU driver does not warn about them.
 pub const FOREIGN_KEYS: &[&str] = &["ip", "gw", "time", "memcached.mem"];
 
+/// Prefix of netd's options; those the kernel does not read itself are left to netd's parser.
+pub const NETD_PREFIX: &str = "netd.";
+
 impl KernelOptions {
     /// Parses the CPU driver's options; every problem is passed to `report`.
     pub fn parse<'a>(cmdline: Cmdline<'a>, mut report: impl FnMut(OptionError<'a>)) -> Self {
@@ -228,6 +231,9 @@ impl KernelOptions {
                     })
                     .is_some(),
                 _ if FOREIGN_KEYS.contains(&key) => true,
+                // netd's own options (netd.mode, netd.lrp, ...): netd's parser checks them and
+                // names a bad one.
+                _ if key.starts_with(NETD_PREFIX) => true,
                 _ => {
                     report(OptionError {
                         key,
@@ -368,6 +374,10 @@ mod tests {
         let mut errors = 0;
         let _ = KernelOptions::parse(Cmdline("netd.move=200:1@5"), |_| errors += 1);
         assert_eq!(errors, 1, "flow group 200 does not exist");
+        // netd's own options pass the kernel by; netd names a bad one itself.
+        let _ = KernelOptions::parse(Cmdline("netd.mode=interrupt netd.lrp=off"), |e| {
+            panic!("{e:?}")
+        });
         assert_eq!(
             KernelOptions::parse(Cmdline("urpc=off"), |_| panic!()).urpc_matrix_rounds,
             0

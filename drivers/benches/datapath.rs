@@ -45,10 +45,7 @@ fn echo_batch<Q: QueueDatapath>(
     let mut batch = ReceiveBatch::new();
     let n = queue.receive(pool, &mut batch);
     frames.clear();
-    frames.extend(batch.iter().map(|f| TransmitFrame {
-        buffer: f.buffer,
-        length: f.length,
-    }));
+    frames.extend(batch.iter().map(|f| TransmitFrame::new(f.buffer, f.length)));
     let sent = queue.transmit(pool, frames);
     for frame in &frames[sent..] {
         let _ = pool.free(frame.buffer);
@@ -72,6 +69,9 @@ fn ring_only() {
         interrupt_mask_set: 0,
         interrupt_mask_clear: 0,
         interrupt_bit: None,
+        missed_packets_counter: None,
+        tx_checksum_offload: false,
+        tx_check_context: false,
     };
     let mut queue = DescriptorQueue::new(
         QueueId(0),

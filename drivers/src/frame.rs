@@ -1,16 +1,22 @@
-//! Minimal, bounds-checked parsing of Ethernet frames: enough to compute the RSS tuple a NIC
-//! hashes, to match five-tuple filters, and to check IPv4/TCP/UDP checksums the way a NIC's
-//! receive checksum offload does. Used by the simulated NIC and the register models; never trusts
-//! a length field without checking it against the bytes present.
+//! What a NIC sees in a frame, parsed with `smoltcp::wire` (its checked constructors are the
+//! no-panic contract): the RSS tuple a NIC hashes, the fields five-tuple filters match, the
+//! receive checksum check a NIC's checksum offload does, and the transmit checksums it fills in.
+//! Used by the simulated NIC and the register models; never trusts a length field without
+//! checking it against the bytes present. The checksum arithmetic is smoltcp's (`wire::checksum`),
+//! the one internet-checksum routine of the workspace.
+//!
+//! Only Ethernet II frames carrying IPv4 are parsed: Flotilla is IPv4-only, so the simulated
+//! NIC and the models steer other frames (IPv6 included) like non-IP ones, to queue 0 unhashed.
 #![forbid(unsafe_code)]
 
-use crate::nic::{ChecksumStatus, HashTypes};
+use crate::nic::{ChecksumStatus, HashTypes, TxChecksum, TxL4Checksum};
 use crate::rss::FlowTuple;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
+    Ipv4Address, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket, UdpRepr,
+};
 
-/// EtherType of IPv4.
-pub const ETHERTYPE_IPV4: u16 = 0x0800;
-/// EtherType of IPv6.
-pub const ETHERTYPE_IPV6: u16 = 0x86DD;
 /// IP protocol number of TCP.
 pub const PROTOCOL_TCP: u8 = 6;
 /// IP protocol number of UDP.
@@ -21,106 +27,52 @@ pub const PROTOCOL_UDP: u8 = 17;
 pub struct ParsedFrame {
     /// The addresses, and ports when the frame is an unfragmented TCP or UDP segment.
     pub tuple: Option<FlowTuple>,
-    /// IP protocol number (0 when not IP).
+    /// IP protocol number.
     pub protocol: u8,
     /// Whether the IP packet is a fragment (ports not hashed).
     pub fragment: bool,
-    /// Offset of the IP header in the frame.
-    ip_offset: usize,
-    /// Offset of the L4 header, when present.
-    l4_offset: Option<usize>,
-    /// End of the IP packet within the frame (excludes Ethernet padding).
-    ip_end: usize,
-    /// IP version (4 or 6; 0 when not IP).
-    version: u8,
 }
 
-fn be16(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]))
-}
-
-/// Parses `frame`; `None` when it is not IPv4/IPv6 (e.g. ARP) or too short to be.
-pub fn parse(frame: &[u8]) -> Option<ParsedFrame> {
-    let ethertype = be16(frame, 12)?;
-    let ip = 14;
-    match ethertype {
-        ETHERTYPE_IPV4 => {
-            let header = frame.get(ip..ip + 20)?;
-            if header[0] >> 4 != 4 {
-                return None;
-            }
-            let header_len = usize::from(header[0] & 0x0F) * 4;
-            let total_len = usize::from(be16(header, 2)?);
-            if header_len < 20 || total_len < header_len || ip + total_len > frame.len() {
-                return None;
-            }
-            let flags_fragment = be16(header, 6)?;
-            let fragment = flags_fragment & 0x3FFF != 0; // MF set or offset non-zero
-            let protocol = header[9];
-            let source: [u8; 4] = header[12..16].try_into().ok()?;
-            let destination: [u8; 4] = header[16..20].try_into().ok()?;
-            let l4 = ip + header_len;
-            let ports = ports_of(frame, protocol, fragment, l4, ip + total_len);
-            Some(ParsedFrame {
-                tuple: Some(FlowTuple::V4 {
-                    source,
-                    destination,
-                    ports,
-                }),
-                protocol,
-                fragment,
-                ip_offset: ip,
-                l4_offset: (!fragment).then_some(l4),
-                ip_end: ip + total_len,
-                version: 4,
-            })
-        }
-        ETHERTYPE_IPV6 => {
-            let header = frame.get(ip..ip + 40)?;
-            if header[0] >> 4 != 6 {
-                return None;
-            }
-            let payload_len = usize::from(be16(header, 4)?);
-            let end = ip + 40 + payload_len;
-            if end > frame.len() {
-                return None;
-            }
-            // Extension headers are not walked: a next header other than TCP/UDP hashes as
-            // address-only, which is what the NICs do with their "ex" hash types disabled.
-            let protocol = header[6];
-            let source: [u8; 16] = header[8..24].try_into().ok()?;
-            let destination: [u8; 16] = header[24..40].try_into().ok()?;
-            let l4 = ip + 40;
-            let ports = ports_of(frame, protocol, false, l4, end);
-            Some(ParsedFrame {
-                tuple: Some(FlowTuple::V6 {
-                    source,
-                    destination,
-                    ports,
-                }),
-                protocol,
-                fragment: false,
-                ip_offset: ip,
-                l4_offset: Some(l4),
-                ip_end: end,
-                version: 6,
-            })
-        }
-        _ => None,
-    }
-}
-
-fn ports_of(
-    frame: &[u8],
-    protocol: u8,
-    fragment: bool,
-    l4: usize,
-    end: usize,
-) -> Option<(u16, u16)> {
-    if fragment || !(protocol == PROTOCOL_TCP || protocol == PROTOCOL_UDP) || l4 + 4 > end {
+/// The IPv4 packet inside an Ethernet II frame, if the frame is one.
+fn ipv4_of(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    if ethernet.ethertype() != EthernetProtocol::Ipv4 {
         return None;
     }
-    Some((be16(frame, l4)?, be16(frame, l4 + 2)?))
+    let header = &frame[EthernetFrame::<&[u8]>::header_len()..];
+    let ip = Ipv4Packet::new_checked(header).ok()?;
+    (ip.version() == 4).then_some(ip)
+}
+
+fn is_fragment<T: AsRef<[u8]>>(ip: &Ipv4Packet<T>) -> bool {
+    ip.more_frags() || ip.frag_offset() != 0
+}
+
+/// Parses `frame`; `None` when it is not IPv4 (e.g. ARP, IPv6) or too short to be.
+pub fn parse(frame: &[u8]) -> Option<ParsedFrame> {
+    let ip = ipv4_of(frame)?;
+    let fragment = is_fragment(&ip);
+    let protocol = u8::from(ip.next_header());
+    let payload = ip.payload();
+    let ports = match ip.next_header() {
+        _ if fragment => None,
+        IpProtocol::Udp => UdpPacket::new_checked(payload)
+            .ok()
+            .map(|udp| (udp.src_port(), udp.dst_port())),
+        IpProtocol::Tcp => TcpPacket::new_checked(payload)
+            .ok()
+            .map(|tcp| (tcp.src_port(), tcp.dst_port())),
+        _ => None,
+    };
+    Some(ParsedFrame {
+        tuple: Some(FlowTuple::V4 {
+            source: ip.src_addr().octets(),
+            destination: ip.dst_addr().octets(),
+            ports,
+        }),
+        protocol,
+        fragment,
+    })
 }
 
 impl ParsedFrame {
@@ -132,13 +84,10 @@ impl ParsedFrame {
             tuple,
             FlowTuple::V4 { ports: Some(_), .. } | FlowTuple::V6 { ports: Some(_), .. }
         );
-        let (ports_enabled, addresses_enabled) = match (self.version, self.protocol) {
-            (4, PROTOCOL_TCP) => (types.tcp_ipv4, types.ipv4),
-            (4, PROTOCOL_UDP) => (types.udp_ipv4, types.ipv4),
-            (4, _) => (false, types.ipv4),
-            (6, PROTOCOL_TCP) => (types.tcp_ipv6, types.ipv6),
-            (6, PROTOCOL_UDP) => (types.udp_ipv6, types.ipv6),
-            _ => (false, types.ipv6),
+        let (ports_enabled, addresses_enabled) = match self.protocol {
+            PROTOCOL_TCP => (types.tcp_ipv4, types.ipv4),
+            PROTOCOL_UDP => (types.udp_ipv4, types.ipv4),
+            _ => (false, types.ipv4),
         };
         if has_ports && ports_enabled {
             Some(tuple)
@@ -171,37 +120,35 @@ impl ParsedFrame {
     /// Checks the IPv4 header checksum and the TCP/UDP checksum, as receive checksum offload does.
     pub fn checksum_status(&self, frame: &[u8]) -> ChecksumStatus {
         let mut status = ChecksumStatus::default();
-        if self.version == 4 {
-            let header_len = usize::from(frame[self.ip_offset] & 0x0F) * 4;
-            let header = &frame[self.ip_offset..self.ip_offset + header_len];
-            if fold(sum(0, header)) == 0xFFFF {
-                status.ipv4_ok = true;
-            } else {
-                status.error = true;
-            }
-        }
-        let Some(l4) = self.l4_offset else {
+        let Some(ip) = ipv4_of(frame) else {
             return status;
         };
-        if !(self.protocol == PROTOCOL_TCP || self.protocol == PROTOCOL_UDP) {
-            return status;
-        }
-        let segment = &frame[l4..self.ip_end];
-        let minimum = if self.protocol == PROTOCOL_TCP { 20 } else { 8 };
-        if segment.len() < minimum {
+        if ip.verify_checksum() {
+            status.ipv4_ok = true;
+        } else {
             status.error = true;
+        }
+        if self.fragment {
             return status;
         }
-        if self.protocol == PROTOCOL_UDP && self.version == 4 && be16(segment, 6) == Some(0) {
-            return status; // IPv4 UDP without checksum: nothing to check.
-        }
-        let mut total = match self.version {
-            4 => sum(0, &frame[self.ip_offset + 12..self.ip_offset + 20]),
-            _ => sum(0, &frame[self.ip_offset + 8..self.ip_offset + 40]),
+        let (source, destination) = (
+            IpAddress::Ipv4(ip.src_addr()),
+            IpAddress::Ipv4(ip.dst_addr()),
+        );
+        let valid = match ip.next_header() {
+            IpProtocol::Udp => match UdpPacket::new_checked(ip.payload()) {
+                // IPv4 UDP without checksum: nothing to check.
+                Ok(udp) if udp.checksum() == 0 => return status,
+                Ok(udp) => udp.verify_checksum(&source, &destination),
+                Err(_) => false,
+            },
+            IpProtocol::Tcp => match TcpPacket::new_checked(ip.payload()) {
+                Ok(tcp) => tcp.verify_checksum(&source, &destination),
+                Err(_) => false,
+            },
+            _ => return status,
         };
-        total += u32::from(self.protocol) + segment.len() as u32;
-        total = sum(total, segment);
-        if fold(total) == 0xFFFF {
+        if valid {
             status.l4_ok = true;
         } else {
             status.error = true;
@@ -210,24 +157,63 @@ impl ParsedFrame {
     }
 }
 
-/// One's-complement sum of big-endian 16-bit words (odd byte padded with zero), not folded.
-pub fn sum(mut total: u32, bytes: &[u8]) -> u32 {
-    let mut chunks = bytes.chunks_exact(2);
-    for pair in &mut chunks {
-        total += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        total += u32::from(*last) << 8;
-    }
-    total
+/// The lengths of an IPv4 frame's link-layer and IPv4 headers (what a transmit context's MACLEN
+/// and IPLEN must say), or `None` when the frame is not IPv4.
+pub fn header_lengths(frame: &[u8]) -> Option<(u8, u8)> {
+    let ip = ipv4_of(frame)?;
+    Some((EthernetFrame::<&[u8]>::header_len() as u8, ip.header_len()))
 }
 
-/// Folds a 32-bit one's-complement sum to 16 bits.
-pub fn fold(mut total: u32) -> u16 {
-    while total > 0xFFFF {
-        total = (total & 0xFFFF) + (total >> 16);
+/// What a device's transmit checksum offload did to one frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffloadApplied {
+    /// The IPv4 header checksum was computed.
+    pub ipv4_header: bool,
+    /// The TCP or UDP checksum was computed.
+    pub l4: bool,
+}
+
+/// Fills in the checksums `offload` asks for, as a NIC's transmit checksum offload does (and as
+/// QEMU's igb model does it: the L4 checksum field is zeroed and recomputed over the pseudo-header
+/// and the segment, whatever software seeded it with). Frames that are not IPv4, or whose L4
+/// header does not match the request, are left alone (a device would send them as they are).
+pub fn apply_tx_checksums(frame: &mut [u8], offload: TxChecksum) -> OffloadApplied {
+    let mut applied = OffloadApplied::default();
+    if ipv4_of(frame).is_none() {
+        return applied;
     }
-    total as u16
+    let Ok(mut ethernet) = EthernetFrame::new_checked(frame) else {
+        return applied;
+    };
+    let Ok(mut ip) = Ipv4Packet::new_checked(ethernet.payload_mut()) else {
+        return applied;
+    };
+    if offload.ipv4_header {
+        ip.fill_checksum();
+        applied.ipv4_header = true;
+    }
+    let (source, destination) = (
+        IpAddress::Ipv4(ip.src_addr()),
+        IpAddress::Ipv4(ip.dst_addr()),
+    );
+    let protocol = ip.next_header();
+    let fragment = is_fragment(&ip);
+    match (offload.l4, protocol) {
+        (Some(TxL4Checksum::Udp), IpProtocol::Udp) if !fragment => {
+            if let Ok(mut udp) = UdpPacket::new_checked(ip.payload_mut()) {
+                udp.fill_checksum(&source, &destination);
+                applied.l4 = true;
+            }
+        }
+        (Some(TxL4Checksum::Tcp), IpProtocol::Tcp) if !fragment => {
+            if let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) {
+                tcp.fill_checksum(&source, &destination);
+                applied.l4 = true;
+            }
+        }
+        _ => {}
+    }
+    applied
 }
 
 /// Builds a UDP-over-IPv4 Ethernet frame with correct checksums into `out`; returns its length.
@@ -240,55 +226,37 @@ pub fn build_udp_ipv4(
     destination: ([u8; 4], u16),
     payload: &[u8],
 ) -> usize {
-    let length = 42 + payload.len();
-    let out = &mut out[..length];
-    out[0..6].copy_from_slice(&destination_mac);
-    out[6..12].copy_from_slice(&source_mac);
-    out[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-    let ip_total = (20 + 8 + payload.len()) as u16;
-    let ip = &mut out[14..34];
-    ip.copy_from_slice(&[
-        0x45,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0x40,
-        0,
-        64,
-        PROTOCOL_UDP,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    ]);
-    ip[2..4].copy_from_slice(&ip_total.to_be_bytes());
-    ip[12..16].copy_from_slice(&source.0);
-    ip[16..20].copy_from_slice(&destination.0);
-    let checksum = !fold(sum(0, ip));
-    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-    let udp_len = (8 + payload.len()) as u16;
-    out[34..36].copy_from_slice(&source.1.to_be_bytes());
-    out[36..38].copy_from_slice(&destination.1.to_be_bytes());
-    out[38..40].copy_from_slice(&udp_len.to_be_bytes());
-    out[40..42].fill(0);
-    out[42..].copy_from_slice(payload);
-    let mut total = sum(0, &source.0);
-    total = sum(total, &destination.0);
-    total += u32::from(PROTOCOL_UDP) + u32::from(udp_len);
-    total = sum(total, &out[34..]);
-    let mut checksum = !fold(total);
-    if checksum == 0 {
-        checksum = 0xFFFF;
-    }
-    out[40..42].copy_from_slice(&checksum.to_be_bytes());
+    let udp = UdpRepr {
+        src_port: source.1,
+        dst_port: destination.1,
+    };
+    let ip = Ipv4Repr {
+        src_addr: Ipv4Address::from_octets(source.0),
+        dst_addr: Ipv4Address::from_octets(destination.0),
+        next_header: IpProtocol::Udp,
+        payload_len: udp.header_len() + payload.len(),
+        hop_limit: 64,
+    };
+    let ethernet = EthernetRepr {
+        src_addr: EthernetAddress(source_mac),
+        dst_addr: EthernetAddress(destination_mac),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let length = ethernet.buffer_len() + ip.buffer_len() + ip.payload_len;
+    let checksums = ChecksumCapabilities::default();
+    let mut frame = EthernetFrame::new_unchecked(&mut out[..length]);
+    ethernet.emit(&mut frame);
+    let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+    ip.emit(&mut packet, &checksums);
+    let mut datagram = UdpPacket::new_unchecked(packet.payload_mut());
+    udp.emit(
+        &mut datagram,
+        &IpAddress::Ipv4(ip.src_addr),
+        &IpAddress::Ipv4(ip.dst_addr),
+        payload.len(),
+        |bytes| bytes.copy_from_slice(payload),
+        &checksums,
+    );
     length
 }
 
@@ -313,6 +281,7 @@ mod tests {
     #[test]
     fn parses_udp_and_checks_checksums() {
         let frame = udp_frame();
+        assert_eq!(frame.len(), 42 + 5);
         let parsed = parse(&frame).unwrap();
         assert_eq!(
             parsed.tuple,
@@ -328,6 +297,10 @@ mod tests {
         *bad.last_mut().unwrap() ^= 0x40;
         let status = parse(&bad).unwrap().checksum_status(&bad);
         assert!(status.ipv4_ok && !status.l4_ok && status.error);
+        let mut bad = frame.clone();
+        bad[14 + 8] ^= 1; // TTL: the IPv4 header checksum no longer matches
+        let status = parse(&bad).unwrap().checksum_status(&bad);
+        assert!(!status.ipv4_ok && status.error);
     }
 
     #[test]
@@ -359,6 +332,9 @@ mod tests {
         let mut arp = std::vec![0u8; 60];
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         assert_eq!(parse(&arp), None);
+        let mut ipv6 = std::vec![0u8; 80];
+        ipv6[12..14].copy_from_slice(&0x86DDu16.to_be_bytes());
+        assert_eq!(parse(&ipv6), None, "IPv6 is not parsed");
         let mut frame = udp_frame();
         frame[16..18].copy_from_slice(&2000u16.to_be_bytes()); // IP total length beyond the frame
         assert_eq!(parse(&frame), None);
@@ -369,5 +345,51 @@ mod tests {
             parse(&fragment).unwrap().tuple,
             Some(FlowTuple::V4 { ports: None, .. })
         ));
+        // A UDP header shorter than 8 bytes: addresses only.
+        let mut short = udp_frame();
+        short[16..18].copy_from_slice(&(20u16 + 4).to_be_bytes());
+        assert!(matches!(
+            parse(&short).unwrap().tuple,
+            Some(FlowTuple::V4 { ports: None, .. })
+        ));
+    }
+
+    #[test]
+    fn transmit_offload_fills_what_was_asked() {
+        let good = udp_frame();
+        let mut frame = good.clone();
+        frame[24..26].fill(0); // IPv4 header checksum
+        frame[40..42].copy_from_slice(&[0x12, 0x34]); // a seed the device ignores
+        let none = apply_tx_checksums(&mut frame.clone(), TxChecksum::default());
+        assert_eq!(none, OffloadApplied::default());
+        let applied = apply_tx_checksums(
+            &mut frame,
+            TxChecksum {
+                ipv4_header: true,
+                l4: Some(TxL4Checksum::Udp),
+                l2_length: 14,
+                l3_length: 20,
+            },
+        );
+        assert_eq!(
+            applied,
+            OffloadApplied {
+                ipv4_header: true,
+                l4: true
+            }
+        );
+        assert_eq!(frame, good);
+        // A TCP request on a UDP frame is not honoured.
+        let mut frame = good.clone();
+        let applied = apply_tx_checksums(
+            &mut frame,
+            TxChecksum {
+                ipv4_header: false,
+                l4: Some(TxL4Checksum::Tcp),
+                l2_length: 14,
+                l3_length: 20,
+            },
+        );
+        assert!(!applied.l4);
     }
 }

@@ -50,6 +50,45 @@ pub struct ReceivedFrame {
     pub checksum: ChecksumStatus,
 }
 
+/// The transport checksum a frame asks the NIC to compute on transmit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxL4Checksum {
+    /// The UDP checksum (over the IPv4 pseudo-header and the datagram).
+    Udp,
+    /// The TCP checksum (over the IPv4 pseudo-header and the segment).
+    Tcp,
+}
+
+/// Transmit checksum offload asked for one frame (advanced context descriptors on the 82576 and
+/// 82599). Software leaves the IPv4 header checksum at 0 and seeds the L4 checksum field with the
+/// pseudo-header sum, as the datasheets ask; the device computes the rest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxChecksum {
+    /// Compute the IPv4 header checksum (POPTS.IXSM).
+    pub ipv4_header: bool,
+    /// Compute this transport checksum (POPTS.TXSM with the context's L4 type).
+    pub l4: Option<TxL4Checksum>,
+    /// Bytes of the link-layer header before the IPv4 header (MACLEN; 14 for Ethernet II).
+    pub l2_length: u8,
+    /// Bytes of the IPv4 header, options included (IPLEN).
+    pub l3_length: u8,
+}
+
+impl TxChecksum {
+    /// No offload: the frame's checksums are already right.
+    pub const NONE: Self = Self {
+        ipv4_header: false,
+        l4: None,
+        l2_length: 0,
+        l3_length: 0,
+    };
+
+    /// Whether anything is asked of the device.
+    pub fn is_requested(&self) -> bool {
+        self.ipv4_header || self.l4.is_some()
+    }
+}
+
 /// One frame to transmit, already written into a pool buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransmitFrame {
@@ -57,6 +96,31 @@ pub struct TransmitFrame {
     pub buffer: BufferId,
     /// Frame length in bytes.
     pub length: u16,
+    /// Checksums the device should compute ([`TxChecksum::NONE`]: none). Ask only for what
+    /// [`QueueDatapath::capabilities`] offers.
+    pub checksum: TxChecksum,
+}
+
+impl TransmitFrame {
+    /// A frame whose checksums are complete.
+    pub fn new(buffer: BufferId, length: u16) -> Self {
+        Self {
+            buffer,
+            length,
+            checksum: TxChecksum::NONE,
+        }
+    }
+}
+
+/// What a queue's device does for the software on it (plain data, read once).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCapabilities {
+    /// Transmit: the device computes IPv4 header checksums.
+    pub tx_checksum_ipv4: bool,
+    /// Transmit: the device computes UDP checksums.
+    pub tx_checksum_udp: bool,
+    /// Transmit: the device computes TCP checksums.
+    pub tx_checksum_tcp: bool,
 }
 
 /// A bounded batch of received frames.
@@ -69,8 +133,13 @@ pub struct QueueStats {
     pub rx_packets: u64,
     /// Bytes received.
     pub rx_bytes: u64,
-    /// Frames the device dropped because the ring had no free descriptor.
+    /// Frames the device dropped because the ring had no free descriptor (82576 `RQDPC`, 82599
+    /// `QPRDC`: per queue, read by the queue's owner).
     pub rx_no_descriptor: u64,
+    /// Frames the device missed because its packet buffer was full (the global `MPC`). Only the
+    /// queue given the counter reads it (queue 0 on igb), so a clear-on-read register has one
+    /// reader; 0 on the other queues.
+    pub rx_missed: u64,
     /// Frames received with a device-reported error, dropped.
     pub rx_errors: u64,
     /// Frames transmitted.
@@ -122,8 +191,14 @@ pub trait QueueDatapath {
     /// Returns the buffers of completed transmissions to `pool`; returns how many.
     fn reclaim(&mut self, pool: &mut BufferPool) -> usize;
 
-    /// This queue's counters.
+    /// This queue's counters. On hardware this reads clear-on-read registers (MMIO): call it
+    /// now and then, not per frame.
     fn stats(&self) -> QueueStats;
+
+    /// What the device does for this queue (transmit checksum offload). Default: nothing.
+    fn capabilities(&self) -> QueueCapabilities {
+        QueueCapabilities::default()
+    }
 
     /// Enables (`true`) or masks (`false`) this queue's receive interrupt.
     fn set_interrupt(&mut self, enabled: bool);

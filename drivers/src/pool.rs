@@ -96,6 +96,7 @@ impl BufferPool {
     }
 
     /// Number of buffers in the pool.
+    #[inline]
     pub fn capacity(&self) -> usize {
         (self.memory_len / BUFFER_SIZE)
             .min(self.free.len())
@@ -103,11 +104,13 @@ impl BufferPool {
     }
 
     /// Number of buffers free now.
+    #[inline]
     pub fn available(&self) -> usize {
         self.free_len
     }
 
     /// Takes a free buffer, or `None` when the pool is empty.
+    #[inline]
     pub fn alloc(&mut self) -> Option<BufferId> {
         if self.free_len == 0 {
             return None;
@@ -119,6 +122,7 @@ impl BufferPool {
     }
 
     /// Returns a buffer to the pool.
+    #[inline]
     pub fn free(&mut self, id: BufferId) -> Result<(), PoolError> {
         let index = self.check(id)?;
         if !self.in_use[index] {
@@ -131,12 +135,14 @@ impl BufferPool {
     }
 
     /// The device-visible (physical) address of a buffer.
+    #[inline]
     pub fn physical_address(&self, id: BufferId) -> Result<u64, PoolError> {
         let index = self.check(id)?;
         Ok(self.physical_base + (index * BUFFER_SIZE) as u64)
     }
 
     /// The bytes of a buffer.
+    #[inline]
     pub fn bytes(&self, id: BufferId) -> Result<&[u8], PoolError> {
         let index = self.check(id)?;
         // SAFETY: `check` bounds `index` below `capacity()`, so the buffer lies inside the region
@@ -148,6 +154,7 @@ impl BufferPool {
     }
 
     /// The bytes of a buffer, writable.
+    #[inline]
     pub fn bytes_mut(&mut self, id: BufferId) -> Result<&mut [u8], PoolError> {
         let index = self.check(id)?;
         // SAFETY: as in `bytes`, the buffer lies inside the pool's own region; the exclusive
@@ -165,6 +172,7 @@ impl BufferPool {
         self.physical_base
     }
 
+    #[inline]
     fn check(&self, id: BufferId) -> Result<usize, PoolError> {
         let index = id.0 as usize;
         if index < self.capacity() {

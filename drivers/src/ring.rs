@@ -20,7 +20,8 @@ use core::ptr::NonNull;
 
 use crate::dma::{DmaFence, QueueMemory};
 use crate::nic::{
-    ChecksumStatus, QueueDatapath, QueueId, QueueStats, ReceiveBatch, ReceivedFrame, TransmitFrame,
+    ChecksumStatus, QueueCapabilities, QueueDatapath, QueueId, QueueStats, ReceiveBatch,
+    ReceivedFrame, TransmitFrame, TxChecksum, TxL4Checksum,
 };
 use crate::pool::{BufferId, BufferPool};
 use crate::registers::RegisterAccess;
@@ -78,10 +79,31 @@ pub mod rx_status {
     pub const RXE: u32 = 1 << 31;
 }
 
-/// TX descriptor bits (82576 datasheet §7.2.2.3, 82599 §7.2.3.2.4).
+/// TX descriptor bits (82576 datasheet §7.2.2.3, 82599 §7.2.3.2.4) and the advanced context
+/// descriptor's fields (82576 §7.2.2.2, 82599 §7.2.3.2.3).
 pub mod tx_bits {
     /// DTYP = 0011b, advanced data descriptor (bits 23:20).
     pub const DTYP_DATA: u32 = 0x3 << 20;
+    /// DTYP = 0010b, advanced context descriptor.
+    pub const DTYP_CONTEXT: u32 = 0x2 << 20;
+    /// Mask of DTYP.
+    pub const DTYP_MASK: u32 = 0xF << 20;
+    /// Data descriptor offload dword: the context slot this packet uses (IDX, bit 4).
+    pub const IDX_SHIFT: u32 = 4;
+    /// Data descriptor offload dword: check context (82599 CC, bit 7): use the IDX context.
+    pub const CHECK_CONTEXT: u32 = 1 << 7;
+    /// Data descriptor offload dword: POPTS.IXSM, insert the IPv4 header checksum (bit 8).
+    pub const POPTS_IXSM: u32 = 1 << 8;
+    /// Data descriptor offload dword: POPTS.TXSM, insert the TCP/UDP checksum (bit 9).
+    pub const POPTS_TXSM: u32 = 1 << 9;
+    /// Context descriptor, first dword: MACLEN shift (bits 15:9); IPLEN is bits 8:0.
+    pub const MACLEN_SHIFT: u32 = 9;
+    /// Context descriptor, TUCMD: IPv4 packet (bit 10 of the type/command dword).
+    pub const TUCMD_IPV4: u32 = 1 << 10;
+    /// Context descriptor, TUCMD: L4 type TCP (bits 12:11 = 01; 00 is UDP).
+    pub const TUCMD_L4T_TCP: u32 = 1 << 11;
+    /// Context descriptor, last dword: IDX shift (bits 6:4).
+    pub const CONTEXT_IDX_SHIFT: u32 = 4;
     /// End of packet.
     pub const EOP: u32 = 1 << 24;
     /// Insert FCS.
@@ -126,10 +148,64 @@ pub struct QueueRegisters {
     pub interrupt_mask_clear: usize,
     /// This queue's bit in EIMS/EIMC (its MSI-X vector), if it has an interrupt.
     pub interrupt_bit: Option<u32>,
+    /// The device's missed-packets counter (MPC, clear on read, global to the device): given to
+    /// exactly one queue (queue 0), so one reader sees it.
+    pub missed_packets_counter: Option<usize>,
+    /// Transmit checksum offload through advanced context descriptors (IPv4 header, UDP, TCP).
+    pub tx_checksum_offload: bool,
+    /// Data descriptors that use a context set CC (the 82599 needs it; the 82576 has no such
+    /// bit).
+    pub tx_check_context: bool,
 }
 
 /// Sentinel for an empty bookkeeping slot.
 const EMPTY_SLOT: u64 = u64::MAX;
+/// Sentinel for a TX slot holding a context descriptor (no buffer; done with the data
+/// descriptor that follows it).
+const CONTEXT_SLOT: u64 = u64::MAX - 1;
+
+/// What a loaded transmit context computes: its L4 type and header lengths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TxContext {
+    ipv4: bool,
+    l4: Option<TxL4Checksum>,
+    l2_length: u8,
+    l3_length: u8,
+}
+
+impl TxContext {
+    fn of(checksum: &TxChecksum) -> Self {
+        Self {
+            ipv4: checksum.ipv4_header || checksum.l4.is_some(),
+            l4: checksum.l4,
+            l2_length: checksum.l2_length,
+            l3_length: checksum.l3_length,
+        }
+    }
+
+    /// The context slot used for this kind: 0 for UDP (and IPv4 only), 1 for TCP.
+    fn slot(&self) -> usize {
+        usize::from(self.l4 == Some(TxL4Checksum::Tcp))
+    }
+
+    /// The advanced context descriptor that loads it into `slot`.
+    fn descriptor(&self, slot: usize) -> AdvancedTxDescriptor {
+        let lengths = u64::from(self.l3_length) & 0x1FF
+            | (u64::from(self.l2_length) & 0x7F) << tx_bits::MACLEN_SHIFT;
+        let mut command = tx_bits::DTYP_CONTEXT | tx_bits::DEXT;
+        if self.ipv4 {
+            command |= tx_bits::TUCMD_IPV4;
+        }
+        if self.l4 == Some(TxL4Checksum::Tcp) {
+            command |= tx_bits::TUCMD_L4T_TCP;
+        }
+        AdvancedTxDescriptor {
+            buffer_address: lengths,
+            command_type_length: command,
+            offload_status: (slot as u32) << tx_bits::CONTEXT_IDX_SHIFT,
+        }
+    }
+}
 
 /// One queue pair's RX and TX rings, driven by one core through [`QueueDatapath`].
 pub struct DescriptorQueue<R: RegisterAccess> {
@@ -154,6 +230,10 @@ pub struct DescriptorQueue<R: RegisterAccess> {
     stats: QueueStats,
     /// Drops read from the clear-on-read counter so far (`stats(&self)` reads the register).
     rx_drops: Cell<u64>,
+    /// Missed packets read from the device's MPC so far (queue 0 only).
+    rx_missed: Cell<u64>,
+    /// The transmit contexts loaded in the device's two slots.
+    tx_contexts: [Option<TxContext>; 2],
 }
 
 // SAFETY: a `DescriptorQueue` owns its rings and slots exclusively (they come from a
@@ -194,6 +274,8 @@ impl<R: RegisterAccess> DescriptorQueue<R> {
             rx_discarding: false,
             stats: QueueStats::default(),
             rx_drops: Cell::new(0),
+            rx_missed: Cell::new(0),
+            tx_contexts: [None; 2],
         };
         for index in 0..size {
             queue.set_rx_slot(index, EMPTY_SLOT);
@@ -323,8 +405,11 @@ impl<R: RegisterAccess> DescriptorQueue<R> {
         let mut index = self.tx_clean;
         for _ in 0..self.tx_in_flight {
             let mut descriptor = self.read_tx(index);
-            descriptor.offload_status |= tx_bits::DD;
-            self.write_tx(index, descriptor);
+            // Only data descriptors asking for a report (RS) are written back.
+            if descriptor.command_type_length & tx_bits::RS != 0 {
+                descriptor.offload_status |= tx_bits::DD;
+                self.write_tx(index, descriptor);
+            }
             index = self.wrap(index);
         }
         done
@@ -345,7 +430,9 @@ impl<R: RegisterAccess> DescriptorQueue<R> {
                     Self::set_tx_slot as fn(&Self, u16, u64),
                 ),
             ] {
-                if slot != EMPTY_SLOT {
+                if slot == CONTEXT_SLOT {
+                    set(self, index, EMPTY_SLOT);
+                } else if slot != EMPTY_SLOT {
                     let _ = pool.free(BufferId(slot as u32));
                     set(self, index, EMPTY_SLOT);
                     released += 1;
@@ -356,6 +443,7 @@ impl<R: RegisterAccess> DescriptorQueue<R> {
         self.tx_in_flight = 0;
         self.rx_clean = self.rx_next;
         self.tx_clean = self.tx_next;
+        self.tx_contexts = [None; 2];
         released
     }
 }
@@ -442,14 +530,41 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
     fn transmit(&mut self, pool: &mut BufferPool, frames: &[TransmitFrame]) -> usize {
         let mut accepted = 0;
         for frame in frames {
-            if self.tx_in_flight == self.size - 1 {
+            let offload = self.offsets.tx_checksum_offload && frame.checksum.is_requested();
+            let context = offload.then(|| TxContext::of(&frame.checksum));
+            let load = context.filter(|context| self.tx_contexts[context.slot()] != Some(*context));
+            let needed = 1 + u16::from(load.is_some());
+            if self.tx_in_flight + needed > self.size - 1 {
                 self.stats.tx_ring_full += (frames.len() - accepted) as u64;
                 break;
             }
             let Ok(address) = pool.physical_address(frame.buffer) else {
                 break;
             };
+            // A context the device does not hold yet goes first, in a descriptor of its own
+            // (no buffer; it is done when the data descriptor after it is).
+            if let Some(context) = load {
+                let slot = context.slot();
+                self.write_tx(self.tx_next, context.descriptor(slot));
+                self.set_tx_slot(self.tx_next, CONTEXT_SLOT);
+                self.tx_next = self.wrap(self.tx_next);
+                self.tx_in_flight += 1;
+                self.tx_contexts[slot] = Some(context);
+            }
             let length = u32::from(frame.length);
+            let mut offload_status = length << tx_bits::PAYLEN_SHIFT;
+            if let Some(context) = context {
+                offload_status |= (context.slot() as u32) << tx_bits::IDX_SHIFT;
+                if self.offsets.tx_check_context {
+                    offload_status |= tx_bits::CHECK_CONTEXT;
+                }
+                if frame.checksum.ipv4_header {
+                    offload_status |= tx_bits::POPTS_IXSM;
+                }
+                if frame.checksum.l4.is_some() {
+                    offload_status |= tx_bits::POPTS_TXSM;
+                }
+            }
             self.write_tx(
                 self.tx_next,
                 AdvancedTxDescriptor {
@@ -460,7 +575,7 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
                         | tx_bits::IFCS
                         | tx_bits::RS
                         | tx_bits::DEXT,
-                    offload_status: length << tx_bits::PAYLEN_SHIFT,
+                    offload_status,
                 },
             );
             self.set_tx_slot(
@@ -482,6 +597,18 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
     fn reclaim(&mut self, pool: &mut BufferPool) -> usize {
         let mut reclaimed = 0;
         while self.tx_in_flight > 0 {
+            // A context descriptor is never written back: it is done once the data descriptor
+            // after it is.
+            if self.tx_slot(self.tx_clean) == CONTEXT_SLOT {
+                let data = self.wrap(self.tx_clean);
+                if self.tx_in_flight < 2 || self.read_tx(data).offload_status & tx_bits::DD == 0 {
+                    break;
+                }
+                self.set_tx_slot(self.tx_clean, EMPTY_SLOT);
+                self.tx_clean = data;
+                self.tx_in_flight -= 1;
+                continue;
+            }
             let descriptor = self.read_tx(self.tx_clean);
             if descriptor.offload_status & tx_bits::DD == 0 {
                 break;
@@ -504,9 +631,23 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
             self.rx_drops
                 .set(self.rx_drops.get() + u64::from(self.registers.read32(counter)));
         }
+        if let Some(counter) = self.offsets.missed_packets_counter {
+            self.rx_missed
+                .set(self.rx_missed.get() + u64::from(self.registers.read32(counter)));
+        }
         QueueStats {
             rx_no_descriptor: self.rx_drops.get(),
+            rx_missed: self.rx_missed.get(),
             ..self.stats
+        }
+    }
+
+    fn capabilities(&self) -> QueueCapabilities {
+        let offload = self.offsets.tx_checksum_offload;
+        QueueCapabilities {
+            tx_checksum_ipv4: offload,
+            tx_checksum_udp: offload,
+            tx_checksum_tcp: offload,
         }
     }
 
@@ -556,6 +697,9 @@ mod tests {
         interrupt_mask_set: 0x40,
         interrupt_mask_clear: 0x44,
         interrupt_bit: Some(3),
+        missed_packets_counter: None,
+        tx_checksum_offload: true,
+        tx_check_context: false,
     };
 
     fn queue(size: u16) -> DescriptorQueue<Recorder> {
@@ -672,10 +816,7 @@ mod tests {
         let mut pool = BufferPool::new_host(32);
         let mut q = queue(8);
         let frames: Vec<TransmitFrame> = (0..10)
-            .map(|i| TransmitFrame {
-                buffer: pool.alloc().unwrap(),
-                length: 60 + i,
-            })
+            .map(|i| TransmitFrame::new(pool.alloc().unwrap(), 60 + i))
             .collect();
         assert_eq!(q.transmit(&mut pool, &frames), 7);
         assert_eq!(q.stats().tx_ring_full, 3);
@@ -697,6 +838,82 @@ mod tests {
         assert_eq!(q.tx_indices(), (4, (7 + 3) % 8));
         let writes = q.registers.0.lock().unwrap().clone();
         assert_eq!(writes, [(0x28, 7), (0x28, 2)]);
+    }
+
+    #[test]
+    fn offloaded_frames_load_contexts_once_and_reclaim_steps_over_them() {
+        use crate::nic::{TxChecksum, TxL4Checksum};
+        let mut pool = BufferPool::new_host(32);
+        let mut q = queue(8);
+        let offload = |l4| TxChecksum {
+            ipv4_header: true,
+            l4: Some(l4),
+            l2_length: 14,
+            l3_length: 20,
+        };
+        let frame = |pool: &mut BufferPool, l4| TransmitFrame {
+            checksum: offload(l4),
+            ..TransmitFrame::new(pool.alloc().unwrap(), 60)
+        };
+        // UDP (context + data), UDP (data), TCP (context + data): 5 descriptors for 3 frames.
+        let frames = [
+            frame(&mut pool, TxL4Checksum::Udp),
+            frame(&mut pool, TxL4Checksum::Udp),
+            frame(&mut pool, TxL4Checksum::Tcp),
+        ];
+        assert_eq!(q.transmit(&mut pool, &frames), 3);
+        assert_eq!(q.tx_in_flight(), 5);
+        let context = q.read_tx(0);
+        assert_eq!(
+            context.command_type_length & tx_bits::DTYP_MASK,
+            tx_bits::DTYP_CONTEXT
+        );
+        assert_eq!(context.buffer_address, 20 | 14 << tx_bits::MACLEN_SHIFT);
+        assert_eq!(
+            context.command_type_length & tx_bits::RS,
+            0,
+            "never written back"
+        );
+        let data = q.read_tx(1);
+        assert_ne!(data.offload_status & tx_bits::POPTS_TXSM, 0);
+        assert_ne!(data.offload_status & tx_bits::POPTS_IXSM, 0);
+        assert_eq!(data.offload_status >> tx_bits::PAYLEN_SHIFT, 60);
+        assert_eq!(
+            (q.read_tx(4).offload_status >> tx_bits::IDX_SHIFT) & 1,
+            1,
+            "TCP: slot 1"
+        );
+        // Only 2 descriptors left (8 - 1 - 5): a UDP frame fits (its context is loaded), then a
+        // TCP one does, and nothing more.
+        let more = [
+            frame(&mut pool, TxL4Checksum::Udp),
+            frame(&mut pool, TxL4Checksum::Tcp),
+            frame(&mut pool, TxL4Checksum::Udp),
+        ];
+        assert_eq!(q.transmit(&mut pool, &more), 2);
+        assert_eq!(q.stats().tx_ring_full, 1);
+        // The device completes the first two frames only: reclaim frees them (stepping over the
+        // context), stops at the TCP context whose data descriptor is not done.
+        for index in [1u16, 2] {
+            let mut d = q.read_tx(index);
+            d.offload_status |= tx_bits::DD;
+            q.write_tx(index, d);
+        }
+        assert_eq!(q.reclaim(&mut pool), 2);
+        assert_eq!(q.tx_indices().0, 3);
+        q.emulate_device(0, 0);
+        assert_eq!(q.reclaim(&mut pool), 3);
+        assert_eq!(q.tx_in_flight(), 0);
+        assert_eq!(
+            pool.available(),
+            32 - 1,
+            "one frame was refused and is still ours"
+        );
+        // Teardown frees the buffers in flight (context slots hold none).
+        let last = frame(&mut pool, TxL4Checksum::Udp);
+        let _ = more[2];
+        assert_eq!(q.transmit(&mut pool, &[last]), 1);
+        assert_eq!(q.release_buffers(&mut pool), 1);
     }
 
     #[test]

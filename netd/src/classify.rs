@@ -1,13 +1,20 @@
 //! The classifier: maps each received frame, once, to a path (or to a forward or a counted drop)
 //! before smoltcp sees it.
 //!
-//! It parses Ethernet, ARP, IPv4, ICMP, UDP and TCP headers by hand, checks lengths and
-//! checksums (trusting the NIC's [`ChecksumStatus`] when it checked), and looks the destination up
-//! in a small per-core table of paths. Every rejection has a [`DropReason`]; nothing in here can
-//! panic on any input (see the fuzz-style tests).
+//! It parses Ethernet, ARP, IPv4, ICMP, UDP and TCP headers with `smoltcp::wire` (the checked
+//! constructors are the no-panic contract; no byte offsets are written here), checks lengths and
+//! checksums (trusting the NIC's [`ChecksumStatus`] when it checked; the arithmetic is smoltcp's
+//! one checksum routine), and looks the destination up in a small per-core table of paths. Every
+//! rejection has a [`DropReason`]; nothing in here can panic on any input (see the fuzz-style
+//! tests).
 
 use crate::config::CoreId;
 use drivers::nic::ChecksumStatus;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, Icmpv4Packet, IpAddress,
+    IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
+    TCP_HEADER_LEN, UDP_HEADER_LEN,
+};
 
 /// Index of a path in its core's path table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -100,6 +107,9 @@ impl DropReason {
 pub enum Verdict {
     /// Append the frame to this path's queue.
     Deliver(PathIndex),
+    /// The frame is for this path, whose queue is full: drop it now, before any checksum or
+    /// protocol work, and count it as the path's drop (LRP).
+    PathFull(PathIndex),
     /// The frame's flow group belongs to another core: forward it there, once.
     Forward(CoreId),
     /// Drop the frame and count the reason.
@@ -133,6 +143,28 @@ pub fn rss_input(
 /// Maximum number of paths on one core.
 pub const MAX_PATHS: usize = 16;
 
+/// A set of paths (bit `i` = path index `i`): the paths whose queues are full, for
+/// [`Classifier::classify_admitting`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathSet(pub u16);
+
+impl PathSet {
+    /// No path.
+    pub const EMPTY: Self = Self(0);
+
+    /// Whether `path` is in the set.
+    pub fn contains(self, path: PathIndex) -> bool {
+        path.0 < 16 && self.0 & (1 << path.0) != 0
+    }
+
+    /// Adds `path`.
+    pub fn insert(&mut self, path: PathIndex) {
+        if path.0 < 16 {
+            self.0 |= 1 << path.0;
+        }
+    }
+}
+
 /// The per-core classifier: our addresses, the path table and the flow table.
 #[derive(Clone, Debug)]
 pub struct Classifier {
@@ -147,31 +179,6 @@ pub struct Classifier {
     tcp: heapless::Vec<(u16, PathIndex), MAX_PATHS>,
     flows: FlowTable,
     hash: Option<RssHashFn>,
-}
-
-/// Reads a big-endian u16 at `at`; the caller has checked the bounds.
-fn be16(bytes: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([bytes[at], bytes[at + 1]])
-}
-
-/// Adds `bytes` to a ones'-complement running sum (RFC 1071), unfolded.
-pub fn checksum_add(mut sum: u32, bytes: &[u8]) -> u32 {
-    let mut chunks = bytes.chunks_exact(2);
-    for pair in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-/// Folds a running sum to the 16-bit ones'-complement checksum value.
-pub fn checksum_fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 impl Classifier {
@@ -236,7 +243,20 @@ impl Classifier {
         rss_hash: u32,
         forwarded: bool,
     ) -> Verdict {
-        match self.classify_inner(frame, checksum, rss_hash, forwarded) {
+        self.classify_admitting(frame, checksum, rss_hash, forwarded, PathSet::EMPTY)
+    }
+
+    /// Classifies one frame, answering [`Verdict::PathFull`] for a frame whose path is in `full`
+    /// as soon as the path is known: before the IPv4 and transport checksums are verified.
+    pub fn classify_admitting(
+        &self,
+        frame: &[u8],
+        checksum: ChecksumStatus,
+        rss_hash: u32,
+        forwarded: bool,
+        full: PathSet,
+    ) -> Verdict {
+        match self.classify_inner(frame, checksum, rss_hash, forwarded, full) {
             Ok(verdict) => verdict,
             Err(reason) => Verdict::Drop(reason),
         }
@@ -248,44 +268,44 @@ impl Classifier {
         checksum: ChecksumStatus,
         rss_hash: u32,
         forwarded: bool,
+        full: PathSet,
     ) -> Result<Verdict, DropReason> {
-        const ETHERNET: usize = 14;
-        if frame.len() < ETHERNET {
-            return Err(DropReason::Truncated);
-        }
-        let destination = &frame[0..6];
-        if destination != self.mac && destination != [0xff; 6] {
+        let ethernet = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Truncated)?;
+        let destination = ethernet.dst_addr();
+        if destination.as_bytes() != self.mac && !destination.is_broadcast() {
             return Err(DropReason::NotForUs);
         }
-        if frame[6] & 1 != 0 {
+        if ethernet.src_addr().is_multicast() {
             return Err(DropReason::BadSource);
         }
-        match be16(frame, 12) {
-            0x0806 => self.classify_arp(&frame[ETHERNET..]),
-            0x0800 => self.classify_ipv4(&frame[ETHERNET..], checksum, rss_hash, forwarded),
+        let payload = &frame[ETHERNET_HEADER_LEN..];
+        match ethernet.ethertype() {
+            EthernetProtocol::Arp => self.classify_arp(payload, full),
+            EthernetProtocol::Ipv4 => {
+                self.classify_ipv4(payload, checksum, rss_hash, forwarded, full)
+            }
             _ => Err(DropReason::UnsupportedEtherType),
         }
     }
 
-    fn classify_arp(&self, arp: &[u8]) -> Result<Verdict, DropReason> {
-        if arp.len() < 28 {
-            return Err(DropReason::Truncated);
-        }
-        let operation = be16(arp, 6);
-        if be16(arp, 0) != 1
-            || be16(arp, 2) != 0x0800
-            || arp[4] != 6
-            || arp[5] != 4
-            || !(1..=2).contains(&operation)
-        {
+    fn classify_arp(&self, arp: &[u8], full: PathSet) -> Result<Verdict, DropReason> {
+        let packet = ArpPacket::new_checked(arp).map_err(|_| DropReason::Truncated)?;
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            target_protocol_addr,
+            ..
+        } = ArpRepr::parse(&packet).map_err(|_| DropReason::BadArp)?
+        else {
+            return Err(DropReason::BadArp);
+        };
+        if !matches!(operation, ArpOperation::Request | ArpOperation::Reply) {
             return Err(DropReason::BadArp);
         }
-        if arp[24..28] != self.ip {
+        if target_protocol_addr.octets() != self.ip {
             return Err(DropReason::NotForUs);
         }
-        self.arp
-            .map(Verdict::Deliver)
-            .ok_or(DropReason::UnsupportedEtherType)
+        let path = self.arp.ok_or(DropReason::UnsupportedEtherType)?;
+        Ok(admit(path, full))
     }
 
     fn classify_ipv4(
@@ -294,29 +314,17 @@ impl Classifier {
         checksum: ChecksumStatus,
         rss_hash: u32,
         forwarded: bool,
+        full: PathSet,
     ) -> Result<Verdict, DropReason> {
-        if packet.len() < 20 {
-            return Err(DropReason::Truncated);
-        }
-        let header_length = usize::from(packet[0] & 0x0f) * 4;
-        if packet[0] >> 4 != 4 || header_length < 20 {
+        let ip = Ipv4Packet::new_checked(packet).map_err(|_| ipv4_error(packet))?;
+        if ip.version() != 4 {
             return Err(DropReason::BadIpHeader);
-        }
-        if packet.len() < header_length {
-            return Err(DropReason::Truncated);
-        }
-        let total_length = usize::from(be16(packet, 2));
-        if total_length < header_length || total_length > packet.len() {
-            return Err(DropReason::BadLength);
         }
         if checksum.error {
             return Err(DropReason::BadChecksum);
         }
-        if !checksum.ipv4_ok && checksum_fold(checksum_add(0, &packet[..header_length])) != 0xffff {
-            return Err(DropReason::BadChecksum);
-        }
-        let source: [u8; 4] = [packet[12], packet[13], packet[14], packet[15]];
-        let destination: [u8; 4] = [packet[16], packet[17], packet[18], packet[19]];
+        let source = ip.src_addr().octets();
+        let destination = ip.dst_addr().octets();
         if destination != self.ip && destination != [255; 4] && destination != self.subnet_broadcast
         {
             return Err(DropReason::NotForUs);
@@ -328,86 +336,107 @@ impl Classifier {
         {
             return Err(DropReason::BadSource);
         }
-        let flags_fragment = be16(packet, 6);
-        if flags_fragment & 0x3fff != 0 {
+        if ip.more_frags() || ip.frag_offset() != 0 {
             return Err(DropReason::Fragment);
         }
-        let protocol = packet[9];
-        let payload = &packet[header_length..total_length];
-        let pseudo_sum = || {
-            let sum = checksum_add(0, &packet[12..20]);
-            sum + u32::from(protocol) + payload.len() as u32
-        };
-        match protocol {
-            1 => {
-                if payload.len() < 8 {
-                    return Err(DropReason::Truncated);
+        let (source_address, destination_address) = (
+            IpAddress::Ipv4(ip.src_addr()),
+            IpAddress::Ipv4(ip.dst_addr()),
+        );
+        // Checksums are verified once the destination is known and only if it will take the
+        // frame: a frame for a full path costs no checksum (LRP's early drop).
+        let header_ok = || checksum.ipv4_ok || ip.verify_checksum();
+        let payload = ip.payload();
+        match ip.next_header() {
+            IpProtocol::Icmp => {
+                let message =
+                    Icmpv4Packet::new_checked(payload).map_err(|_| DropReason::Truncated)?;
+                let path = self.icmp.ok_or(DropReason::UnsupportedProtocol)?;
+                if full.contains(path) {
+                    return Ok(Verdict::PathFull(path));
                 }
-                if checksum_fold(checksum_add(0, payload)) != 0xffff {
+                if !header_ok() || !message.verify_checksum() {
                     return Err(DropReason::BadChecksum);
                 }
-                self.icmp
-                    .map(Verdict::Deliver)
-                    .ok_or(DropReason::UnsupportedProtocol)
+                Ok(Verdict::Deliver(path))
             }
-            17 => {
-                if payload.len() < 8 {
-                    return Err(DropReason::Truncated);
-                }
-                let udp_length = usize::from(be16(payload, 4));
-                if udp_length < 8 || udp_length > payload.len() {
-                    return Err(DropReason::BadLength);
-                }
-                let datagram = &payload[..udp_length];
-                if !checksum.l4_ok && be16(datagram, 6) != 0 {
-                    let sum = checksum_add(0, &packet[12..20]) + 17 + udp_length as u32;
-                    if checksum_fold(checksum_add(sum, datagram)) != 0xffff {
-                        return Err(DropReason::BadChecksum);
+            IpProtocol::Udp => {
+                let datagram = UdpPacket::new_checked(payload).map_err(|_| {
+                    if payload.len() < UDP_HEADER_LEN {
+                        DropReason::Truncated
+                    } else {
+                        DropReason::BadLength
                     }
-                }
-                let (source_port, destination_port) = (be16(payload, 0), be16(payload, 2));
+                })?;
+                let verified = || {
+                    header_ok()
+                        && (checksum.l4_ok
+                            || datagram.verify_checksum(&source_address, &destination_address))
+                };
+                // The flow-owner lookup (forward once to the owner core) comes first.
                 if let Some(core) = self.misdelivered(
                     source,
                     destination,
-                    source_port,
-                    destination_port,
+                    datagram.src_port(),
+                    datagram.dst_port(),
                     rss_hash,
                     forwarded,
                 ) {
-                    return Ok(Verdict::Forward(core));
+                    return if verified() {
+                        Ok(Verdict::Forward(core))
+                    } else {
+                        Err(DropReason::BadChecksum)
+                    };
                 }
-                Self::lookup(&self.udp, destination_port)
-                    .map(Verdict::Deliver)
-                    .ok_or(DropReason::NoSuchPort)
-            }
-            6 => {
-                if payload.len() < 20 {
-                    return Err(DropReason::Truncated);
+                let path =
+                    Self::lookup(&self.udp, datagram.dst_port()).ok_or(DropReason::NoSuchPort)?;
+                if full.contains(path) {
+                    return Ok(Verdict::PathFull(path));
                 }
-                let data_offset = usize::from(payload[12] >> 4) * 4;
-                if data_offset < 20 || data_offset > payload.len() {
-                    return Err(DropReason::BadLength);
-                }
-                if !checksum.l4_ok && checksum_fold(checksum_add(pseudo_sum(), payload)) != 0xffff {
+                if !verified() {
                     return Err(DropReason::BadChecksum);
                 }
+                Ok(Verdict::Deliver(path))
+            }
+            IpProtocol::Tcp => {
+                let segment = TcpPacket::new_checked(payload).map_err(|_| {
+                    if payload.len() < TCP_HEADER_LEN {
+                        DropReason::Truncated
+                    } else {
+                        DropReason::BadLength
+                    }
+                })?;
                 if destination != self.ip {
                     return Err(DropReason::NotForUs);
                 }
-                let (source_port, destination_port) = (be16(payload, 0), be16(payload, 2));
+                let verified = || {
+                    header_ok()
+                        && (checksum.l4_ok
+                            || segment.verify_checksum(&source_address, &destination_address))
+                };
                 if let Some(core) = self.misdelivered(
                     source,
                     destination,
-                    source_port,
-                    destination_port,
+                    segment.src_port(),
+                    segment.dst_port(),
                     rss_hash,
                     forwarded,
                 ) {
-                    return Ok(Verdict::Forward(core));
+                    return if verified() {
+                        Ok(Verdict::Forward(core))
+                    } else {
+                        Err(DropReason::BadChecksum)
+                    };
                 }
-                Self::lookup(&self.tcp, destination_port)
-                    .map(Verdict::Deliver)
-                    .ok_or(DropReason::NoSuchPort)
+                let path =
+                    Self::lookup(&self.tcp, segment.dst_port()).ok_or(DropReason::NoSuchPort)?;
+                if full.contains(path) {
+                    return Ok(Verdict::PathFull(path));
+                }
+                if !verified() {
+                    return Err(DropReason::BadChecksum);
+                }
+                Ok(Verdict::Deliver(path))
             }
             _ => Err(DropReason::UnsupportedProtocol),
         }
@@ -438,6 +467,33 @@ impl Classifier {
         };
         let owner = self.flows.owner(FlowTable::group_of_hash(hash));
         (owner != self.core).then_some(owner)
+    }
+}
+
+/// `Deliver(path)`, or `PathFull(path)` when its queue is full.
+fn admit(path: PathIndex, full: PathSet) -> Verdict {
+    if full.contains(path) {
+        Verdict::PathFull(path)
+    } else {
+        Verdict::Deliver(path)
+    }
+}
+
+/// Why `smoltcp` refused an IPv4 header, told apart for the drop counters: too short for the
+/// fixed header or its options, a header length below the minimum, or a total length that
+/// disagrees with the header or the bytes present. Reads only what the length check allows.
+fn ipv4_error(packet: &[u8]) -> DropReason {
+    if packet.len() < IPV4_HEADER_LEN {
+        return DropReason::Truncated;
+    }
+    let header = Ipv4Packet::new_unchecked(packet);
+    let header_length = usize::from(header.header_len());
+    if header_length < IPV4_HEADER_LEN {
+        DropReason::BadIpHeader
+    } else if packet.len() < header_length {
+        DropReason::Truncated
+    } else {
+        DropReason::BadLength
     }
 }
 

@@ -1,5 +1,5 @@
-//! Per-core network configuration and the kernel command-line parser for `ip=`, `gw=` and
-//! `memcached.mem=`.
+//! Per-core network configuration, and the kernel command-line parsers for `ip=`, `gw=`,
+//! `memcached.mem=` and netd's own `netd.*` options (the data-plane discipline and its baselines).
 
 /// Number of flow groups (RSS redirection-table entries), as the NIC API defines them.
 pub const FLOW_GROUPS: usize = drivers::nic::FLOW_GROUPS;
@@ -96,6 +96,92 @@ impl WallClock {
     }
 }
 
+/// How a core's data plane takes frames from its RX ring and processes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Discipline {
+    /// The default: polling (interrupts only start it) with Lazy Receiver Processing: the
+    /// classifier puts each frame on its path's bounded queue (or drops it there when the queue
+    /// is full, before any checksum or protocol work), and paths run by deficit of cycles charged,
+    /// each within a per-turn budget; receive work per turn is bounded relative to path work.
+    #[default]
+    Lrp,
+    /// Baseline `netd.lrp=off`: polling, but one shared FIFO per core in front of
+    /// demultiplexing; a full FIFO drops whatever arrives, whatever its destination, and frames
+    /// are processed to completion in arrival order.
+    SharedFifo,
+    /// Baseline `netd.mode=interrupt`: the interrupt-driven design the livelock papers start
+    /// from, emulated inside the poll step: each turn drains the RX ring doing protocol
+    /// processing up to the sockets (unbounded but for a safety cap), and applications run only
+    /// in a turn that found the ring empty.
+    Interrupt,
+}
+
+/// How datagram services are served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UdpPath {
+    /// In place in the received buffer (the UDP fast path), the default.
+    #[default]
+    Fast,
+    /// Through a smoltcp UDP socket (`netd.udp=smoltcp`; always so under `netd.mode=interrupt`).
+    Socket,
+}
+
+/// netd's options from the kernel command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetOptions {
+    /// `netd.mode=poll|interrupt` and `netd.lrp=on|off`.
+    pub discipline: Discipline,
+    /// `netd.udp=fast|smoltcp`.
+    pub udp: UdpPath,
+    /// `netd.offload=on|off`: use the NIC's transmit checksum offload when it has one (default on).
+    pub tx_offload: bool,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        Self {
+            discipline: Discipline::Lrp,
+            udp: UdpPath::Fast,
+            tx_offload: true,
+        }
+    }
+}
+
+/// The scheduler's budgets, in cycles of the core's cycle counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Credit a path with work gets each turn (deficit round robin over cycles charged); a run
+    /// stops when the path's credit is spent. Credit does not bank beyond one quantum.
+    pub quantum_cycles: u64,
+    /// Paths stop being started in a turn once the turn has used this many cycles; the rest keep
+    /// their credit and go first next turn.
+    pub turn_cycles: u64,
+    /// Most frames one path takes from its queue in one turn.
+    pub path_frames_per_turn: usize,
+    /// Most frames taken from the RX ring in one turn.
+    pub rx_frames_per_turn: usize,
+    /// While paths have backlog, receiving may use at most this share (percent) of a turn's
+    /// cycles, measured over the previous turn (Mogul and Ramakrishnan's quota).
+    pub rx_share_percent: u64,
+}
+
+impl SchedulerConfig {
+    /// Budgets for a counter running at `cycles_per_microsecond`: a 10 µs quantum, turns of at
+    /// most about 100 µs of path work, 128 frames per path and 128 received frames per turn (a
+    /// path's queue holds a whole turn's receive, and one path can take all of it), and receive
+    /// work capped at 20 % of a turn while paths are behind.
+    pub fn for_cycles_per_microsecond(cycles_per_microsecond: u64) -> Self {
+        let per_microsecond = cycles_per_microsecond.max(1);
+        Self {
+            quantum_cycles: 10 * per_microsecond,
+            turn_cycles: 100 * per_microsecond,
+            path_frames_per_turn: 128,
+            rx_frames_per_turn: 128,
+            rx_share_percent: 20,
+        }
+    }
+}
+
 /// Configuration of one core's stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetConfig {
@@ -118,10 +204,15 @@ pub struct NetConfig {
     pub heap_bytes: usize,
     /// `memcached.mem=MB`: memcached's item memory over all cores (None: half of each heap).
     pub memcached_memory_mb: Option<u32>,
+    /// The data-plane discipline and its options (`netd.*` on the command line).
+    pub options: NetOptions,
+    /// The scheduler's budgets.
+    pub scheduler: SchedulerConfig,
 }
 
 impl NetConfig {
-    /// A configuration with QEMU user-networking addresses for `core` of `core_count`.
+    /// A configuration with QEMU user-networking addresses for `core` of `core_count`, the
+    /// default discipline, and budgets for a 1 GHz cycle counter (the kernel sets its own).
     pub fn new(mac: [u8; 6], core: CoreId, core_count: u16) -> Self {
         Self {
             mac,
@@ -133,6 +224,8 @@ impl NetConfig {
             wall_clock: None,
             heap_bytes: 0,
             memcached_memory_mb: None,
+            options: NetOptions::default(),
+            scheduler: SchedulerConfig::for_cycles_per_microsecond(1000),
         }
     }
 }
@@ -218,6 +311,124 @@ pub fn parse_memcached_memory(line: &str) -> Result<Option<u32>, CommandLineErro
     Ok(memory)
 }
 
+/// The command-line keys starting with `netd.` that belong to the kernel, not to netd.
+pub const KERNEL_NETD_KEYS: &[&str] = &["netd.report", "netd.move"];
+
+/// What was wrong with a `netd.*` option.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionProblem {
+    /// netd has no option of this name.
+    Unknown,
+    /// The value is not one the option takes.
+    BadValue,
+}
+
+/// A `netd.*` option netd could not use; the default stays in force.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionError<'a> {
+    /// The option's key.
+    pub key: &'a str,
+    /// Its value.
+    pub value: &'a str,
+    /// What was wrong.
+    pub problem: OptionProblem,
+}
+
+impl core::fmt::Display for OptionError<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let expected = match self.key {
+            "netd.mode" => "poll or interrupt",
+            "netd.lrp" | "netd.offload" => "on or off",
+            "netd.udp" => "fast or smoltcp",
+            _ => "",
+        };
+        match self.problem {
+            OptionProblem::Unknown => write!(
+                f,
+                "unknown option {}={} (netd knows netd.mode, netd.lrp, netd.udp, netd.offload)",
+                self.key, self.value
+            ),
+            OptionProblem::BadValue => write!(
+                f,
+                "bad value for {}: {:?} (expected {expected})",
+                self.key, self.value
+            ),
+        }
+    }
+}
+
+fn on_off(value: &str) -> Option<bool> {
+    match value {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Reads netd's options from a kernel command line: `netd.mode=poll|interrupt` (default poll),
+/// `netd.lrp=on|off` (default on; off selects the shared-FIFO baseline; ignored under
+/// `netd.mode=interrupt`), `netd.udp=fast|smoltcp` and `netd.offload=on|off`. Other words,
+/// including the kernel's own [`KERNEL_NETD_KEYS`], are ignored. Every unknown `netd.` key or
+/// bad value goes to `report` and leaves the default in force.
+pub fn parse_options<'a>(line: &'a str, mut report: impl FnMut(OptionError<'a>)) -> NetOptions {
+    let mut options = NetOptions::default();
+    let mut interrupt = false;
+    let mut lrp = true;
+    for word in line.split_ascii_whitespace() {
+        let (key, value) = word.split_once('=').unwrap_or((word, ""));
+        if !key.starts_with("netd.") || KERNEL_NETD_KEYS.contains(&key) {
+            continue;
+        }
+        let ok = match key {
+            "netd.mode" => match value {
+                "poll" => {
+                    interrupt = false;
+                    true
+                }
+                "interrupt" => {
+                    interrupt = true;
+                    true
+                }
+                _ => false,
+            },
+            "netd.lrp" => on_off(value).map(|on| lrp = on).is_some(),
+            "netd.udp" => match value {
+                "fast" => {
+                    options.udp = UdpPath::Fast;
+                    true
+                }
+                "smoltcp" => {
+                    options.udp = UdpPath::Socket;
+                    true
+                }
+                _ => false,
+            },
+            "netd.offload" => on_off(value).map(|on| options.tx_offload = on).is_some(),
+            _ => {
+                report(OptionError {
+                    key,
+                    value,
+                    problem: OptionProblem::Unknown,
+                });
+                continue;
+            }
+        };
+        if !ok {
+            report(OptionError {
+                key,
+                value,
+                problem: OptionProblem::BadValue,
+            });
+        }
+    }
+    options.discipline = match (interrupt, lrp) {
+        (true, _) => Discipline::Interrupt,
+        (false, true) => Discipline::Lrp,
+        (false, false) => Discipline::SharedFifo,
+    };
+    options
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +453,52 @@ mod tests {
         assert_eq!(clock.unix_seconds_at(at(5_999)), 1_800_000_000);
         assert_eq!(clock.unix_seconds_at(at(7_000)), 1_800_000_002);
         assert_eq!(clock.unix_seconds_at(at(4_500)), 1_799_999_999);
+    }
+
+    #[test]
+    fn netd_options_parse_and_bad_ones_are_named() {
+        let none = |e: OptionError<'_>| panic!("{e}");
+        assert_eq!(parse_options("", none), NetOptions::default());
+        assert_eq!(
+            parse_options("netd.report=100 netd.move=1:2@3 ip=1.2.3.4/8", none),
+            NetOptions::default()
+        );
+        let interrupt = parse_options("netd.mode=interrupt netd.udp=fast", none);
+        assert_eq!(interrupt.discipline, Discipline::Interrupt);
+        let fifo = parse_options("netd.lrp=off netd.offload=off netd.udp=smoltcp", none);
+        assert_eq!(
+            fifo,
+            NetOptions {
+                discipline: Discipline::SharedFifo,
+                udp: UdpPath::Socket,
+                tx_offload: false
+            }
+        );
+        let mut errors = std::vec::Vec::new();
+        let options = parse_options(
+            "netd.mode=fast netd.lrp=maybe netd.colour=red netd.udp",
+            |e| errors.push(e),
+        );
+        assert_eq!(options, NetOptions::default());
+        let named: std::vec::Vec<_> = errors.iter().map(|e| (e.key, e.problem)).collect();
+        assert_eq!(
+            named,
+            [
+                ("netd.mode", OptionProblem::BadValue),
+                ("netd.lrp", OptionProblem::BadValue),
+                ("netd.colour", OptionProblem::Unknown),
+                ("netd.udp", OptionProblem::BadValue),
+            ]
+        );
+        extern crate std;
+        use std::string::ToString;
+        assert_eq!(
+            errors[0].to_string(),
+            "bad value for netd.mode: \"fast\" (expected poll or interrupt)"
+        );
+        assert!(errors[2]
+            .to_string()
+            .contains("unknown option netd.colour=red"));
     }
 
     #[test]

@@ -101,10 +101,7 @@ impl phy::TxToken for FrameTx<'_, '_> {
                     None => f(&mut scratch[..]),
                 };
                 if let Some(id) = id {
-                    let frame = TransmitFrame {
-                        buffer: id,
-                        length: length as u16,
-                    };
+                    let frame = TransmitFrame::new(id, length as u16);
                     if queue.push(frame).is_err() {
                         let _ = pool.free(id);
                     }

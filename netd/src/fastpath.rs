@@ -2,135 +2,164 @@
 //! the received frame's own pool buffer, and the reply leaves from that same buffer — no smoltcp
 //! socket, no copy, no second buffer. Only frames the classifier already accepted come here
 //! (Ethernet II, IPv4 with valid header and lengths, UDP to our address with a valid or absent
-//! checksum), so the rewrite trusts their layout but still checks every bound it uses.
+//! checksum); the headers are read and rewritten through `smoltcp::wire` (checked constructors,
+//! no byte offsets here), and when the NIC offers transmit checksum offload the checksums are
+//! left to it.
 #![forbid(unsafe_code)]
+
+use drivers::nic::{QueueCapabilities, TxChecksum, TxL4Checksum};
+use smoltcp::wire::{
+    checksum, EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet,
+    UdpPacket, ETHERNET_HEADER_LEN, UDP_HEADER_LEN,
+};
 
 /// Largest frame the fast path builds (no jumbo frames).
 pub const MAX_FRAME: usize = 1514;
 
-const ETHERNET: usize = 14;
+/// Hop limit of replies.
+const REPLY_HOP_LIMIT: u8 = 64;
 
-fn checksum_add(mut sum: u32, bytes: &[u8]) -> u32 {
-    let mut chunks = bytes.chunks_exact(2);
-    for pair in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    sum
-}
-
-fn checksum_finish(mut sum: u32) -> u16 {
-    while sum > 0xFFFF {
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    }
-    !(sum as u16)
+/// A reply built in place: its length and the checksums left to the NIC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InPlaceReply {
+    /// Length of the reply frame.
+    pub length: usize,
+    /// What the NIC must compute ([`TxChecksum::NONE`] when software did it all).
+    pub checksum: TxChecksum,
 }
 
 /// Answers the UDP datagram in `frame[..length]` in place. `answer` gets the payload area (the
-/// request's `n` bytes first; the whole rest of the buffer up to a full frame is writable) and
-/// returns the reply's length, or `None` for no reply. Returns the reply frame's length, with
-/// Ethernet, IPv4 and UDP headers turned around and checksums recomputed, or `None` when there
-/// is no reply or the frame is not a plain IPv4/UDP frame.
+/// request's `n` bytes first; the whole rest of the buffer up to a full frame is writable) and the
+/// sender's address and port, and returns the reply's length, or `None` for no reply. Returns the reply frame, with Ethernet,
+/// IPv4 and UDP headers turned around; its checksums are computed here, or left to the NIC for
+/// what `offload` says it computes (the IPv4 checksum field then holds 0 and the UDP one the
+/// pseudo-header sum, as the 82576 and 82599 datasheets ask). `None` when there is no reply or
+/// the frame is not a plain IPv4/UDP frame.
+#[inline]
 pub fn answer_in_place(
     frame: &mut [u8],
     length: usize,
     our_mac: [u8; 6],
-    answer: impl FnOnce(&mut [u8], usize) -> Option<usize>,
-) -> Option<usize> {
+    offload: QueueCapabilities,
+    answer: impl FnOnce(&mut [u8], usize, ([u8; 4], u16)) -> Option<usize>,
+) -> Option<InPlaceReply> {
     let length = length.min(frame.len());
-    if length < ETHERNET + 20 + 8 || frame[12..14] != [0x08, 0x00] {
-        return None;
-    }
-    let ip = ETHERNET;
-    let header = usize::from(frame[ip] & 0x0F) * 4;
-    if frame[ip] >> 4 != 4 || header < 20 || frame[ip + 9] != 17 {
-        return None;
-    }
-    let udp = ip + header;
-    let total = usize::from(u16::from_be_bytes([frame[ip + 2], frame[ip + 3]]));
-    if udp + 8 > length || ip + total > length || total < header + 8 {
-        return None;
-    }
-    let datagram = usize::from(u16::from_be_bytes([frame[udp + 4], frame[udp + 5]]));
-    if datagram < 8 || udp + datagram > ip + total {
-        return None;
-    }
-    let payload = udp + 8;
-    let capacity = frame.len().min(MAX_FRAME).checked_sub(payload)?;
-    let reply = answer(&mut frame[payload..payload + capacity], datagram - 8)?;
+    // Read the request (validated by the classifier; checked again, it costs a few compares).
+    let (peer_mac, header_length, request_payload, sender) = {
+        let ethernet = EthernetFrame::new_checked(&frame[..length]).ok()?;
+        if ethernet.ethertype() != EthernetProtocol::Ipv4 {
+            return None;
+        }
+        let ip = Ipv4Packet::new_checked(&frame[ETHERNET_HEADER_LEN..length]).ok()?;
+        if ip.version() != 4 || ip.next_header() != IpProtocol::Udp {
+            return None;
+        }
+        let udp = UdpPacket::new_checked(ip.payload()).ok()?;
+        (
+            ethernet.src_addr(),
+            usize::from(ip.header_len()),
+            usize::from(udp.len()) - UDP_HEADER_LEN,
+            (ip.src_addr().octets(), udp.src_port()),
+        )
+    };
+    let payload_at = ETHERNET_HEADER_LEN + header_length + UDP_HEADER_LEN;
+    let capacity = frame.len().min(MAX_FRAME).checked_sub(payload_at)?;
+    let reply = answer(
+        &mut frame[payload_at..payload_at + capacity],
+        request_payload,
+        sender,
+    )?;
     if reply > capacity {
         return None;
     }
+    let reply_length = payload_at + reply;
+    let datagram_length = (UDP_HEADER_LEN + reply) as u16;
 
-    // Ethernet: back to the sender, from us.
-    frame.copy_within(6..12, 0);
-    frame[6..12].copy_from_slice(&our_mac);
-    // IPv4: swap addresses, fresh TTL, new length, header checksum over the header as it is.
-    let mut addresses = [0u8; 8];
-    addresses.copy_from_slice(&frame[ip + 12..ip + 20]);
-    frame[ip + 12..ip + 16].copy_from_slice(&addresses[4..8]);
-    frame[ip + 16..ip + 20].copy_from_slice(&addresses[0..4]);
-    frame[ip + 8] = 64;
-    let ip_total = (header + 8 + reply) as u16;
-    frame[ip + 2..ip + 4].copy_from_slice(&ip_total.to_be_bytes());
-    frame[ip + 10..ip + 12].fill(0);
-    let ip_checksum = checksum_finish(checksum_add(0, &frame[ip..udp]));
-    frame[ip + 10..ip + 12].copy_from_slice(&ip_checksum.to_be_bytes());
-    // UDP: swap ports, new length, checksum over the pseudo-header and the datagram.
-    let mut ports = [0u8; 4];
-    ports.copy_from_slice(&frame[udp..udp + 4]);
-    frame[udp..udp + 2].copy_from_slice(&ports[2..4]);
-    frame[udp + 2..udp + 4].copy_from_slice(&ports[0..2]);
-    let udp_length = (8 + reply) as u16;
-    frame[udp + 4..udp + 6].copy_from_slice(&udp_length.to_be_bytes());
-    frame[udp + 6..udp + 8].fill(0);
-    let mut sum = checksum_add(0, &frame[ip + 12..ip + 20]);
-    sum += 17 + u32::from(udp_length);
-    sum = checksum_add(sum, &frame[udp..udp + 8 + reply]);
-    let udp_checksum = match checksum_finish(sum) {
-        0 => 0xFFFF, // zero means "no checksum" in UDP over IPv4 (RFC 768)
-        value => value,
+    // The write views below cover exactly the reply, whose headers are the request's (checked
+    // above: Ethernet, an IPv4 header of `header_length` bytes, 8 bytes of UDP header) and whose
+    // payload `answer` wrote: every field they touch lies inside them, so they are built
+    // unchecked, once each.
+    let reply_frame = &mut frame[..reply_length];
+    let mut ethernet = EthernetFrame::new_unchecked(&mut reply_frame[..]);
+    ethernet.set_dst_addr(peer_mac);
+    ethernet.set_src_addr(EthernetAddress(our_mac));
+    // IPv4: swap addresses, fresh TTL, the reply's length.
+    let mut ip = Ipv4Packet::new_unchecked(&mut reply_frame[ETHERNET_HEADER_LEN..]);
+    let (peer, us) = (ip.src_addr(), ip.dst_addr());
+    ip.set_src_addr(us);
+    ip.set_dst_addr(peer);
+    ip.set_hop_limit(REPLY_HOP_LIMIT);
+    ip.set_total_len((header_length + usize::from(datagram_length)) as u16);
+    let offload_ipv4 = offload.tx_checksum_ipv4;
+    if offload_ipv4 {
+        ip.set_checksum(0);
+    } else {
+        ip.fill_checksum();
+    }
+    // UDP: swap ports, the reply's length, the checksum (or its pseudo-header seed).
+    let mut udp = UdpPacket::new_unchecked(&mut reply_frame[ETHERNET_HEADER_LEN + header_length..]);
+    let (source_port, destination_port) = (udp.src_port(), udp.dst_port());
+    udp.set_src_port(destination_port);
+    udp.set_dst_port(source_port);
+    udp.set_len(datagram_length);
+    let offload_udp = offload.tx_checksum_udp;
+    if offload_udp {
+        udp.set_checksum(checksum::pseudo_header_v4(
+            &us,
+            &peer,
+            IpProtocol::Udp,
+            u32::from(datagram_length),
+        ));
+    } else {
+        udp.fill_checksum(&IpAddress::Ipv4(us), &IpAddress::Ipv4(peer));
+    }
+    let checksum = if offload_ipv4 || offload_udp {
+        TxChecksum {
+            ipv4_header: offload_ipv4,
+            l4: offload_udp.then_some(TxL4Checksum::Udp),
+            l2_length: ETHERNET_HEADER_LEN as u8,
+            l3_length: header_length as u8,
+        }
+    } else {
+        TxChecksum::NONE
     };
-    frame[udp + 6..udp + 8].copy_from_slice(&udp_checksum.to_be_bytes());
-    Some(udp + 8 + reply)
+    Some(InPlaceReply {
+        length: reply_length,
+        checksum,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drivers::frame::{apply_tx_checksums, build_udp_ipv4};
     use smoltcp::wire::{EthernetFrame, IpAddress, Ipv4Address, Ipv4Packet, UdpPacket};
 
-    fn request(payload: &[u8]) -> std::vec::Vec<u8> {
+    const US: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const NO_OFFLOAD: QueueCapabilities = QueueCapabilities {
+        tx_checksum_ipv4: false,
+        tx_checksum_udp: false,
+        tx_checksum_tcp: false,
+    };
+
+    /// A request in a 2 KiB buffer (as in a pool buffer) and its length.
+    fn request(payload: &[u8]) -> (std::vec::Vec<u8>, usize) {
         let mut frame = std::vec![0u8; 2048];
-        frame[0..6].copy_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-        frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
-        frame[12..14].copy_from_slice(&[0x08, 0x00]);
-        let total = (20 + 8 + payload.len()) as u16;
-        frame[14] = 0x45;
-        frame[16..18].copy_from_slice(&total.to_be_bytes());
-        frame[22] = 17;
-        frame[23] = 17;
-        frame[26..30].copy_from_slice(&[10, 0, 2, 2]);
-        frame[30..34].copy_from_slice(&[10, 0, 2, 15]);
-        frame[34..36].copy_from_slice(&40000u16.to_be_bytes());
-        frame[36..38].copy_from_slice(&7u16.to_be_bytes());
-        frame[38..40].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-        frame[42..42 + payload.len()].copy_from_slice(payload);
-        frame
+        let length = build_udp_ipv4(
+            &mut frame,
+            [2, 0, 0, 0, 0, 9],
+            US,
+            ([10, 0, 2, 2], 40000),
+            ([10, 0, 2, 15], 7),
+            payload,
+        );
+        (frame, length)
     }
 
-    #[test]
-    fn echo_reply_has_turned_headers_and_valid_checksums() {
-        let mut frame = request(b"hello, fast path");
-        let length = 14 + 20 + 8 + 16;
-        let reply =
-            answer_in_place(&mut frame, length, [2, 0, 0, 0, 0, 1], |_, n| Some(n)).unwrap();
-        assert_eq!(reply, length);
-        let ethernet = EthernetFrame::new_checked(&frame[..reply]).unwrap();
+    fn check_reply(frame: &[u8], payload: &[u8]) {
+        let ethernet = EthernetFrame::new_checked(frame).unwrap();
         assert_eq!(ethernet.dst_addr().as_bytes(), &[2, 0, 0, 0, 0, 9]);
-        assert_eq!(ethernet.src_addr().as_bytes(), &[2, 0, 0, 0, 0, 1]);
+        assert_eq!(ethernet.src_addr().as_bytes(), &US);
         let ip = Ipv4Packet::new_checked(ethernet.payload()).unwrap();
         assert!(ip.verify_checksum());
         assert_eq!(ip.src_addr(), Ipv4Address::new(10, 0, 2, 15));
@@ -141,35 +170,78 @@ mod tests {
             &IpAddress::Ipv4(ip.src_addr()),
             &IpAddress::Ipv4(ip.dst_addr())
         ));
+        assert_ne!(udp.checksum(), 0);
         assert_eq!((udp.src_port(), udp.dst_port()), (7, 40000));
-        assert_eq!(udp.payload(), b"hello, fast path");
+        assert_eq!(udp.payload(), payload);
     }
 
     #[test]
-    fn longer_replies_fit_and_odd_lengths_checksum_right() {
-        let mut frame = request(b"x");
-        let reply = answer_in_place(&mut frame, 14 + 20 + 8 + 1, [2; 6], |payload, _| {
+    fn echo_reply_has_turned_headers_and_valid_checksums() {
+        let (mut frame, length) = request(b"hello, fast path");
+        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n)).unwrap();
+        assert_eq!(reply.length, length);
+        assert_eq!(reply.checksum, TxChecksum::NONE);
+        check_reply(&frame[..reply.length], b"hello, fast path");
+    }
+
+    #[test]
+    fn longer_and_shorter_replies_fit_and_odd_lengths_checksum_right() {
+        let (mut frame, length) = request(b"x");
+        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |payload, _, _| {
             payload[..101].fill(b'y');
             Some(101)
         })
         .unwrap();
-        let ip = Ipv4Packet::new_checked(&frame[14..reply]).unwrap();
-        assert!(ip.verify_checksum());
-        let udp = UdpPacket::new_checked(ip.payload()).unwrap();
-        assert!(udp.verify_checksum(
-            &IpAddress::Ipv4(ip.src_addr()),
-            &IpAddress::Ipv4(ip.dst_addr())
-        ));
-        assert_eq!(udp.payload().len(), 101);
+        check_reply(&frame[..reply.length], &[b'y'; 101]);
+        let (mut frame, length) = request(&[b'z'; 300]);
+        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _, _| Some(3)).unwrap();
+        assert_eq!(reply.length, 42 + 3);
+        check_reply(&frame[..reply.length], b"zzz");
+    }
+
+    #[test]
+    fn with_offload_the_nic_fills_the_checksums() {
+        let offload = QueueCapabilities {
+            tx_checksum_ipv4: true,
+            tx_checksum_udp: true,
+            tx_checksum_tcp: true,
+        };
+        let (mut frame, length) = request(b"offloaded");
+        let reply = answer_in_place(&mut frame, length, US, offload, |_, n, _| Some(n)).unwrap();
+        assert_eq!(
+            reply.checksum,
+            TxChecksum {
+                ipv4_header: true,
+                l4: Some(TxL4Checksum::Udp),
+                l2_length: 14,
+                l3_length: 20
+            }
+        );
+        let mut wire = frame[..reply.length].to_vec();
+        {
+            let ip = Ipv4Packet::new_checked(&wire[14..]).unwrap();
+            assert_eq!(ip.checksum(), 0, "left to the NIC");
+            let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+            let seed = checksum::pseudo_header_v4(
+                &ip.src_addr(),
+                &ip.dst_addr(),
+                IpProtocol::Udp,
+                u32::from(udp.len()),
+            );
+            assert_eq!(udp.checksum(), seed, "seeded with the pseudo-header sum");
+        }
+        let applied = apply_tx_checksums(&mut wire, reply.checksum);
+        assert!(applied.ipv4_header && applied.l4);
+        check_reply(&wire, b"offloaded");
     }
 
     #[test]
     fn malformed_or_oversized_frames_get_no_reply() {
-        let good = request(b"abc");
-        for cut in 0..45 {
+        let (good, length) = request(b"abc");
+        for cut in 0..length {
             let mut frame = good.clone();
             assert_eq!(
-                answer_in_place(&mut frame, cut, [2; 6], |_, n| Some(n)),
+                answer_in_place(&mut frame, cut, US, NO_OFFLOAD, |_, n, _| Some(n)),
                 None,
                 "cut {cut}"
             );
@@ -177,27 +249,30 @@ mod tests {
         let mut frame = good.clone();
         frame[23] = 6; // TCP
         assert_eq!(
-            answer_in_place(&mut frame, 45, [2; 6], |_, n| Some(n)),
+            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n)),
             None
         );
         let mut frame = good.clone();
         frame[38..40].copy_from_slice(&3u16.to_be_bytes()); // UDP length below its header
         assert_eq!(
-            answer_in_place(&mut frame, 45, [2; 6], |_, n| Some(n)),
+            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n)),
             None
         );
         let mut frame = good.clone();
         assert_eq!(
-            answer_in_place(&mut frame, 45, [2; 6], |_, _| Some(5000)),
+            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _, _| Some(5000)),
             None
         );
-        let mut frame = good;
-        assert_eq!(answer_in_place(&mut frame, 45, [2; 6], |_, _| None), None);
+        let mut frame = good.clone();
+        assert_eq!(
+            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _, _| None),
+            None
+        );
         for seed in 0..2000u32 {
-            let mut frame = request(b"fuzz");
+            let mut frame = good.clone();
             let at = 14 + (seed as usize * 7) % 40;
             frame[at] = (seed * 31) as u8;
-            let _ = answer_in_place(&mut frame, 46, [2; 6], |_, n| Some(n));
+            let _ = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n));
         }
     }
 }

@@ -18,6 +18,8 @@ pub mod device;
 pub mod fastpath;
 pub mod path;
 pub mod peers;
+pub mod runner;
+pub(crate) mod schedule;
 pub mod stack;
 pub mod stats;
 pub mod transport;
@@ -25,10 +27,12 @@ pub mod transport;
 #[cfg(test)]
 mod tests;
 
+pub use app::Service;
 pub use classify::{pick_source_port, DropReason, FlowTable, PathKey, RssHashFn, Verdict};
 pub use config::{
-    parse_command_line, parse_memcached_memory, Addresses, CoreId, Dotted, Ipv4Cidr, MacAddress,
-    NetConfig, WallClock,
+    parse_command_line, parse_memcached_memory, parse_options, Addresses, CoreId, Discipline,
+    Dotted, Ipv4Cidr, MacAddress, NetConfig, NetOptions, OptionError, SchedulerConfig, UdpPath,
+    WallClock,
 };
 pub use path::{CycleCounter, PathCounters};
 pub use peers::{
@@ -37,5 +41,5 @@ pub use peers::{
 };
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{CoreNet, NetError, PollOutcome};
-pub use stats::{CoreCounters, CoreStats, PathStats, SnapshotError};
+pub use stats::{CoreCounters, CoreStats, PathStats, SnapshotError, StatsView};
 pub use transport::{TransportCounters, TransportDrop, TRANSPORT_PEERS};

@@ -1,24 +1,29 @@
 //! Scout paths: the unit of scheduling and accounting, with a bounded LRP queue at the input.
 //!
 //! A path carries the frames of one [`PathKey`] from the classifier to its application. Its
-//! input queue is bounded and tail-drops (Lazy Receiver Processing: when the application is
-//! behind, the frame is dropped before any protocol work is spent on it). Everything done for the
-//! path, smoltcp processing included, is charged to its [`PathCounters`].
+//! input queue is where backlog lives (Lazy Receiver Processing): it is bounded, and a frame for
+//! a full queue is dropped by the classifier before any checksum or protocol work is spent on it.
+//! Protocol processing happens only when the path runs, and everything done for the path —
+//! its share of receiving and classifying, protocol and application work, transmit — is charged
+//! to its [`PathCounters`]. How a path processes its frames is its [`PathRunner`] (one per path
+//! kind, in `runner/`); when it runs is the scheduler's business (`schedule.rs`).
 
-use crate::app::Application;
 use crate::classify::PathKey;
+use crate::runner::PathRunner;
+use crate::schedule::PathSchedule;
 use drivers::pool::BufferId;
-use smoltcp::iface::{SocketHandle, SocketSet};
 use smoltcp::time::Instant;
 
 extern crate alloc;
 use alloc::boxed::Box;
-use alloc::vec::Vec;
 
 /// Capacity of a path's input queue (the limit in use may be lower, see [`LrpQueue::set_limit`]).
 pub const PATH_QUEUE_CAPACITY: usize = 256;
 
-/// A caller-supplied cycle counter (TSC on the kernel; a deterministic counter in host tests).
+/// The default admission limit of a path's input queue.
+pub const PATH_QUEUE_LIMIT: usize = 128;
+
+/// A caller-supplied cycle counter (TSC on the kernel; a simulated clock in host tests).
 pub type CycleCounter = fn() -> u64;
 
 /// A frame waiting on a path, still in its pool buffer.
@@ -54,7 +59,7 @@ impl LrpQueue {
 
     /// Appends a frame, or gives it back when the queue is at its limit (tail drop).
     pub fn push(&mut self, frame: QueuedFrame) -> Result<(), QueuedFrame> {
-        if self.frames.len() >= self.limit {
+        if self.is_full() {
             return Err(frame);
         }
         self.frames.push_back(frame)
@@ -74,6 +79,16 @@ impl LrpQueue {
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }
+
+    /// Whether the queue is at its admission limit (a new frame would be dropped).
+    pub fn is_full(&self) -> bool {
+        self.frames.len() >= self.limit
+    }
+
+    /// Whether the queue is behind: filled to three quarters of its limit or more.
+    pub fn is_behind(&self) -> bool {
+        self.frames.len() >= self.limit - self.limit / 4
+    }
 }
 
 /// What a path has used and dropped.
@@ -83,8 +98,12 @@ pub struct PathCounters {
     pub packets: u64,
     /// Bytes of those frames.
     pub bytes: u64,
-    /// Frames tail-dropped at the input queue (application behind).
+    /// Frames dropped at classification because the path's queue was full (LRP: before checksum
+    /// and protocol work).
     pub queue_drops: u64,
+    /// Frames dropped after protocol work because the application's socket was full (only the
+    /// `netd.mode=interrupt` baseline does protocol work before the application is ready).
+    pub socket_drops: u64,
     /// Frames that arrived forwarded by another core.
     pub forwarded_in: u64,
     /// Frames this path transmitted.
@@ -93,65 +112,90 @@ pub struct PathCounters {
     pub tx_bytes: u64,
     /// Frames this path produced that were dropped (no buffer or TX queue full).
     pub tx_drops: u64,
-    /// Cycles spent running the path (smoltcp and application).
+    /// Every cycle charged to the path: `cycles_receive + cycles_run + cycles_transmit`.
     pub cycles: u64,
+    /// Cycles of receiving its frames: the path's share (by bytes) of taking each RX batch from
+    /// the ring and classifying it, checksums included, and of refilling the ring.
+    pub cycles_receive: u64,
+    /// Cycles of its runs: protocol processing (smoltcp or the fast path) and the application,
+    /// and peer messages handled for it.
+    pub cycles_run: u64,
+    /// Cycles of handing its frames to the TX ring and reclaiming them, its share by bytes.
+    pub cycles_transmit: u64,
     /// Times the path ran.
     pub runs: u64,
+    /// Turns in which the path had frames waiting but did not get to run them all (its credit
+    /// or the turn's budget ran out).
+    pub turns_deferred: u64,
+    /// The most frames its queue held.
+    pub queue_high_water: u64,
     /// Cross-core messages handled on this path.
     pub peer_messages: u64,
     /// TCP connections accepted.
     pub connections: u64,
 }
 
-/// How a TCP path keeps listening sockets available.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ListenerConfig {
-    /// Listening sockets kept armed (a burst this large is never refused).
-    pub backlog: usize,
-    /// Most sockets (listening and connected) the path may hold.
-    pub max_sockets: usize,
-    /// Receive buffer per socket, bytes.
-    pub receive_buffer: usize,
-    /// Send buffer per socket, bytes.
-    pub send_buffer: usize,
+impl PathCounters {
+    /// All zero.
+    pub const ZERO: Self = Self {
+        packets: 0,
+        bytes: 0,
+        queue_drops: 0,
+        socket_drops: 0,
+        forwarded_in: 0,
+        tx_packets: 0,
+        tx_bytes: 0,
+        tx_drops: 0,
+        cycles: 0,
+        cycles_receive: 0,
+        cycles_run: 0,
+        cycles_transmit: 0,
+        runs: 0,
+        turns_deferred: 0,
+        queue_high_water: 0,
+        peer_messages: 0,
+        connections: 0,
+    };
 }
 
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        Self {
-            backlog: 8,
-            max_sockets: 64,
-            receive_buffer: 8192,
-            send_buffer: 16384,
-        }
-    }
-}
-
-/// One TCP socket of a path and what the path knows of it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct TcpSlot {
-    pub(crate) handle: SocketHandle,
-    /// The socket left `Listen` and the application was told (`on_open`).
-    pub(crate) active: bool,
-}
-
-/// A path: key, input queue, counters, its own smoltcp sockets and its application.
+/// A path: key, input queue, counters, its runner (protocol and application) and its
+/// scheduling state.
 pub struct Path {
     pub(crate) key: PathKey,
     pub(crate) queue: LrpQueue,
     pub(crate) counters: PathCounters,
-    pub(crate) sockets: SocketSet<'static>,
-    pub(crate) app: Option<Box<dyn Application>>,
-    pub(crate) udp: Option<SocketHandle>,
-    pub(crate) tcp: Vec<TcpSlot>,
-    pub(crate) listener: ListenerConfig,
+    pub(crate) runner: Box<dyn PathRunner>,
+    pub(crate) schedule: PathSchedule,
     /// The path must run even with an empty queue (peer message, application asked).
     pub(crate) wake: bool,
-    /// smoltcp's next timer for this path's sockets.
+    /// The path's next timer: the earlier of the runner's (smoltcp retransmission, delayed
+    /// ACK, ...) and the application's `app_deadline`.
     pub(crate) deadline: Option<Instant>,
+    /// When the application asked to run again without frames (`AppContext::wake_at`: set by
+    /// its last service run, moved earlier by peer messages in between).
+    pub(crate) app_deadline: Option<Instant>,
+    /// TCP connections open after the path's last run.
+    pub(crate) open_connections: usize,
+    /// The last turn a frame for the path was received (0: never).
+    pub(crate) last_admitted: u64,
 }
 
 impl Path {
+    pub(crate) fn new(key: PathKey, runner: Box<dyn PathRunner>, quantum: u64) -> Self {
+        Self {
+            key,
+            queue: LrpQueue::new(PATH_QUEUE_LIMIT),
+            counters: PathCounters::default(),
+            runner,
+            schedule: PathSchedule::new(quantum),
+            wake: false,
+            deadline: None,
+            app_deadline: None,
+            open_connections: 0,
+            last_admitted: 0,
+        }
+    }
+
     /// The path's key.
     pub fn key(&self) -> PathKey {
         self.key
@@ -167,28 +211,51 @@ impl Path {
         self.queue.len()
     }
 
-    /// TCP connections open now (sockets not listening and not closed).
+    /// TCP connections open (after the path's last run).
     pub fn open_connections(&self) -> usize {
-        self.tcp.iter().filter(|slot| slot.active).count()
+        self.open_connections
     }
 
     /// TCP sockets listening now.
     pub fn listening(&self) -> usize {
-        self.tcp
-            .iter()
-            .filter(|slot| {
-                self.sockets
-                    .get::<smoltcp::socket::tcp::Socket>(slot.handle)
-                    .state()
-                    == smoltcp::socket::tcp::State::Listen
-            })
-            .count()
+        self.runner.listening()
+    }
+
+    /// The application's name (`None` for ARP and ICMP).
+    pub fn application(&self) -> Option<&'static str> {
+        self.runner.application()
     }
 
     /// Changes the input queue's admission limit.
     pub fn set_queue_limit(&mut self, limit: usize) {
         self.queue.set_limit(limit);
     }
+
+    /// Whether the path has work for a turn: frames queued, a wake-up, or a timer due at `now`.
+    pub(crate) fn has_work(&self, now: Instant) -> bool {
+        !self.queue.is_empty() || self.wake || self.deadline.is_some_and(|due| due <= now)
+    }
+
+    /// Adds `cycles` of `stage` to the path's counters.
+    pub(crate) fn charge(&mut self, stage: Stage, cycles: u64) {
+        self.counters.cycles += cycles;
+        match stage {
+            Stage::Receive => self.counters.cycles_receive += cycles,
+            Stage::Run => self.counters.cycles_run += cycles,
+            Stage::Transmit => self.counters.cycles_transmit += cycles,
+        }
+    }
+}
+
+/// Where cycles charged to a path were spent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Taking frames from the RX ring, classifying them (checksums included), queueing, refill.
+    Receive,
+    /// Protocol processing and the application.
+    Run,
+    /// Handing frames to the TX ring and reclaiming them.
+    Transmit,
 }
 
 #[cfg(test)]
@@ -204,7 +271,9 @@ mod tests {
             forwarded: false,
         };
         assert!(queue.push(frame(1)).is_ok());
+        assert!(!queue.is_full());
         assert!(queue.push(frame(2)).is_ok());
+        assert!(queue.is_full());
         assert_eq!(queue.push(frame(3)), Err(frame(3)));
         assert_eq!(queue.pop(), Some(frame(1)));
         assert!(queue.push(frame(4)).is_ok());

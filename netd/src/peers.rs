@@ -9,8 +9,8 @@
 //! |---|---|---|
 //! | `Neighbour` | 12 bytes: type, 0, IPv4 (4), MAC (6) | - |
 //! | `Frame` | 4 bytes: type, 0, length (u16) | the frame |
-//! | `KvRequest` | 20 bytes: type, operation, options (bit 0 noreply), key length, origin core (u16), 0 (u16), ticket (u32), sequence (u32), value length (u32); then the operation's arguments (0–16 bytes, see [`KvOperation`]) | key, value |
-//! | `KvReply` | 20 bytes: type, status, key length, 0, owner core (u16), 0 (u16), ticket, sequence, value length (u32 each); then the status's fields (0–20 bytes, see [`KvStatus`]) | key, value |
+//! | `KvRequest` | 20 bytes: type, operation, options (bit 0 noreply), key length, origin core (u16), service (u16), ticket (u32), sequence (u32), value length (u32); then the operation's arguments (0–16 bytes, see [`KvOperation`]) | key, value |
+//! | `KvReply` | 20 bytes: type, status, key length, 0, owner core (u16), service (u16), ticket, sequence, value length (u32 each); then the status's fields (0–20 bytes, see [`KvStatus`]) | key, value |
 //!
 //! Type bytes: 1 `Neighbour`, 2 `Frame`, 3 `KvRequest`, 4 `KvReply`. A key-value message is at
 //! most [`MAX_KV_MESSAGE`] bytes (a largest memcached item, 1 MiB, with its header and key), which
@@ -136,6 +136,9 @@ pub enum KvOperation {
 /// `stats`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvRequest<'a> {
+    /// The peer service the request is for: the TCP port it is registered on (11211 for
+    /// memcached), so several key-value services coexist on one core.
+    pub service: u16,
     /// What to do.
     pub operation: KvOperation,
     /// The client asked for no reply (`noreply`): the owner sends none.
@@ -209,6 +212,8 @@ pub enum KvStatus {
 /// The owner's answer to a [`KvRequest`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvReply<'a> {
+    /// The peer service the reply is for (the request's, returned unchanged).
+    pub service: u16,
     /// Outcome.
     pub status: KvStatus,
     /// The core that answers.
@@ -631,7 +636,7 @@ impl<'a> PeerMessage<'a> {
                 writer.u8(u8::from(request.noreply));
                 writer.u8(key_length);
                 writer.u16(request.origin);
-                writer.u16(0);
+                writer.u16(request.service);
                 writer.u32(request.ticket);
                 writer.u32(request.sequence);
                 writer.u32(value_length);
@@ -646,7 +651,7 @@ impl<'a> PeerMessage<'a> {
                 writer.u8(key_length);
                 writer.u8(0);
                 writer.u16(reply.owner);
-                writer.u16(0);
+                writer.u16(reply.service);
                 writer.u32(reply.ticket);
                 writer.u32(reply.sequence);
                 writer.u32(value_length);
@@ -682,7 +687,7 @@ impl<'a> PeerMessage<'a> {
                 let options = reader.u8()?;
                 let key_length = usize::from(reader.u8()?);
                 let origin = reader.u16()?;
-                let _ = reader.u16()?;
+                let service = reader.u16()?;
                 let ticket = reader.u32()?;
                 let sequence = reader.u32()?;
                 let value_length = reader.u32()? as usize;
@@ -691,6 +696,7 @@ impl<'a> PeerMessage<'a> {
                 }
                 let operation = KvOperation::read(code, &mut reader)?;
                 Ok(PeerMessage::KvRequest(KvRequest {
+                    service,
                     operation,
                     noreply: options & 1 != 0,
                     origin,
@@ -705,7 +711,7 @@ impl<'a> PeerMessage<'a> {
                 let key_length = usize::from(reader.u8()?);
                 let _ = reader.u8()?;
                 let owner = reader.u16()?;
-                let _ = reader.u16()?;
+                let service = reader.u16()?;
                 let ticket = reader.u32()?;
                 let sequence = reader.u32()?;
                 let value_length = reader.u32()? as usize;
@@ -714,6 +720,7 @@ impl<'a> PeerMessage<'a> {
                 }
                 let status = KvStatus::read(code, &mut reader)?;
                 Ok(PeerMessage::KvReply(KvReply {
+                    service,
                     status,
                     owner,
                     ticket,
@@ -774,6 +781,7 @@ mod tests {
         value: &'static [u8],
     ) -> KvRequest<'static> {
         KvRequest {
+            service: 11211,
             operation,
             noreply: false,
             origin: 3,
@@ -881,6 +889,7 @@ mod tests {
         }
         for status in every_status() {
             round_trip(PeerMessage::KvReply(KvReply {
+                service: 11211,
                 status,
                 owner: 2,
                 ticket: 9,
@@ -917,6 +926,7 @@ mod tests {
         let key = [b'k'; MAX_KEY];
         let value = vec![7u8; MAX_KV_VALUE];
         let message = PeerMessage::KvRequest(KvRequest {
+            service: 11211,
             operation: KvOperation::Store {
                 mode: StoreMode::Cas(1),
                 flags: 1,

@@ -1,42 +1,63 @@
-//! One core's network stack: a smoltcp `Interface`, the classifier, the paths with their own
-//! sockets and applications, and the bounded poll step the kernel's event loop calls.
+//! One core's network stack: a smoltcp `Interface`, the classifier, the paths with their runners
+//! and applications, and the bounded poll step (one loop turn) the kernel's event loop calls.
+//!
+//! A turn under the default discipline ([`Discipline::Lrp`]):
+//! 1. reclaim finished transmissions;
+//! 2. receive, bounded by the turn's quota (nothing when every path queue is full, so the NIC
+//!    drops at no CPU cost; at most `rx_share_percent` of the turn while paths have backlog;
+//!    otherwise up to `rx_frames_per_turn`), classifying each frame once onto its path's queue
+//!    (or dropping it there when the queue is full, before checksums);
+//! 3. run the paths by deficit of cycles charged (`schedule.rs`), within the turn's budget;
+//! 4. hand their frames to the TX ring; refill the RX ring.
+//!
+//! Every lap of the cycle counter is charged: to the paths (by stage), to frames no path owns,
+//! or to idle turns. The baselines ([`Discipline::SharedFifo`], [`Discipline::Interrupt`]) differ
+//! only in steps 2 and 3.
 
-use crate::app::{AppContext, Application};
-use crate::classify::{Classifier, DropReason, PathIndex, PathKey, RssHashFn, Verdict, MAX_PATHS};
-use crate::config::{CoreId, NetConfig, FLOW_GROUPS};
-use crate::device::{capabilities, PathDevice, Staging, TxQueue, TxSink};
-use crate::fastpath;
-use crate::path::{
-    CycleCounter, ListenerConfig, LrpQueue, Path, PathCounters, QueuedFrame, TcpSlot,
+use crate::app::{AppContext, Service};
+use crate::classify::{
+    Classifier, DropReason, PathIndex, PathKey, PathSet, RssHashFn, Verdict, MAX_PATHS,
 };
-use crate::peers::{NeighbourEntry, PeerMessage, Peers};
-use crate::stats::{CoreCounters, CoreStats, PathStats, SnapshotError};
+use crate::config::{CoreId, Discipline, NetConfig, UdpPath, FLOW_GROUPS};
+use crate::device::{capabilities, Staging, TxQueue, TX_QUEUE_CAPACITY};
+use crate::path::{CycleCounter, Path, QueuedFrame, Stage};
+use crate::peers::{KvReply, KvRequest, PeerMessage, Peers};
+use crate::runner::{self, Notes, PathRunner, Progress, Reply, RunContext};
+use crate::schedule::{Meter, Shares};
+use crate::stats::{CoreCounters, CoreStats, CurrentPath, OwnCore, SnapshotError, StatsView};
 use crate::transport::TransportCounters;
-use drivers::nic::{ChecksumStatus, QueueDatapath, ReceiveBatch, ReceivedFrame, MAX_BATCH};
+use drivers::nic::{
+    ChecksumStatus, QueueCapabilities, QueueDatapath, ReceiveBatch, ReceivedFrame, TransmitFrame,
+    MAX_BATCH,
+};
 use drivers::pool::{BufferId, BufferPool, BUFFER_SIZE};
-use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::iface::{Config, Interface};
 use smoltcp::phy;
-use smoltcp::socket::{tcp, udp};
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
 
 extern crate alloc;
 use alloc::boxed::Box;
-use alloc::vec;
 use alloc::vec::Vec;
 
-/// Smallest adaptive batch.
-pub const MIN_BATCH: usize = 4;
+/// Smallest receive quota of a turn while paths have backlog (so a path that starts receiving
+/// under load is seen within a few turns).
+pub const MIN_RX_QUOTA: usize = 4;
 
-/// Most `poll_egress` rounds per path run (each round sends at most one frame per socket).
-const EGRESS_ROUNDS: usize = 64;
+/// A path that had a frame within this many turns counts as active for [`CoreNet::poll`]'s
+/// decision to leave frames in the ring.
+pub const ACTIVE_TURNS: u64 = 64;
 
-/// Frames a path takes through smoltcp before its application runs (within one path run).
-const INGRESS_CHUNK: usize = 32;
+/// Capacity of the shared FIFO of the `netd.lrp=off` baseline.
+pub const SHARED_FIFO_CAPACITY: usize = 128;
 
-/// Datagrams and bytes of a UDP path's socket buffers.
-const UDP_PACKETS: usize = 64;
-const UDP_BYTES: usize = UDP_PACKETS * 1536;
+/// Frames the `netd.mode=interrupt` baseline takes from the ring in one turn at most (four rings'
+/// worth: "unbounded" for the experiment, yet a turn still ends, as a real clock interrupt would
+/// preempt network interrupts).
+pub const INTERRUPT_DRAIN_LIMIT: usize = 1024;
+
+/// How often the NIC's drop counters (MMIO reads) are read into the core's counters.
+const NIC_STATS_PERIOD: Duration = Duration::from_millis(10);
 
 /// Why a stack could not be built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,9 +68,9 @@ pub enum NetError {
     BadCore,
     /// More than [`MAX_PATHS`] paths.
     TooManyPaths,
-    /// Two applications claim the same endpoint.
+    /// Two services claim the same endpoint.
     DuplicateEndpoint(PathKey),
-    /// An application named an ARP or ICMP endpoint.
+    /// A service names port 0.
     BadEndpoint(PathKey),
 }
 
@@ -60,18 +81,20 @@ pub struct PollOutcome {
     pub received: usize,
     /// Frames handed to the TX ring.
     pub transmitted: usize,
-    /// Work remains (a full batch, queued frames, pending transmissions, a path that asked to
-    /// run again): call `poll` again without halting.
+    /// Work remains (frames in path queues, a ring left non-empty, pending transmissions, a path
+    /// that asked to run again): call `poll` again without halting.
     pub more_work: bool,
-    /// The earliest smoltcp timer (retransmission, delayed ACK, TIME-WAIT). When `more_work` is
-    /// false the kernel re-enables the queue interrupt and halts until this instant or an
+    /// The earliest timer of any path (retransmission, delayed ACK, TIME-WAIT). When `more_work`
+    /// is false the kernel re-enables the queue interrupt and halts until this instant or an
     /// interrupt, whichever comes first. `None`: no timer.
     pub next_deadline: Option<Instant>,
     /// An application served stats: the kernel should gather a fresh snapshot from every core
     /// through the monitor and hand it over with [`CoreNet::update_stats`].
     pub stats_wanted: bool,
-    /// Batch size the next poll will use.
-    pub batch_size: usize,
+    /// The receive quota this turn had (frames).
+    pub rx_quota: usize,
+    /// Cycles this turn took.
+    pub cycles: u64,
 }
 
 /// A smoltcp device with nothing to receive or send (for building the interface).
@@ -105,6 +128,65 @@ impl phy::TxToken for NullToken {
     }
 }
 
+/// A frame in the shared FIFO of the `netd.lrp=off` baseline.
+#[derive(Clone, Copy, Debug)]
+struct FifoFrame {
+    frame: ReceivedFrame,
+    forwarded: bool,
+}
+
+/// What a path job does (see [`CoreNet::run_job`]).
+enum Job<'m> {
+    /// Take up to this many frames from the path's queue, then run its service.
+    Queue(usize),
+    /// Process this frame (from the shared FIFO or the "interrupt"), no service.
+    Frame(QueuedFrame),
+    /// Only the service (applications and egress).
+    Service,
+    /// A peer message for the path.
+    Peer(&'m PeerMessage<'m>),
+    /// The monitors' verdict on which cores live, for the path's application.
+    LiveCores(u64),
+}
+
+/// What a path job did.
+#[derive(Clone, Copy, Debug, Default)]
+struct JobDone {
+    /// Frames processed.
+    frames: usize,
+    /// Their bytes.
+    bytes: u64,
+    /// Of them, frames another core had forwarded.
+    forwarded_in: u64,
+    /// Of them, frames dropped at their socket after protocol work.
+    socket_drops: u64,
+    /// Replies that could not be queued for transmission.
+    tx_drops: u64,
+    /// The peer message was for the path.
+    handled: bool,
+    /// Neighbour entries sent.
+    neighbours_sent: u64,
+}
+
+/// What a turn's receive step did.
+#[derive(Clone, Copy, Debug, Default)]
+struct Received {
+    /// Frames taken from the ring.
+    taken: usize,
+    /// The turn's receive quota.
+    quota: usize,
+    /// Frames may still be waiting in the ring (the quota or the drain limit stopped receiving).
+    ring_left: bool,
+}
+
+/// The receive quota's state: the measured cost of receiving a frame and the path work of the
+/// last turn.
+#[derive(Clone, Copy, Debug, Default)]
+struct RxState {
+    cost_per_frame: u64,
+    last_path_cycles: u64,
+}
+
 /// One core's network stack.
 pub struct CoreNet {
     config: NetConfig,
@@ -112,29 +194,41 @@ pub struct CoreNet {
     classifier: Classifier,
     paths: Vec<Path>,
     counters: CoreCounters,
-    batch_size: usize,
     tx_queue: TxQueue,
+    /// Path index of each `tx_queue` entry.
+    tx_paths: heapless::Vec<u8, TX_QUEUE_CAPACITY>,
+    /// Bytes per path handed to the TX ring since the last reclaim (who pays for reclaiming).
+    in_flight: Shares,
     staging: Box<Staging>,
     cycles: CycleCounter,
     started: Instant,
     stats: Vec<CoreStats>,
     stats_wanted: bool,
     arp_path: usize,
-    key_value_path: Option<usize>,
     tx_reserve: usize,
+    shared_fifo: heapless::Deque<FifoFrame, SHARED_FIFO_CAPACITY>,
+    rx_state: RxState,
+    next_nic_stats: Instant,
+    rotation: usize,
+    /// Paths with frames processed whose service has not run since (the baselines).
+    unserviced: PathSet,
+    /// Frames handed to the TX ring so far in this turn.
+    transmitted: usize,
+    /// The kernel's transport counters (its mailbox), shown in this core's snapshot.
+    transport: TransportCounters,
+    /// The cores the monitors hold alive (bit `c` = core `c`).
+    live_cores: u64,
     /// A live-cores verdict not yet handed to the applications.
     pending_live: Option<u64>,
-    transport: TransportCounters,
-    live_cores: u64,
 }
 
 impl CoreNet {
-    /// Builds the stack of `config.core`, with a path for ARP, one for ICMP and one per
-    /// application (see [`crate::app::default_applications`]). `cycles` reads the cycle counter
-    /// used to charge paths; `now` is the current time (uptime counts from it).
+    /// Builds the stack of `config.core`, with a path for ARP, one for ICMP and one per service
+    /// (see [`crate::app::default_applications`]). `cycles` reads the cycle counter used to
+    /// charge paths; `now` is the current time (uptime counts from it).
     pub fn new(
         config: NetConfig,
-        applications: Vec<Box<dyn Application>>,
+        services: Vec<Service>,
         cycles: CycleCounter,
         now: Instant,
     ) -> Result<Self, NetError> {
@@ -145,7 +239,7 @@ impl CoreNet {
         if config.core >= config.core_count {
             return Err(NetError::BadCore);
         }
-        if applications.len() + 2 > MAX_PATHS {
+        if services.len() + 2 > MAX_PATHS {
             return Err(NetError::TooManyPaths);
         }
         let mut interface_config = Config::new(HardwareAddress::Ethernet(mac));
@@ -171,55 +265,34 @@ impl CoreNet {
             config.core,
             config.core_count,
         );
-        let mut paths = Vec::with_capacity(applications.len() + 2);
-        let bare_path = |key| Path {
-            key,
-            queue: LrpQueue::new(crate::path::PATH_QUEUE_CAPACITY / 2),
-            counters: PathCounters::default(),
-            sockets: SocketSet::new(vec![]),
-            app: None,
-            udp: None,
-            tcp: Vec::new(),
-            listener: ListenerConfig::default(),
-            wake: false,
-            deadline: None,
+        let quantum = config.scheduler.quantum_cycles;
+        let mut paths = Vec::with_capacity(services.len() + 2);
+        paths.push(Path::new(
+            PathKey::Arp,
+            Box::new(runner::arp::ArpRunner::new()),
+            quantum,
+        ));
+        paths.push(Path::new(
+            PathKey::Icmp,
+            Box::new(runner::icmp::IcmpRunner::new()),
+            quantum,
+        ));
+        // The interrupt-driven baseline is the classic stack: datagrams go through the protocol
+        // stack into sockets, applications read them later.
+        let udp_path = match config.options.discipline {
+            Discipline::Interrupt => UdpPath::Socket,
+            _ => config.options.udp,
         };
-        paths.push(bare_path(PathKey::Arp));
-        paths.push(bare_path(PathKey::Icmp));
-        let mut key_value_path = None;
-        for app in applications {
-            let key = app.endpoint();
+        for service in services {
+            let key = service.endpoint();
+            if matches!(key, PathKey::Udp(0) | PathKey::Tcp(0)) {
+                return Err(NetError::BadEndpoint(key));
+            }
             if paths.iter().any(|path: &Path| path.key == key) {
                 return Err(NetError::DuplicateEndpoint(key));
             }
-            let mut path = bare_path(key);
-            match key {
-                PathKey::Arp | PathKey::Icmp => return Err(NetError::BadEndpoint(key)),
-                PathKey::Udp(port) => {
-                    let mut socket = udp::Socket::new(
-                        udp::PacketBuffer::new(
-                            vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
-                            vec![0; UDP_BYTES],
-                        ),
-                        udp::PacketBuffer::new(
-                            vec![udp::PacketMetadata::EMPTY; UDP_PACKETS],
-                            vec![0; UDP_BYTES],
-                        ),
-                    );
-                    socket.bind(port).map_err(|_| NetError::BadEndpoint(key))?;
-                    path.udp = Some(path.sockets.add(socket));
-                }
-                PathKey::Tcp(_) => {
-                    for _ in 0..path.listener.backlog {
-                        add_listener(&mut path);
-                    }
-                }
-            }
-            if app.handles_key_value() {
-                key_value_path = Some(paths.len());
-            }
-            path.app = Some(app);
-            paths.push(path);
+            let (key, runner) = runner::build(service, udp_path);
+            paths.push(Path::new(key, runner, quantum));
         }
         for (index, path) in paths.iter().enumerate() {
             classifier.add_path(path.key, PathIndex(index as u8));
@@ -230,23 +303,29 @@ impl CoreNet {
             classifier,
             paths,
             counters: CoreCounters::default(),
-            batch_size: MIN_BATCH,
             tx_queue: TxQueue::new(),
+            tx_paths: heapless::Vec::new(),
+            in_flight: Shares::default(),
             staging: Box::new(Staging::new()),
             cycles,
             started: now,
             stats: Vec::new(),
             stats_wanted: false,
             arp_path: 0,
-            key_value_path,
             tx_reserve: MAX_BATCH / 4,
-            pending_live: None,
+            shared_fifo: heapless::Deque::new(),
+            rx_state: RxState::default(),
+            next_nic_stats: now,
+            rotation: 0,
+            unserviced: PathSet::EMPTY,
+            transmitted: 0,
             transport: TransportCounters::default(),
             live_cores: if config.core_count >= 64 {
                 u64::MAX
             } else {
                 (1u64 << config.core_count) - 1
             },
+            pending_live: None,
         })
     }
 
@@ -255,7 +334,7 @@ impl CoreNet {
         &self.config
     }
 
-    /// The paths, in classifier index order (0 ARP, 1 ICMP, then the applications).
+    /// The paths, in classifier index order (0 ARP, 1 ICMP, then the services).
     pub fn paths(&self) -> &[Path] {
         &self.paths
     }
@@ -275,14 +354,9 @@ impl CoreNet {
         &self.counters
     }
 
-    /// The application of the path serving `key`.
-    pub fn application(&self, key: PathKey) -> Option<&dyn Application> {
-        self.path(key).and_then(|path| path.app.as_deref())
-    }
-
-    /// The batch size the next poll will use.
-    pub fn batch_size(&self) -> usize {
-        self.batch_size
+    /// The name of the application on the path serving `key`.
+    pub fn application(&self, key: PathKey) -> Option<&'static str> {
+        self.path(key).and_then(Path::application)
     }
 
     /// The monitor moved flow group `group` to `core`.
@@ -297,50 +371,6 @@ impl CoreNet {
         }
     }
 
-    /// The monitors' verdict on which cores live (bit `i` = core `i`): on the next [`Self::poll`]
-    /// (before anything else) applications re-home the work of cores that left (memcached's keys)
-    /// and answer what was pending on them at once.
-    /// Snapshots of cores no longer alive leave `/stats` at once.
-    pub fn set_live_cores(&mut self, live: u64) {
-        self.pending_live = Some(live);
-        self.live_cores = live;
-        self.stats
-            .retain(|entry| entry.core >= 64 || live & (1 << entry.core) != 0);
-    }
-
-    /// Hands a live-cores verdict to every application and wakes their paths.
-    fn apply_live_cores(&mut self, now: Instant, live: u64, peers: &mut impl Peers) {
-        let uptime_ms = (now - self.started).total_millis();
-        let Self {
-            paths,
-            config,
-            stats,
-            stats_wanted,
-            ..
-        } = self;
-        for path in paths.iter_mut() {
-            let Some(app) = path.app.as_mut() else {
-                continue;
-            };
-            let mut run_again = false;
-            let mut wake_at = None;
-            let mut context = AppContext {
-                now,
-                core: config.core,
-                core_count: config.core_count,
-                hostname: config.hostname,
-                uptime_ms,
-                peers,
-                stats,
-                stats_wanted,
-                run_again: &mut run_again,
-                wake_at: &mut wake_at,
-            };
-            app.on_live_cores(&mut context, live);
-            path.wake = true;
-        }
-    }
-
     /// The classifier (its flow table is the local copy of the monitor's).
     pub fn classifier(&self) -> &Classifier {
         &self.classifier
@@ -352,31 +382,30 @@ impl CoreNet {
         self.classifier.set_hash_function(hash);
     }
 
+    fn uptime_ms(&self, now: Instant) -> u64 {
+        (now - self.started).total_millis()
+    }
+
     /// A snapshot of this core's counters, for the monitor.
     pub fn stats(&self, now: Instant) -> CoreStats {
-        let mut stats = CoreStats {
+        OwnCore {
             core: self.config.core,
-            uptime_ms: (now - self.started).total_millis(),
-            counters: self.counters,
-            path_count: self.paths.len().min(MAX_PATHS) as u8,
-            paths: [PathStats::EMPTY; MAX_PATHS],
-            transport: self.transport,
-        };
-        for (entry, path) in stats.paths.iter_mut().zip(self.paths.iter()) {
-            *entry = PathStats {
-                key: path.key,
-                counters: path.counters,
-                open_connections: path.open_connections() as u16,
-            };
+            uptime_ms: self.uptime_ms(now),
+            counters: &self.counters,
+            before: &self.paths,
+            current: None,
+            after: &[],
+            transport: &self.transport,
         }
-        stats
+        .snapshot()
     }
 
     /// The latest snapshot of every core, gathered by the monitor; the HTTP `/stats` page serves
-    /// it (this core's own entry is refreshed when served).
+    /// it (this core's own entry is live when served).
     pub fn update_stats(&mut self, cores: &[CoreStats]) {
         self.stats.clear();
         self.stats.extend_from_slice(cores);
+        self.stats.sort_by_key(|entry| entry.core);
     }
 
     /// This core's snapshot as bytes ([`CoreStats::encode`]), for the kernel to carry to the core
@@ -406,6 +435,17 @@ impl CoreNet {
         self.transport = *counters;
     }
 
+    /// The monitors' verdict on which cores live (bit `i` = core `i`): on the next [`Self::poll`]
+    /// (before anything else) peer services re-home the work of cores that left (memcached's
+    /// keys) and answer what was pending on them at once. Snapshots of cores no longer alive
+    /// leave `/stats` now.
+    pub fn set_live_cores(&mut self, live: u64) {
+        self.pending_live = Some(live);
+        self.live_cores = live;
+        self.stats
+            .retain(|entry| entry.core >= 64 || live & (1 << entry.core) != 0);
+    }
+
     /// The cores the monitors hold alive (bit `c` = core `c`).
     pub fn live_cores(&self) -> u64 {
         self.live_cores
@@ -416,10 +456,30 @@ impl CoreNet {
         self.classifier.flows_mut()
     }
 
-    /// One bounded step of the core's network work: reclaim finished transmissions, receive at
-    /// most one batch, classify each frame once (drop, forward once, or queue on its path), run
-    /// the paths that have work, hand their frames to this core's TX ring, refill the RX ring,
-    /// and adapt the batch size.
+    /// The paths whose queues are full now.
+    fn full_paths(&self) -> PathSet {
+        let mut full = PathSet::EMPTY;
+        for (index, path) in self.paths.iter().enumerate() {
+            if path.queue.is_full() {
+                full.insert(PathIndex(index as u8));
+            }
+        }
+        full
+    }
+
+    /// What the NIC computes on transmit for this core, as the options allow.
+    fn offload(&self, rx: &impl QueueDatapath) -> QueueCapabilities {
+        if self.config.options.tx_offload {
+            rx.capabilities()
+        } else {
+            QueueCapabilities::default()
+        }
+    }
+
+    /// One bounded step of the core's network work (one loop turn): reclaim finished
+    /// transmissions, receive within the turn's quota, classify each frame once, run the paths
+    /// by deficit of cycles charged, hand their frames to this core's TX ring, refill the RX
+    /// ring. The baselines of `config.options.discipline` replace the middle steps.
     pub fn poll(
         &mut self,
         now: Instant,
@@ -427,185 +487,584 @@ impl CoreNet {
         pool: &mut BufferPool,
         peers: &mut impl Peers,
     ) -> PollOutcome {
+        let mut meter = Meter::start(self.cycles);
         self.counters.polls += 1;
+        let offload = self.offload(rx);
         if let Some(live) = self.pending_live.take() {
-            self.apply_live_cores(now, live, peers);
+            for index in 0..self.paths.len() {
+                let _ = self.run_job(index, now, pool, peers, offload, Job::LiveCores(live));
+                self.paths[index].wake = true;
+            }
+            self.counters.cycles_unclassified += meter.lap();
         }
-        rx.reclaim(pool);
 
-        // Receive one bounded batch: the placeholders make `receive` take at most `batch_size`.
-        let batch_size = self.batch_size;
-        let mut batch = ReceiveBatch::new();
+        // Reclaiming finished transmissions is charged to the paths whose frames they were.
+        // (When nothing moved, a stage reads no counter: its cycles go with the next lap.)
+        if rx.reclaim(pool) > 0 {
+            let cycles = meter.lap();
+            let in_flight = core::mem::take(&mut self.in_flight);
+            self.charge_shares(&in_flight, cycles, Stage::Transmit);
+        }
+        if now >= self.next_nic_stats {
+            self.next_nic_stats = now + NIC_STATS_PERIOD;
+            let stats = rx.stats();
+            self.counters.nic_rx_no_descriptor = stats.rx_no_descriptor;
+            self.counters.nic_rx_missed = stats.rx_missed;
+            self.counters.nic_rx_errors = stats.rx_errors;
+            self.counters.cycles_idle += meter.lap();
+        }
+
+        let mut received = Shares::default();
+        let report = match self.config.options.discipline {
+            Discipline::Lrp => {
+                self.turn_lrp(now, rx, pool, peers, offload, &mut meter, &mut received)
+            }
+            Discipline::SharedFifo => {
+                self.turn_shared_fifo(now, rx, pool, peers, offload, &mut meter, &mut received)
+            }
+            Discipline::Interrupt => {
+                self.turn_interrupt(now, rx, pool, peers, offload, &mut meter, &mut received)
+            }
+        };
+
+        let transmitted =
+            core::mem::take(&mut self.transmitted) + self.flush_tx(rx, pool, &mut meter);
+        rx.refill(pool);
+        let cycles = meter.lap();
+        if received.is_empty() {
+            self.counters.cycles_idle += cycles;
+        } else {
+            self.charge_shares(&received, cycles, Stage::Receive);
+        }
+
+        let turn = meter.total();
+        self.counters.cycles_total += turn;
+        self.counters.longest_turn_cycles = self.counters.longest_turn_cycles.max(turn);
+        let mut more_work = !self.tx_queue.is_empty() || !self.shared_fifo.is_empty();
+        more_work |= self
+            .paths
+            .iter()
+            .any(|path| !path.queue.is_empty() || path.wake);
+        // A turn that stopped at its quota, or the interrupt baseline's unfinished drain, leaves
+        // frames in the ring.
+        more_work |= report.ring_left || self.unserviced != PathSet::EMPTY;
+        let next_deadline = self.paths.iter().filter_map(|path| path.deadline).min();
+        PollOutcome {
+            received: report.taken,
+            transmitted,
+            more_work,
+            next_deadline,
+            stats_wanted: core::mem::take(&mut self.stats_wanted),
+            rx_quota: report.quota,
+            cycles: turn,
+        }
+    }
+
+    /// The receive quota of an LRP or shared-FIFO turn: nothing when every path that has had
+    /// frames lately (the last [`ACTIVE_TURNS`] turns) is behind (its queue three quarters full
+    /// or more) — what would be taken would mostly be dropped at those queues, so the NIC may as
+    /// well drop it, at no CPU cost, while the paths catch up; while
+    /// paths have backlog, what keeps receiving within `rx_share_percent` of the turn (measured
+    /// by the last turn's path work and the cost of receiving a frame), at least
+    /// [`MIN_RX_QUOTA`]; otherwise `rx_frames_per_turn`.
+    fn rx_quota(&mut self, now: Instant) -> usize {
+        let scheduler = &self.config.scheduler;
+        let most = scheduler.rx_frames_per_turn.max(1);
+        let turn = self.counters.polls;
+        let mut active = self
+            .paths
+            .iter()
+            .filter(|path| {
+                path.last_admitted > 0 && turn.saturating_sub(path.last_admitted) <= ACTIVE_TURNS
+            })
+            .peekable();
+        let all_behind = active.peek().is_some() && active.all(|path| path.queue.is_behind());
+        if self.config.options.discipline == Discipline::Lrp && all_behind {
+            self.counters.rx_withheld += 1;
+            return 0;
+        }
+        let backlog =
+            !self.shared_fifo.is_empty() || self.paths.iter().any(|path| path.has_work(now));
+        if !backlog || self.rx_state.cost_per_frame == 0 {
+            return most;
+        }
+        let share = scheduler.rx_share_percent.clamp(1, 99);
+        let allowed_cycles = self.rx_state.last_path_cycles * share / (100 - share);
+        let frames = (allowed_cycles / self.rx_state.cost_per_frame) as usize;
+        frames.clamp(MIN_RX_QUOTA.min(most), most)
+    }
+
+    /// Takes up to `want` frames from the ring (at most [`MAX_BATCH`]) into `batch`; returns
+    /// where the frames start in it.
+    fn receive_batch(
+        rx: &mut impl QueueDatapath,
+        pool: &mut BufferPool,
+        want: usize,
+        batch: &mut ReceiveBatch,
+    ) -> usize {
+        // Placeholders make `receive` take at most `want`: it fills the batch's remaining room.
+        batch.clear();
         let placeholder = ReceivedFrame {
             buffer: BufferId(u32::MAX),
             length: 0,
             rss_hash: 0,
             checksum: ChecksumStatus::default(),
         };
-        for _ in batch_size..MAX_BATCH {
+        for _ in want.min(MAX_BATCH)..MAX_BATCH {
             let _ = batch.push(placeholder);
         }
-        let received = rx.receive(pool, &mut batch);
-        for frame in &batch[MAX_BATCH - batch_size..] {
-            self.admit(frame, pool, peers);
-        }
+        let skip = batch.len();
+        rx.receive(pool, batch);
+        skip
+    }
 
-        // Run the paths with work, ARP first so neighbours are known before others transmit.
-        let mut more_work = false;
-        for index in 0..self.paths.len() {
-            let path = &self.paths[index];
-            let due = path.deadline.is_some_and(|deadline| deadline <= now);
-            if !path.queue.is_empty() || path.wake || due {
-                self.run_path(index, now, pool, peers);
+    /// Updates the moving average of a received frame's cost.
+    fn note_rx_cost(&mut self, cycles: u64, frames: usize) {
+        if frames == 0 {
+            return;
+        }
+        let per_frame = (cycles / frames as u64).max(1);
+        self.rx_state.cost_per_frame = if self.rx_state.cost_per_frame == 0 {
+            per_frame
+        } else {
+            (3 * self.rx_state.cost_per_frame + per_frame) / 4
+        };
+    }
+
+    /// An LRP turn: receive within the quota onto the path queues, then run the paths by deficit.
+    #[allow(clippy::too_many_arguments)]
+    fn turn_lrp(
+        &mut self,
+        now: Instant,
+        rx: &mut impl QueueDatapath,
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+        offload: QueueCapabilities,
+        meter: &mut Meter,
+        received: &mut Shares,
+    ) -> Received {
+        let quota = self.rx_quota(now);
+        let mut taken = 0;
+        let mut batch = ReceiveBatch::new();
+        while taken < quota {
+            let want = (quota - taken).min(MAX_BATCH);
+            let skip = Self::receive_batch(rx, pool, want, &mut batch);
+            let frames = &batch[skip..];
+            if frames.is_empty() {
+                break;
             }
-            let path = &self.paths[index];
-            more_work |= !path.queue.is_empty() || path.wake;
+            taken += frames.len();
+            let mut shares = Shares::default();
+            let mut full = self.full_paths();
+            for frame in frames {
+                self.admit(frame, pool, peers, &mut full, &mut shares);
+            }
+            let cycles = meter.lap();
+            self.note_rx_cost(cycles, frames.len());
+            self.charge_shares(&shares, cycles, Stage::Receive);
+            received.merge(&shares);
+            if frames.len() < want {
+                break;
+            }
         }
-
-        let transmitted = self.flush_tx(rx, pool);
-        rx.refill(pool);
-
-        // Adapt the batch (IX): grow while the ring fills it, shrink when it runs nearly empty.
-        if received >= batch_size {
-            self.batch_size = (batch_size * 2).min(MAX_BATCH);
-            more_work = true;
-        } else if received < batch_size / 4 {
-            self.batch_size = (batch_size / 2).max(MIN_BATCH);
+        let ring_left = taken >= quota && rx.receive_pending();
+        if quota > 0 && ring_left {
+            self.counters.rx_quota_reached += 1;
         }
-        more_work |= !self.tx_queue.is_empty();
-        let next_deadline = self.paths.iter().filter_map(|path| path.deadline).min();
-        let stats_wanted = core::mem::take(&mut self.stats_wanted);
-        PollOutcome {
-            received,
-            transmitted,
-            more_work,
-            next_deadline,
-            stats_wanted,
-            batch_size: self.batch_size,
+        self.rx_state.last_path_cycles = self.run_paths(now, rx, pool, peers, offload, meter);
+        Received {
+            taken,
+            quota,
+            ring_left,
         }
     }
 
-    /// Handles a message another core's stack sent to this one (the kernel calls it while
-    /// draining its URPC channels, before `poll`). Frames forwarded here are copied into a
-    /// buffer from `pool` and queued on their path; they are never forwarded again.
-    pub fn handle_peer_message(
+    /// Runs the paths with work by deficit of cycles charged, within the turn's budget; returns
+    /// the cycles they used.
+    fn run_paths(
         &mut self,
         now: Instant,
-        message: &PeerMessage<'_>,
+        rx: &mut impl QueueDatapath,
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+        offload: QueueCapabilities,
+        meter: &mut Meter,
+    ) -> u64 {
+        let scheduler = self.config.scheduler;
+        let count = self.paths.len();
+        let mut order: heapless::Vec<(u64, usize, usize), MAX_PATHS> = heapless::Vec::new();
+        for (index, path) in self.paths.iter_mut().enumerate() {
+            path.schedule.replenish(scheduler.quantum_cycles);
+            if path.has_work(now) {
+                // Least charged recently first; ties in an order that rotates every turn.
+                let rank = (index + count - self.rotation % count.max(1)) % count.max(1);
+                let _ = order.push((path.schedule.recent, rank, index));
+            }
+        }
+        self.rotation = self.rotation.wrapping_add(1);
+        order.sort_unstable();
+        // Work-conserving: when every path with frames is in debt, the rounds that would pay
+        // the least indebted one's debt are granted at once (to all of them, so their
+        // differences stand) instead of leaving the core idle — an overrun (a descheduled vCPU
+        // shows as one) costs a path its turns only while others have work.
+        let waiting = |path: &Path| !path.queue.is_empty();
+        let most_credit = order
+            .iter()
+            .filter(|(_, _, index)| waiting(&self.paths[*index]))
+            .map(|(_, _, index)| self.paths[*index].schedule.credit)
+            .max();
+        if let Some(credit) = most_credit.filter(|credit| *credit <= 0) {
+            let quantum = i64::try_from(scheduler.quantum_cycles.max(1)).unwrap_or(i64::MAX);
+            let rounds = (1 - credit).div_euclid(quantum) + 1;
+            for (_, _, index) in order.iter() {
+                let schedule = &mut self.paths[*index].schedule;
+                schedule.credit = schedule
+                    .credit
+                    .saturating_add(rounds.saturating_mul(quantum))
+                    .min(quantum);
+            }
+        }
+        let mut used = 0u64;
+        for &(_, _, index) in order.iter() {
+            let path = &self.paths[index];
+            let tx_room = TX_QUEUE_CAPACITY - self.tx_queue.len();
+            let frames = path.schedule.frames_allowed(
+                path.queue.len(),
+                scheduler.path_frames_per_turn.min(tx_room),
+            );
+            let timer_or_wake = path.wake || path.deadline.is_some_and(|due| due <= now);
+            if used >= scheduler.turn_cycles || (frames == 0 && !timer_or_wake) {
+                self.paths[index].counters.turns_deferred += 1;
+                continue;
+            }
+            let done = self.run_job(index, now, pool, peers, offload, Job::Queue(frames));
+            let cycles = meter.lap();
+            used += cycles;
+            let path = &mut self.paths[index];
+            path.charge(Stage::Run, cycles);
+            path.schedule.charge(cycles, done.frames);
+            if !path.queue.is_empty() {
+                path.counters.turns_deferred += 1;
+            }
+            self.counters.neighbours_sent += done.neighbours_sent;
+            // Replies leave when their path's run ends, not when the whole turn does: a light
+            // path does not wait for the busy ones behind it.
+            self.transmitted += self.flush_tx(rx, pool, meter);
+        }
+        used
+    }
+
+    /// A `netd.lrp=off` turn: frames go from the ring into one shared FIFO (tail drop whatever
+    /// their destination), then are classified and processed to completion in arrival order
+    /// within the turn's budget.
+    #[allow(clippy::too_many_arguments)]
+    fn turn_shared_fifo(
+        &mut self,
+        now: Instant,
+        rx: &mut impl QueueDatapath,
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+        offload: QueueCapabilities,
+        meter: &mut Meter,
+        received: &mut Shares,
+    ) -> Received {
+        let quota = self.rx_quota(now);
+        let mut taken = 0;
+        let mut dropped = Shares::default();
+        let mut batch = ReceiveBatch::new();
+        while taken < quota {
+            let want = (quota - taken).min(MAX_BATCH);
+            let skip = Self::receive_batch(rx, pool, want, &mut batch);
+            let frames = &batch[skip..];
+            if frames.is_empty() {
+                break;
+            }
+            taken += frames.len();
+            for frame in frames {
+                self.counters.rx_frames += 1;
+                self.counters.rx_bytes += u64::from(frame.length);
+                let entry = FifoFrame {
+                    frame: *frame,
+                    forwarded: false,
+                };
+                if self.shared_fifo.push_back(entry).is_err() {
+                    self.counters.shared_queue_drops += 1;
+                    dropped.add_unowned(frame.length);
+                    let _ = pool.free(frame.buffer);
+                }
+            }
+            if frames.len() < want {
+                break;
+            }
+        }
+        // Receiving into the FIFO: no path is known yet; it is charged with the frames'
+        // classification below (or to the unowned count for frames the FIFO dropped).
+        let receive_cycles = meter.lap();
+        self.note_rx_cost(receive_cycles, taken);
+        self.counters.cycles_unclassified += dropped.split(receive_cycles, |_, _| {});
+        received.merge(&dropped);
+        let ring_left = taken >= quota && rx.receive_pending();
+        if quota > 0 && ring_left {
+            self.counters.rx_quota_reached += 1;
+        }
+
+        // Process in arrival order, within the turn's budget.
+        let scheduler = self.config.scheduler;
+        let mut used = 0u64;
+        let mut processed = 0;
+        while used < scheduler.turn_cycles && processed < scheduler.rx_frames_per_turn {
+            if self.tx_queue.is_full() {
+                break;
+            }
+            let Some(entry) = self.shared_fifo.pop_front() else {
+                break;
+            };
+            processed += 1;
+            let mut shares = Shares::default();
+            let target =
+                self.classify_unqueued(&entry.frame, entry.forwarded, pool, peers, &mut shares);
+            let classify_cycles = meter.lap();
+            self.charge_shares(&shares, classify_cycles, Stage::Receive);
+            received.merge(&shares);
+            used += classify_cycles;
+            if let Some((index, queued)) = target {
+                let done = self.run_job(index, now, pool, peers, offload, Job::Frame(queued));
+                self.unserviced.insert(PathIndex(index as u8));
+                self.counters.neighbours_sent += done.neighbours_sent;
+                let cycles = meter.lap();
+                used += cycles;
+                self.paths[index].charge(Stage::Run, cycles);
+            }
+        }
+        used += self.service_paths(now, pool, peers, offload, meter);
+        self.rx_state.last_path_cycles = used;
+        Received {
+            taken,
+            quota,
+            ring_left,
+        }
+    }
+
+    /// A `netd.mode=interrupt` turn: the "interrupt" drains the ring (up to
+    /// [`INTERRUPT_DRAIN_LIMIT`]), doing protocol processing of every frame up to its socket right
+    /// away; applications (the paths' services) run only if the ring was then found empty.
+    #[allow(clippy::too_many_arguments)]
+    fn turn_interrupt(
+        &mut self,
+        now: Instant,
+        rx: &mut impl QueueDatapath,
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+        offload: QueueCapabilities,
+        meter: &mut Meter,
+        received: &mut Shares,
+    ) -> Received {
+        let mut taken = 0;
+        let mut drained = false;
+        let mut batch = ReceiveBatch::new();
+        while taken < INTERRUPT_DRAIN_LIMIT {
+            let skip = Self::receive_batch(rx, pool, MAX_BATCH, &mut batch);
+            let frames = batch[skip..].to_vec();
+            if frames.is_empty() {
+                drained = true;
+                break;
+            }
+            taken += frames.len();
+            let receive_cycles = meter.lap();
+            let per_frame = receive_cycles / frames.len() as u64;
+            let mut remainder = receive_cycles - per_frame * frames.len() as u64;
+            for frame in &frames {
+                self.counters.rx_frames += 1;
+                self.counters.rx_bytes += u64::from(frame.length);
+                let mut shares = Shares::default();
+                let target = self.classify_unqueued(frame, false, pool, peers, &mut shares);
+                let share = per_frame + core::mem::take(&mut remainder);
+                let cycles = meter.lap() + share;
+                self.note_rx_cost(cycles, 1);
+                self.charge_shares(&shares, cycles, Stage::Receive);
+                received.merge(&shares);
+                if let Some((index, queued)) = target {
+                    let done = self.run_job(index, now, pool, peers, offload, Job::Frame(queued));
+                    self.unserviced.insert(PathIndex(index as u8));
+                    self.counters.neighbours_sent += done.neighbours_sent;
+                    let cycles = meter.lap();
+                    self.paths[index].charge(Stage::Run, cycles);
+                }
+            }
+            // The driver's interrupt handler gives the ring its buffers back as it goes.
+            rx.refill(pool);
+            let cycles = meter.lap();
+            self.charge_shares(received, cycles, Stage::Receive);
+        }
+        if !drained {
+            drained = !rx.receive_pending();
+        }
+        // Applications run only when no receive work is pending (the interrupt's priority).
+        if drained {
+            let _ = self.service_paths(now, pool, peers, offload, meter);
+        }
+        Received {
+            taken,
+            quota: INTERRUPT_DRAIN_LIMIT,
+            ring_left: !drained,
+        }
+    }
+
+    /// Runs the service (applications and egress) of the paths that processed frames since
+    /// their last service, were woken, or have a timer due; returns the cycles used.
+    fn service_paths(
+        &mut self,
+        now: Instant,
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+        offload: QueueCapabilities,
+        meter: &mut Meter,
+    ) -> u64 {
+        let mut used = 0;
+        let unserviced = core::mem::take(&mut self.unserviced);
+        for index in 0..self.paths.len() {
+            let path = &self.paths[index];
+            let due = path.wake || path.deadline.is_some_and(|due| due <= now);
+            if !due && !unserviced.contains(PathIndex(index as u8)) {
+                continue;
+            }
+            let _ = self.run_job(index, now, pool, peers, offload, Job::Service);
+            let cycles = meter.lap();
+            used += cycles;
+            self.paths[index].charge(Stage::Run, cycles);
+        }
+        used
+    }
+
+    /// Classifies a received frame that will not wait in a path queue (shared FIFO, interrupt
+    /// baseline): returns the path and the frame to process now, or forwards or drops it.
+    fn classify_unqueued(
+        &mut self,
+        frame: &ReceivedFrame,
+        forwarded: bool,
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+        shares: &mut Shares,
+    ) -> Option<(usize, QueuedFrame)> {
+        let length = usize::from(frame.length).min(BUFFER_SIZE);
+        let verdict = match pool.bytes(frame.buffer) {
+            Ok(bytes) => self.classifier.classify(
+                &bytes[..length],
+                if forwarded {
+                    ChecksumStatus::default()
+                } else {
+                    frame.checksum
+                },
+                frame.rss_hash,
+                forwarded,
+            ),
+            Err(_) => return None,
+        };
+        match verdict {
+            Verdict::Deliver(path) | Verdict::PathFull(path) => {
+                shares.add(usize::from(path.0), frame.length);
+                Some((
+                    usize::from(path.0),
+                    QueuedFrame {
+                        buffer: frame.buffer,
+                        length: frame.length,
+                        forwarded,
+                    },
+                ))
+            }
+            Verdict::Forward(core) => {
+                self.forward(core, frame, pool, peers);
+                shares.add_unowned(frame.length);
+                None
+            }
+            Verdict::Drop(reason) => {
+                self.counters.drops[reason as usize] += 1;
+                shares.add_unowned(frame.length);
+                let _ = pool.free(frame.buffer);
+                None
+            }
+        }
+    }
+
+    /// Sends a misdelivered frame to its owner core (once) and frees its buffer.
+    fn forward(
+        &mut self,
+        core: CoreId,
+        frame: &ReceivedFrame,
         pool: &mut BufferPool,
         peers: &mut impl Peers,
     ) {
-        match message {
-            PeerMessage::Neighbour(entry) => self.install_neighbour(now, *entry),
-            PeerMessage::Frame(bytes) => self.admit_forwarded(bytes, pool),
-            PeerMessage::KvRequest(_) | PeerMessage::KvReply(_) => {
-                let Some(index) = self.key_value_path else {
-                    return;
-                };
-                let start = (self.cycles)();
-                let uptime_ms = (now - self.started).total_millis();
-                let Self {
-                    paths,
-                    config,
-                    stats,
-                    stats_wanted,
-                    ..
-                } = self;
-                let path = &mut paths[index];
-                let mut run_again = false;
-                let mut wake_at = None;
-                if let Some(app) = path.app.as_mut() {
-                    let mut context = AppContext {
-                        now,
-                        core: config.core,
-                        core_count: config.core_count,
-                        hostname: config.hostname,
-                        uptime_ms,
-                        peers,
-                        stats,
-                        stats_wanted,
-                        run_again: &mut run_again,
-                        wake_at: &mut wake_at,
-                    };
-                    app.on_peer_message(&mut context, message);
-                }
-                // The reply may complete a connection's output: run the path on the next poll.
-                path.wake = true;
-                if let Some(at) = wake_at {
-                    path.deadline = Some(path.deadline.map_or(at, |deadline| deadline.min(at)));
-                }
-                path.counters.peer_messages += 1;
-                path.counters.cycles += (self.cycles)().wrapping_sub(start);
-            }
+        let length = usize::from(frame.length).min(BUFFER_SIZE);
+        let sent = match pool.bytes(frame.buffer) {
+            Ok(bytes) => peers
+                .send(core, &PeerMessage::Frame(&bytes[..length]))
+                .is_ok(),
+            Err(_) => false,
+        };
+        if sent {
+            self.counters.forwarded_out += 1;
+        } else {
+            self.counters.drops[DropReason::ForwardFailed as usize] += 1;
         }
+        let _ = pool.free(frame.buffer);
     }
 
-    /// Classifies one received frame and queues, forwards or drops it.
-    fn admit(&mut self, frame: &ReceivedFrame, pool: &mut BufferPool, peers: &mut impl Peers) {
+    /// Classifies one received frame and queues it on its path, drops it at the path's full
+    /// queue, forwards it or drops it; records who it was for in `shares`.
+    fn admit(
+        &mut self,
+        frame: &ReceivedFrame,
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+        full: &mut PathSet,
+        shares: &mut Shares,
+    ) {
         self.counters.rx_frames += 1;
         self.counters.rx_bytes += u64::from(frame.length);
         let length = usize::from(frame.length).min(BUFFER_SIZE);
         let verdict = match pool.bytes(frame.buffer) {
-            Ok(bytes) => {
-                self.classifier
-                    .classify(&bytes[..length], frame.checksum, frame.rss_hash, false)
-            }
+            Ok(bytes) => self.classifier.classify_admitting(
+                &bytes[..length],
+                frame.checksum,
+                frame.rss_hash,
+                false,
+                *full,
+            ),
             Err(_) => return,
         };
+        let turn = self.counters.polls;
         match verdict {
-            Verdict::Deliver(path) => self.enqueue(path, frame.buffer, frame.length, false, pool),
-            Verdict::Forward(core) => {
-                let sent = match pool.bytes(frame.buffer) {
-                    Ok(bytes) => peers
-                        .send(core, &PeerMessage::Frame(&bytes[..length]))
-                        .is_ok(),
-                    Err(_) => false,
-                };
-                if sent {
-                    self.counters.forwarded_out += 1;
-                } else {
-                    self.counters.drops[DropReason::ForwardFailed as usize] += 1;
+            Verdict::Deliver(path) => {
+                shares.add(usize::from(path.0), frame.length);
+                if let Some(path) = self.paths.get_mut(usize::from(path.0)) {
+                    path.last_admitted = turn;
+                }
+                if self.enqueue(path, frame.buffer, frame.length, false, pool) {
+                    full.insert(path);
+                }
+            }
+            Verdict::PathFull(path) => {
+                shares.add(usize::from(path.0), frame.length);
+                if let Some(path) = self.paths.get_mut(usize::from(path.0)) {
+                    path.counters.queue_drops += 1;
+                    path.last_admitted = turn;
                 }
                 let _ = pool.free(frame.buffer);
             }
+            Verdict::Forward(core) => {
+                shares.add_unowned(frame.length);
+                self.forward(core, frame, pool, peers);
+            }
             Verdict::Drop(reason) => {
+                shares.add_unowned(frame.length);
                 self.counters.drops[reason as usize] += 1;
                 let _ = pool.free(frame.buffer);
             }
         }
     }
 
-    fn admit_forwarded(&mut self, bytes: &[u8], pool: &mut BufferPool) {
-        self.counters.forwarded_in += 1;
-        if bytes.len() > BUFFER_SIZE {
-            self.counters.drops[DropReason::BadLength as usize] += 1;
-            return;
-        }
-        let verdict = self
-            .classifier
-            .classify(bytes, ChecksumStatus::default(), 0, true);
-        let path = match verdict {
-            Verdict::Deliver(path) => path,
-            Verdict::Drop(reason) => {
-                self.counters.drops[reason as usize] += 1;
-                return;
-            }
-            // Unreachable for a forwarded frame; counted rather than trusted.
-            Verdict::Forward(_) => {
-                self.counters.drops[DropReason::ForwardFailed as usize] += 1;
-                return;
-            }
-        };
-        let Some(buffer) = pool.alloc() else {
-            self.counters.no_buffer += 1;
-            return;
-        };
-        if let Ok(target) = pool.bytes_mut(buffer) {
-            target[..bytes.len()].copy_from_slice(bytes);
-        }
-        self.enqueue(path, buffer, bytes.len() as u16, true, pool);
-    }
-
+    /// Appends a frame to its path's queue (or tail-drops it); returns whether the queue is now
+    /// full.
     fn enqueue(
         &mut self,
         path: PathIndex,
@@ -613,10 +1072,10 @@ impl CoreNet {
         length: u16,
         forwarded: bool,
         pool: &mut BufferPool,
-    ) {
+    ) -> bool {
         let Some(path) = self.paths.get_mut(usize::from(path.0)) else {
             let _ = pool.free(buffer);
-            return;
+            return false;
         };
         let frame = QueuedFrame {
             buffer,
@@ -627,318 +1086,424 @@ impl CoreNet {
             path.counters.queue_drops += 1;
             let _ = pool.free(buffer);
         }
+        path.counters.queue_high_water =
+            path.counters.queue_high_water.max(path.queue.len() as u64);
+        path.queue.is_full()
     }
 
-    /// Feeds a synthesized ARP reply from the neighbour to smoltcp: smoltcp 0.14 has no public
-    /// call to insert a neighbour, but it fills its cache from any ARP packet aimed at us.
-    fn install_neighbour(&mut self, now: Instant, entry: NeighbourEntry) {
-        let start = (self.cycles)();
-        let frame = arp_reply_frame(entry, self.config.mac, self.config.addresses.ip.address);
-        let Self {
-            iface,
-            paths,
-            staging,
-            arp_path,
-            ..
-        } = self;
-        let path = &mut paths[*arp_path];
-        let mut device = PathDevice {
-            rx: Some(&frame),
-            tx: TxSink::Staging(staging),
-        };
-        let _ = iface.poll_ingress_single(now, &mut device, &mut path.sockets);
-        staging.length = None; // A reply produces no answer; nothing to send.
-        path.counters.peer_messages += 1;
-        path.counters.cycles += (self.cycles)().wrapping_sub(start);
-        self.counters.neighbours_installed += 1;
+    /// Charges `cycles` of `stage` by `shares`; the unowned part goes to `cycles_unclassified`.
+    fn charge_shares(&mut self, shares: &Shares, cycles: u64, stage: Stage) {
+        let paths = &mut self.paths;
+        let unowned = shares.split(cycles, |index, part| {
+            if let Some(path) = paths.get_mut(index) {
+                path.charge(stage, part);
+            }
+        });
+        self.counters.cycles_unclassified += unowned;
     }
 
-    /// Runs one path: its queued frames through smoltcp, then its application, then egress.
-    fn run_path(
+    /// Runs `job` on path `index`: the path's runner with a [`RunContext`] over this core's
+    /// interface, pool, staging area and TX queue, and an application context whose stats view
+    /// shows this core live. Counts the path's packets and transmissions; the caller charges the
+    /// cycles.
+    fn run_job(
         &mut self,
         index: usize,
         now: Instant,
         pool: &mut BufferPool,
-        peers: &mut impl Peers,
-    ) {
-        let start = (self.cycles)();
-        let uptime_ms = (now - self.started).total_millis();
-        let wants_stats = self.paths[index]
-            .app
-            .as_ref()
-            .is_some_and(|app| app.wants_stats());
-        if wants_stats {
-            let own = self.stats(now);
-            match self.stats.iter_mut().find(|entry| entry.core == own.core) {
-                Some(entry) => *entry = own,
-                None => {
-                    self.stats.push(own);
-                    self.stats.sort_by_key(|entry| entry.core);
-                }
-            }
-        }
+        peers: &mut dyn Peers,
+        offload: QueueCapabilities,
+        job: Job<'_>,
+    ) -> JobDone {
+        let uptime_ms = self.uptime_ms(now);
         let tx_before = self.tx_queue.len();
         let Self {
+            config,
             iface,
             paths,
-            staging,
-            tx_queue,
-            config,
             counters,
+            tx_queue,
+            tx_paths,
+            staging,
             stats,
             stats_wanted,
             tx_reserve,
+            transport,
             ..
         } = self;
-        let path = &mut paths[index];
-        path.wake = false;
-
-        // 1. Protocol processing of the frames queued when the run began. A TCP path first makes
-        //    sure every queued frame could be a SYN with a listener to take it.
-        if matches!(path.key, PathKey::Tcp(_)) {
-            let want = path.listener.backlog.max(path.queue.len());
-            let mut listening = path.listening();
-            while listening < want && path.tcp.len() < path.listener.max_sockets {
-                add_listener(path);
-                listening += 1;
-            }
-        }
-        // Frames are taken in chunks, each followed by the application and egress, so the
-        // application drains the sockets as protocol processing fills them.
-        let mut remaining = path.queue.len();
-        let mut run_again;
+        let config: &NetConfig = config;
+        let (before, rest) = paths.split_at_mut(index);
+        let Some((path, after)) = rest.split_first_mut() else {
+            return JobDone::default();
+        };
+        let mut run_again = false;
         let mut wake_at = None;
-        let in_place = matches!(path.key, PathKey::Udp(_))
-            && path.app.as_ref().is_some_and(|app| app.answers_in_place());
-        loop {
-            let chunk = remaining.min(INGRESS_CHUNK);
-            remaining -= chunk;
-            for _ in 0..chunk {
-                let Some(frame) = path.queue.pop() else { break };
-                path.counters.packets += 1;
-                path.counters.bytes += u64::from(frame.length);
-                path.counters.forwarded_in += u64::from(frame.forwarded);
-                let length = usize::from(frame.length).min(BUFFER_SIZE);
-                if in_place {
-                    // The fast path: the reply leaves from the request's own buffer.
-                    let reply = match (pool.bytes_mut(frame.buffer), path.app.as_mut()) {
-                        (Ok(bytes), Some(app)) => {
-                            fastpath::answer_in_place(bytes, length, config.mac, |payload, n| {
-                                app.on_datagram(payload, n)
-                            })
-                        }
-                        _ => None,
-                    };
-                    let out = reply.map(|length| drivers::nic::TransmitFrame {
-                        buffer: frame.buffer,
-                        length: length as u16,
-                    });
-                    match out.map(|out| tx_queue.push(out)) {
-                        Some(Ok(())) => {}
-                        Some(Err(_)) => {
-                            path.counters.tx_drops += 1;
-                            let _ = pool.free(frame.buffer);
-                        }
-                        None => {
-                            let _ = pool.free(frame.buffer);
-                        }
-                    }
-                    continue;
-                }
-                let mut neighbour = None;
-                if let Ok(bytes) = pool.bytes(frame.buffer) {
-                    let bytes = &bytes[..length];
-                    if path.key == PathKey::Arp && !frame.forwarded {
-                        neighbour = arp_sender(bytes, config);
-                    }
-                    let mut device = PathDevice {
-                        rx: Some(bytes),
-                        tx: TxSink::Staging(staging),
-                    };
-                    let _ = iface.poll_ingress_single(now, &mut device, &mut path.sockets);
-                }
-                let _ = pool.free(frame.buffer);
-                if let Some(length) = staging.length.take() {
-                    let sent = pool.alloc().and_then(|buffer| {
-                        let target = pool.bytes_mut(buffer).ok()?;
-                        target[..length].copy_from_slice(&staging.bytes[..length]);
-                        let out = drivers::nic::TransmitFrame {
-                            buffer,
-                            length: length as u16,
-                        };
-                        match tx_queue.push(out) {
-                            Ok(()) => Some(()),
-                            Err(_) => {
-                                let _ = pool.free(buffer);
-                                None
-                            }
-                        }
-                    });
-                    if sent.is_none() {
-                        path.counters.tx_drops += 1;
-                    }
-                }
-                if let Some(entry) = neighbour {
-                    for core in (0..config.core_count).filter(|core| *core != config.core) {
-                        if peers.send(core, &PeerMessage::Neighbour(entry)).is_ok() {
-                            counters.neighbours_sent += 1;
-                        }
-                    }
-                }
-            }
-
-            // 2. The application, with the path's sockets.
-            run_again = false;
-            if let Some(app) = path.app.as_mut() {
-                let mut context = AppContext {
+        let serviced = matches!(job, Job::Queue(_) | Job::Service);
+        let mut done = JobDone::default();
+        let progress = {
+            let Path {
+                key,
+                queue,
+                counters: path_counters,
+                runner,
+                open_connections,
+                ..
+            } = &mut *path;
+            let current = CurrentPath {
+                key: *key,
+                counters: path_counters,
+                queued: queue.len() as u16,
+                open_connections: *open_connections as u16,
+            };
+            let mut cx = RunContext {
+                now,
+                iface: &mut *iface,
+                pool,
+                staging,
+                tx: &mut *tx_queue,
+                tx_reserve: *tx_reserve,
+                offload,
+                config,
+                app: AppContext {
                     now,
                     core: config.core,
                     core_count: config.core_count,
                     hostname: config.hostname,
                     uptime_ms,
                     peers,
-                    stats,
+                    stats: StatsView {
+                        gathered: stats.as_slice(),
+                        own: OwnCore {
+                            core: config.core,
+                            uptime_ms,
+                            counters,
+                            before,
+                            current: Some(current),
+                            after,
+                            transport,
+                        },
+                    },
                     stats_wanted,
                     run_again: &mut run_again,
                     wake_at: &mut wake_at,
-                };
-                app.on_run(&mut context);
-                if let Some(handle) = path.udp {
-                    app.on_udp(&mut context, path.sockets.get_mut::<udp::Socket>(handle));
-                }
-                if let PathKey::Tcp(port) = path.key {
-                    let mut listening = 0;
-                    for (slot_index, slot) in path.tcp.iter_mut().enumerate() {
-                        let socket = path.sockets.get_mut::<tcp::Socket>(slot.handle);
-                        match socket.state() {
-                            tcp::State::Listen | tcp::State::Closed | tcp::State::TimeWait => {
-                                if slot.active {
-                                    slot.active = false;
-                                    app.on_close(&mut context, slot_index);
-                                }
-                                if socket.state() == tcp::State::Closed {
-                                    let _ = socket.listen(port);
-                                }
-                                listening += usize::from(socket.state() == tcp::State::Listen);
-                            }
-                            // Not yet accepted: the application sees connections once established.
-                            tcp::State::SynReceived | tcp::State::SynSent => {}
-                            _ => {
-                                if !slot.active {
-                                    slot.active = true;
-                                    path.counters.connections += 1;
-                                    app.on_open(&mut context, slot_index);
-                                }
-                                app.on_tcp(&mut context, slot_index, socket);
-                            }
+                },
+                notes: Notes::default(),
+            };
+            let progress = match job {
+                Job::Queue(frames) => {
+                    runner.prepare(frames);
+                    let chunk = runner.frames_per_service().max(1);
+                    let mut left = frames;
+                    let mut progress = Progress::default();
+                    loop {
+                        for _ in 0..left.min(chunk) {
+                            let Some(frame) = queue.pop() else { break };
+                            ingest(runner.as_mut(), &mut cx, frame, &mut done);
+                        }
+                        left = left.saturating_sub(chunk);
+                        let step = runner.service(&mut cx);
+                        progress.run_again = step.run_again;
+                        progress.connections_opened += step.connections_opened;
+                        if left == 0 || queue.is_empty() {
+                            break;
                         }
                     }
-                    // Keep the backlog armed so a burst of connections is not refused.
-                    while listening < path.listener.backlog
-                        && path.tcp.len() < path.listener.max_sockets
-                    {
-                        add_listener(path);
-                        listening += 1;
-                    }
+                    Some(progress)
                 }
-            }
-
-            // 3. Egress: smoltcp writes straight into pool buffers on this core's TX queue.
-            for _ in 0..EGRESS_ROUNDS {
-                let before = tx_queue.len();
-                let mut device = PathDevice {
-                    rx: None,
-                    tx: TxSink::Pool {
-                        pool,
-                        queue: tx_queue,
-                        reserve: *tx_reserve,
-                    },
-                };
-                let _ = iface.poll_egress(now, &mut device, &mut path.sockets);
-                if tx_queue.len() == before || tx_queue.is_full() {
-                    break;
+                Job::Frame(frame) => {
+                    runner.prepare(1);
+                    ingest(runner.as_mut(), &mut cx, frame, &mut done);
+                    None
                 }
-            }
-            if remaining == 0 {
-                break;
-            }
+                Job::Service => Some(runner.service(&mut cx)),
+                Job::Peer(message) => {
+                    done.handled = runner.on_peer_message(&mut cx, message);
+                    None
+                }
+                Job::LiveCores(live) => {
+                    runner.on_live_cores(&mut cx, live);
+                    None
+                }
+            };
+            done.neighbours_sent = cx.notes.neighbours_sent;
+            done.socket_drops = cx.notes.socket_drops;
+            progress
+        };
+        path.counters.packets += done.frames as u64;
+        path.counters.bytes += done.bytes;
+        path.counters.forwarded_in += done.forwarded_in;
+        path.counters.socket_drops += done.socket_drops;
+        path.counters.tx_drops += done.tx_drops;
+        if let Some(progress) = progress {
+            path.counters.runs += 1;
+            path.counters.connections += u64::from(progress.connections_opened);
+            path.wake = run_again || progress.run_again;
+        } else if run_again || done.handled {
+            // A peer message (a reply may complete a connection's output) or an application
+            // that asked: run the path's service next turn.
+            path.wake = true;
         }
-        path.wake = run_again;
-        for frame in &tx_queue[tx_before.min(tx_queue.len())..] {
-            path.counters.tx_packets += 1;
-            path.counters.tx_bytes += u64::from(frame.length);
-        }
-        path.deadline = match (iface.poll_at(now, &path.sockets), wake_at) {
+        // A service run says afresh when the application wants to run again; a peer message in
+        // between can only bring that moment forward.
+        path.app_deadline = match (serviced, path.app_deadline, wake_at) {
+            (true, _, wake_at) => wake_at,
+            (false, Some(at), Some(wake)) => Some(at.min(wake)),
+            (false, at, wake) => at.or(wake),
+        };
+        path.deadline = match (path.runner.poll_at(iface, now), path.app_deadline) {
             (Some(stack), Some(app)) => Some(stack.min(app)),
             (stack, app) => stack.or(app),
         };
-        path.counters.runs += 1;
-        path.counters.cycles += (self.cycles)().wrapping_sub(start);
+        path.open_connections = path.runner.open_connections();
+        for frame in &tx_queue[tx_before.min(tx_queue.len())..] {
+            path.counters.tx_packets += 1;
+            path.counters.tx_bytes += u64::from(frame.length);
+            let _ = tx_paths.push(index as u8);
+        }
+        done
     }
 
-    /// Hands queued frames to the TX ring; what the ring refuses waits for the next poll.
-    fn flush_tx(&mut self, rx: &mut impl QueueDatapath, pool: &mut BufferPool) -> usize {
+    /// Handles a message another core's stack sent to this one (the kernel calls it while
+    /// draining its URPC channels). Frames forwarded here are copied into a buffer from `pool`
+    /// and queued on their path (processed at once under the baselines); they are never
+    /// forwarded again. Key-value messages go to the peer service whose port is their
+    /// `service`. The cycles are charged to the path that handles the message.
+    pub fn handle_peer_message(
+        &mut self,
+        now: Instant,
+        message: &PeerMessage<'_>,
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+    ) {
+        let mut meter = Meter::start(self.cycles);
+        let offload = QueueCapabilities::default();
+        match message {
+            PeerMessage::Neighbour(_) => {
+                let index = self.arp_path;
+                let done = self.run_job(index, now, pool, peers, offload, Job::Peer(message));
+                if done.handled {
+                    self.counters.neighbours_installed += 1;
+                    self.paths[index].counters.peer_messages += 1;
+                }
+                self.paths[index].wake = false;
+                let cycles = meter.lap();
+                self.paths[index].charge(Stage::Run, cycles);
+            }
+            PeerMessage::Frame(bytes) => {
+                self.counters.forwarded_in += 1;
+                let mut shares = Shares::default();
+                self.admit_forwarded(now, bytes, pool, peers, offload, &mut shares, &mut meter);
+                let cycles = meter.lap();
+                self.charge_shares(&shares, cycles, Stage::Receive);
+            }
+            PeerMessage::KvRequest(KvRequest { service, .. })
+            | PeerMessage::KvReply(KvReply { service, .. }) => {
+                let target = self
+                    .paths
+                    .iter()
+                    .position(|path| path.key == PathKey::Tcp(*service));
+                let handled = target.is_some_and(|index| {
+                    let done = self.run_job(index, now, pool, peers, offload, Job::Peer(message));
+                    if done.handled {
+                        self.paths[index].counters.peer_messages += 1;
+                    }
+                    done.handled
+                });
+                let cycles = meter.lap();
+                match target {
+                    Some(index) if handled => self.paths[index].charge(Stage::Run, cycles),
+                    _ => {
+                        self.counters.peer_unroutable += 1;
+                        self.counters.cycles_unclassified += cycles;
+                    }
+                }
+            }
+        }
+        self.counters.cycles_total += meter.total();
+    }
+
+    /// Classifies a frame another core forwarded and queues it on its path (or, under the
+    /// baselines, puts it in the shared FIFO or processes it at once).
+    #[allow(clippy::too_many_arguments)]
+    fn admit_forwarded(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+        offload: QueueCapabilities,
+        shares: &mut Shares,
+        meter: &mut Meter,
+    ) {
+        let length = bytes.len().min(u16::MAX as usize) as u16;
+        if bytes.len() > BUFFER_SIZE {
+            self.counters.drops[DropReason::BadLength as usize] += 1;
+            shares.add_unowned(length);
+            return;
+        }
+        let Some(buffer) = pool.alloc() else {
+            self.counters.no_buffer += 1;
+            shares.add_unowned(length);
+            return;
+        };
+        if let Ok(target) = pool.bytes_mut(buffer) {
+            target[..bytes.len()].copy_from_slice(bytes);
+        }
+        let frame = ReceivedFrame {
+            buffer,
+            length,
+            rss_hash: 0,
+            checksum: ChecksumStatus::default(),
+        };
+        match self.config.options.discipline {
+            Discipline::Lrp => {
+                let verdict = self.classifier.classify_admitting(
+                    bytes,
+                    ChecksumStatus::default(),
+                    0,
+                    true,
+                    self.full_paths(),
+                );
+                match verdict {
+                    Verdict::Deliver(path) => {
+                        shares.add(usize::from(path.0), length);
+                        let _ = self.enqueue(path, buffer, length, true, pool);
+                    }
+                    Verdict::PathFull(path) => {
+                        shares.add(usize::from(path.0), length);
+                        self.paths[usize::from(path.0)].counters.queue_drops += 1;
+                        let _ = pool.free(buffer);
+                    }
+                    // Unreachable for a forwarded frame; counted rather than trusted.
+                    Verdict::Forward(_) => {
+                        shares.add_unowned(length);
+                        self.counters.drops[DropReason::ForwardFailed as usize] += 1;
+                        let _ = pool.free(buffer);
+                    }
+                    Verdict::Drop(reason) => {
+                        shares.add_unowned(length);
+                        self.counters.drops[reason as usize] += 1;
+                        let _ = pool.free(buffer);
+                    }
+                }
+            }
+            Discipline::SharedFifo => {
+                shares.add_unowned(length);
+                let entry = FifoFrame {
+                    frame,
+                    forwarded: true,
+                };
+                if self.shared_fifo.push_back(entry).is_err() {
+                    self.counters.shared_queue_drops += 1;
+                    let _ = pool.free(buffer);
+                }
+            }
+            Discipline::Interrupt => {
+                if let Some((index, queued)) =
+                    self.classify_unqueued(&frame, true, pool, peers, shares)
+                {
+                    let cycles = meter.lap();
+                    self.charge_shares(shares, cycles, Stage::Receive);
+                    *shares = Shares::default();
+                    let _ = self.run_job(index, now, pool, peers, offload, Job::Frame(queued));
+                    let cycles = meter.lap();
+                    self.paths[index].charge(Stage::Run, cycles);
+                }
+            }
+        }
+    }
+
+    /// Hands queued frames to the TX ring; what the ring refuses waits for the next turn. The
+    /// cycles are charged to the paths whose frames went, by bytes.
+    fn flush_tx(
+        &mut self,
+        rx: &mut impl QueueDatapath,
+        pool: &mut BufferPool,
+        meter: &mut Meter,
+    ) -> usize {
         if self.tx_queue.is_empty() {
             return 0;
         }
         let accepted = rx.transmit(pool, &self.tx_queue).min(self.tx_queue.len());
-        for frame in &self.tx_queue[..accepted] {
+        let cycles = meter.lap();
+        let mut sent = Shares::default();
+        for (frame, path) in self.tx_queue[..accepted].iter().zip(self.tx_paths.iter()) {
             self.counters.tx_frames += 1;
             self.counters.tx_bytes += u64::from(frame.length);
+            sent.add(usize::from(*path), frame.length);
         }
+        self.charge_shares(&sent, cycles, Stage::Transmit);
+        self.in_flight.merge(&sent);
         let remaining = self.tx_queue.len() - accepted;
         self.tx_queue.copy_within(accepted.., 0);
         self.tx_queue.truncate(remaining);
+        let tagged = self.tx_paths.len().min(accepted);
+        self.tx_paths.copy_within(tagged.., 0);
+        self.tx_paths.truncate(self.tx_paths.len() - tagged);
         accepted
     }
 }
 
-fn add_listener(path: &mut Path) {
-    let PathKey::Tcp(port) = path.key else { return };
-    let mut socket = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; path.listener.receive_buffer]),
-        tcp::SocketBuffer::new(vec![0; path.listener.send_buffer]),
-    );
-    if socket.listen(port).is_ok() {
-        let handle = path.sockets.add(socket);
-        path.tcp.push(TcpSlot {
-            handle,
-            active: false,
-        });
+/// One frame through a path's runner: processed, its reply committed, counted in `done`.
+#[inline]
+fn ingest(
+    runner: &mut dyn PathRunner,
+    cx: &mut RunContext<'_>,
+    frame: QueuedFrame,
+    done: &mut JobDone,
+) {
+    let reply = runner.ingress(cx, frame);
+    done.frames += 1;
+    done.bytes += u64::from(frame.length);
+    done.forwarded_in += u64::from(frame.forwarded);
+    if !commit(cx, &frame, reply) {
+        done.tx_drops += 1;
     }
 }
 
-/// The sender of an ARP packet aimed at us, if it is a unicast neighbour on our subnet.
-fn arp_sender(frame: &[u8], config: &NetConfig) -> Option<NeighbourEntry> {
-    let arp = frame.get(14..42)?;
-    let mut entry = NeighbourEntry {
-        ip: [0; 4],
-        mac: [0; 6],
-    };
-    entry.mac.copy_from_slice(&arp[8..14]);
-    entry.ip.copy_from_slice(&arp[14..18]);
-    let prefix = u32::from(config.addresses.ip.prefix.min(32));
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix)
-    };
-    let ours = u32::from_be_bytes(config.addresses.ip.address);
-    let theirs = u32::from_be_bytes(entry.ip);
-    let unicast_mac = entry.mac[0] & 1 == 0 && entry.mac != [0; 6];
-    (unicast_mac && theirs & mask == ours & mask && theirs != ours && theirs != 0).then_some(entry)
-}
-
-/// An ARP reply from `entry` to us, as the neighbour itself would send it.
-pub fn arp_reply_frame(entry: NeighbourEntry, our_mac: [u8; 6], our_ip: [u8; 4]) -> [u8; 42] {
-    let mut frame = [0u8; 42];
-    frame[0..6].copy_from_slice(&our_mac);
-    frame[6..12].copy_from_slice(&entry.mac);
-    frame[12..14].copy_from_slice(&[0x08, 0x06]);
-    frame[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 2]);
-    frame[22..28].copy_from_slice(&entry.mac);
-    frame[28..32].copy_from_slice(&entry.ip);
-    frame[32..38].copy_from_slice(&our_mac);
-    frame[38..42].copy_from_slice(&our_ip);
-    frame
+/// Commits an ingress reply: the frame's own buffer goes to the TX queue (in place) or back to
+/// the pool, and a staged reply is copied into a fresh buffer. Returns false when a reply could
+/// not be queued (no buffer, TX queue full): it is dropped.
+fn commit(cx: &mut RunContext<'_>, frame: &QueuedFrame, reply: Reply) -> bool {
+    match reply {
+        Reply::Nothing => {
+            let _ = cx.pool.free(frame.buffer);
+            true
+        }
+        Reply::InPlace { length, checksum } => {
+            let out = TransmitFrame {
+                buffer: frame.buffer,
+                length,
+                checksum,
+            };
+            if cx.tx.push(out).is_err() {
+                let _ = cx.pool.free(frame.buffer);
+                return false;
+            }
+            true
+        }
+        Reply::Staged { length } => {
+            let _ = cx.pool.free(frame.buffer);
+            let length = usize::from(length).min(cx.staging.bytes.len());
+            let Some(buffer) = cx.pool.alloc() else {
+                return false;
+            };
+            match cx.pool.bytes_mut(buffer) {
+                Ok(target) => target[..length].copy_from_slice(&cx.staging.bytes[..length]),
+                Err(_) => {
+                    let _ = cx.pool.free(buffer);
+                    return false;
+                }
+            }
+            if cx
+                .tx
+                .push(TransmitFrame::new(buffer, length as u16))
+                .is_err()
+            {
+                let _ = cx.pool.free(buffer);
+                return false;
+            }
+            true
+        }
+    }
 }

@@ -1,9 +1,16 @@
-//! Counters of one core's stack, the `Copy` snapshot the monitor gathers from every core, and its
-//! JSON form served by the HTTP application at `/stats`.
+//! Counters of one core's stack, the `Copy` snapshot the monitor gathers from every core, the
+//! view an application gets of them (the latest gathering with this core's own entry live), and
+//! the JSON form served by the HTTP application at `/stats`.
+//!
+//! Drops are counted where they happen: at the NIC (its ring had no descriptor: `RQDPC` /
+//! `rx_no_descriptor`; its packet buffer was full: `MPC` / `rx_missed`), at the shared FIFO of the
+//! `netd.lrp=off` baseline, in the classifier (by [`DropReason`], before any path is known), at a
+//! path's queue (LRP tail drop, before checksum and protocol work), at a socket after protocol
+//! work (the `netd.mode=interrupt` baseline), and on transmit.
 
 use crate::classify::{DropReason, PathKey, MAX_PATHS};
 use crate::config::{CoreId, Dotted, MacAddress, NetConfig};
-use crate::path::PathCounters;
+use crate::path::{Path, PathCounters};
 use crate::transport::TransportCounters;
 use core::fmt::Write;
 
@@ -32,10 +39,38 @@ pub struct CoreCounters {
     pub neighbours_sent: u64,
     /// Neighbour entries received and installed.
     pub neighbours_installed: u64,
-    /// Poll steps run.
+    /// Poll steps (loop turns) run.
     pub polls: u64,
     /// Received frames dropped because no pool buffer was free to copy a forwarded frame into.
     pub no_buffer: u64,
+    /// `netd.lrp=off` only: frames dropped at the tail of the core's shared FIFO, whatever their
+    /// destination.
+    pub shared_queue_drops: u64,
+    /// Peer messages for a service no path of this core serves.
+    pub peer_unroutable: u64,
+    /// Turns in which the core took no frame from its RX ring because every path queue was full
+    /// (the NIC drops what keeps arriving, at no CPU cost).
+    pub rx_withheld: u64,
+    /// Turns in which receiving stopped at the turn's quota with frames still in the ring (the
+    /// quota keeps receive work bounded relative to path work).
+    pub rx_quota_reached: u64,
+    /// The NIC's count of frames it dropped for want of a descriptor on this core's ring (82576
+    /// `RQDPC`), read now and then through `QueueDatapath::stats`.
+    pub nic_rx_no_descriptor: u64,
+    /// The NIC's count of frames missed for a full packet buffer (82576 `MPC`; core 0 only).
+    pub nic_rx_missed: u64,
+    /// Frames the NIC reported with an error and the driver dropped.
+    pub nic_rx_errors: u64,
+    /// Cycles spent on frames dropped before any path was known (malformed, not for us, ...).
+    pub cycles_unclassified: u64,
+    /// Cycles of turns that found nothing to do (looking at the ring, reclaim and refill with no
+    /// frame moving, reading the NIC's counters).
+    pub cycles_idle: u64,
+    /// Cycles of all turns together: `cycles_idle + cycles_unclassified` plus every path's
+    /// `cycles` (the accounting test checks this sum).
+    pub cycles_total: u64,
+    /// The longest turn, in cycles.
+    pub longest_turn_cycles: u64,
 }
 
 /// One path's counters in a snapshot.
@@ -47,27 +82,28 @@ pub struct PathStats {
     pub counters: PathCounters,
     /// TCP connections open when the snapshot was taken.
     pub open_connections: u16,
+    /// Frames waiting in the path's queue when the snapshot was taken.
+    pub queued: u16,
 }
 
 impl PathStats {
     /// A placeholder for unused array entries.
     pub const EMPTY: PathStats = PathStats {
         key: PathKey::Arp,
-        counters: PathCounters {
-            packets: 0,
-            bytes: 0,
-            queue_drops: 0,
-            forwarded_in: 0,
-            tx_packets: 0,
-            tx_bytes: 0,
-            tx_drops: 0,
-            cycles: 0,
-            runs: 0,
-            peer_messages: 0,
-            connections: 0,
-        },
+        counters: PathCounters::ZERO,
         open_connections: 0,
+        queued: 0,
     };
+
+    /// The snapshot entry of `path`.
+    pub fn of(path: &Path) -> Self {
+        Self {
+            key: path.key(),
+            counters: *path.counters(),
+            open_connections: path.open_connections() as u16,
+            queued: path.queued() as u16,
+        }
+    }
 }
 
 /// A `Copy` snapshot of one core's stack, for the monitor to gather and spread.
@@ -94,6 +130,101 @@ impl CoreStats {
     }
 }
 
+/// The running path, as its own run's application sees it: its counters as they stood when the
+/// run began (the run's own frames are added when it ends).
+#[derive(Clone, Copy)]
+pub struct CurrentPath<'a> {
+    /// Which path.
+    pub key: PathKey,
+    /// Its counters.
+    pub counters: &'a PathCounters,
+    /// Frames queued when the run began.
+    pub queued: u16,
+    /// Connections open after its last run.
+    pub open_connections: u16,
+}
+
+impl CurrentPath<'_> {
+    fn stats(&self) -> PathStats {
+        PathStats {
+            key: self.key,
+            counters: *self.counters,
+            open_connections: self.open_connections,
+            queued: self.queued,
+        }
+    }
+}
+
+/// This core's own counters, borrowed while one of its paths runs: the paths before and after
+/// the running one, and the running one.
+pub struct OwnCore<'a> {
+    /// The core.
+    pub core: CoreId,
+    /// Milliseconds since the stack started.
+    pub uptime_ms: u64,
+    /// Core-wide counters.
+    pub counters: &'a CoreCounters,
+    /// Paths with a lower index than the running one.
+    pub before: &'a [Path],
+    /// The running path (None outside a path run).
+    pub current: Option<CurrentPath<'a>>,
+    /// Paths with a higher index.
+    pub after: &'a [Path],
+    /// The kernel's transport counters, as last handed over.
+    pub transport: &'a TransportCounters,
+}
+
+impl OwnCore<'_> {
+    /// The live snapshot.
+    pub fn snapshot(&self) -> CoreStats {
+        let mut stats = CoreStats {
+            core: self.core,
+            uptime_ms: self.uptime_ms,
+            counters: *self.counters,
+            path_count: 0,
+            paths: [PathStats::EMPTY; MAX_PATHS],
+            transport: *self.transport,
+        };
+        let entries = self
+            .before
+            .iter()
+            .map(PathStats::of)
+            .chain(self.current.map(|current| current.stats()))
+            .chain(self.after.iter().map(PathStats::of));
+        for (slot, entry) in stats.paths.iter_mut().zip(entries) {
+            *slot = entry;
+            stats.path_count += 1;
+        }
+        stats
+    }
+}
+
+/// What an application sees of every core's counters: the latest gathering (through the
+/// monitors) with this core's own entry live.
+pub struct StatsView<'a> {
+    /// The latest gathered snapshot of every core that answered, in core order.
+    pub gathered: &'a [CoreStats],
+    /// This core, live.
+    pub own: OwnCore<'a>,
+}
+
+impl StatsView<'_> {
+    /// Every core's snapshot in core order, this core's own entry live (inserted in its place
+    /// if the gathering did not have it).
+    pub fn cores(&self) -> Vec<CoreStats> {
+        let own = self.own.snapshot();
+        let mut cores: Vec<CoreStats> = self
+            .gathered
+            .iter()
+            .filter(|entry| entry.core != own.core)
+            .copied()
+            .collect();
+        let at = cores.partition_point(|entry| entry.core < own.core);
+        cores.insert(at, own);
+        cores
+    }
+}
+
 /// The name of a path in JSON and logs, e.g. `tcp:80`.
 pub fn path_name(key: PathKey, out: &mut String) {
     let _ = match key {
@@ -104,9 +235,95 @@ pub fn path_name(key: PathKey, out: &mut String) {
     };
 }
 
+fn per_packet(cycles: u64, packets: u64) -> u64 {
+    cycles.checked_div(packets).unwrap_or(0)
+}
+
+/// Appends one core's JSON object.
+fn write_core(core: &CoreStats, out: &mut String) {
+    let c = &core.counters;
+    let _ = write!(
+        out,
+        "{{\"core\":{},\"uptime_ms\":{},\"rx_frames\":{},\"rx_bytes\":{},\"tx_frames\":{},\"tx_bytes\":{},\
+         \"forwarded_out\":{},\"forwarded_in\":{},\"neighbours_sent\":{},\"neighbours_installed\":{},\
+         \"polls\":{},\"no_buffer\":{},\"peer_unroutable\":{},\"rx_withheld\":{},\"rx_quota_reached\":{},\
+         \"cycles_total\":{},\"cycles_idle\":{},\"cycles_unclassified\":{},\"longest_turn_cycles\":{},\
+         \"nic\":{{\"rx_no_descriptor\":{},\"rx_missed\":{},\"rx_errors\":{}}},\
+         \"drops\":{{\"shared_queue\":{}",
+        core.core,
+        core.uptime_ms,
+        c.rx_frames,
+        c.rx_bytes,
+        c.tx_frames,
+        c.tx_bytes,
+        c.forwarded_out,
+        c.forwarded_in,
+        c.neighbours_sent,
+        c.neighbours_installed,
+        c.polls,
+        c.no_buffer,
+        c.peer_unroutable,
+        c.rx_withheld,
+        c.rx_quota_reached,
+        c.cycles_total,
+        c.cycles_idle,
+        c.cycles_unclassified,
+        c.longest_turn_cycles,
+        c.nic_rx_no_descriptor,
+        c.nic_rx_missed,
+        c.nic_rx_errors,
+        c.shared_queue_drops,
+    );
+    for reason in DropReason::ALL.iter() {
+        let _ = write!(out, ",\"{}\":{}", reason.name(), c.drops[*reason as usize]);
+    }
+    out.push_str("},\"paths\":[");
+    for (i, path) in core.paths().iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"path\":\"");
+        path_name(path.key, out);
+        let p = &path.counters;
+        let _ = write!(
+            out,
+            "\",\"packets\":{},\"bytes\":{},\"queued\":{},\"forwarded_in\":{},\"tx_packets\":{},\
+             \"tx_bytes\":{},\"drops\":{{\"queue\":{},\"socket\":{},\"transmit\":{}}},\
+             \"cycles\":{},\"cycles_per_packet\":{},\"cycles_by_stage\":{{\"receive\":{},\"run\":{},\"transmit\":{}}},\
+             \"runs\":{},\"turns_deferred\":{},\"queue_high_water\":{},\"peer_messages\":{},\
+             \"connections\":{},\"open_connections\":{}}}",
+            p.packets,
+            p.bytes,
+            path.queued,
+            p.forwarded_in,
+            p.tx_packets,
+            p.tx_bytes,
+            p.queue_drops,
+            p.socket_drops,
+            p.tx_drops,
+            p.cycles,
+            per_packet(p.cycles, p.packets + p.queue_drops),
+            p.cycles_receive,
+            p.cycles_run,
+            p.cycles_transmit,
+            p.runs,
+            p.turns_deferred,
+            p.queue_high_water,
+            p.peer_messages,
+            p.connections,
+            path.open_connections,
+        );
+    }
+    out.push_str("],");
+    core.transport.write_json(out);
+    out.push('}');
+}
+
 /// Appends `{"host":{...},"cores":[...]}` to `out`: the machine's addresses as people write
-/// them (`"ip":"10.0.2.15/24","gateway":"10.0.2.2","mac":"52:54:00:12:34:56"`), then `cores`.
-pub fn write_json(host: &NetConfig, cores: &[CoreStats], out: &mut String) {
+/// them (`"ip":"10.0.2.15/24","gateway":"10.0.2.2","mac":"52:54:00:12:34:56"`), then every
+/// core of `view`. Per path: packets, drops by place (`queue`, `socket`, `transmit`), cycles,
+/// cycles per packet (packets processed and frames dropped at its queue), cycles by stage.
+pub fn write_json(host: &NetConfig, view: &StatsView<'_>, out: &mut String) {
     let _ = write!(
         out,
         "{{\"host\":{{\"ip\":\"{}\",\"gateway\":\"{}\",\"mac\":\"{}\"}},\"cores\":[",
@@ -114,71 +331,129 @@ pub fn write_json(host: &NetConfig, cores: &[CoreStats], out: &mut String) {
         Dotted(host.addresses.gateway),
         MacAddress(host.mac)
     );
-    for (index, core) in cores.iter().enumerate() {
+    for (index, core) in view.cores().iter().enumerate() {
         if index > 0 {
             out.push(',');
         }
-        let c = &core.counters;
-        let _ = write!(
-            out,
-            "{{\"core\":{},\"uptime_ms\":{},\"rx_frames\":{},\"rx_bytes\":{},\"tx_frames\":{},\"tx_bytes\":{},\
-             \"forwarded_out\":{},\"forwarded_in\":{},\"neighbours_sent\":{},\"neighbours_installed\":{},\
-             \"polls\":{},\"no_buffer\":{},\"drops\":{{",
-            core.core,
-            core.uptime_ms,
-            c.rx_frames,
-            c.rx_bytes,
-            c.tx_frames,
-            c.tx_bytes,
-            c.forwarded_out,
-            c.forwarded_in,
-            c.neighbours_sent,
-            c.neighbours_installed,
-            c.polls,
-            c.no_buffer,
-        );
-        for (i, reason) in DropReason::ALL.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "\"{}\":{}", reason.name(), c.drops[*reason as usize]);
-        }
-        out.push_str("},\"paths\":[");
-        for (i, path) in core.paths().iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str("{\"path\":\"");
-            path_name(path.key, out);
-            let p = &path.counters;
-            let _ = write!(
-                out,
-                "\",\"packets\":{},\"bytes\":{},\"queue_drops\":{},\"forwarded_in\":{},\"tx_packets\":{},\
-                 \"tx_bytes\":{},\"tx_drops\":{},\"cycles\":{},\"runs\":{},\"peer_messages\":{},\
-                 \"connections\":{},\"open_connections\":{}}}",
-                p.packets,
-                p.bytes,
-                p.queue_drops,
-                p.forwarded_in,
-                p.tx_packets,
-                p.tx_bytes,
-                p.tx_drops,
-                p.cycles,
-                p.runs,
-                p.peer_messages,
-                p.connections,
-                path.open_connections,
-            );
-        }
-        out.push_str("],");
-        core.transport.write_json(out);
-        out.push('}');
+        write_core(core, out);
     }
     out.push_str("]}");
 }
 
+impl CoreCounters {
+    /// Number of [`Self::scalars`].
+    pub const SCALARS: usize = 21;
+
+    /// The core-wide (drops by reason apart) counters as numbers, in declaration order (rx_frames, rx_bytes, tx_frames, tx_bytes, forwarded_out, forwarded_in, neighbours_sent, neighbours_installed, polls, no_buffer, shared_queue_drops, peer_unroutable, rx_withheld, rx_quota_reached, nic_rx_no_descriptor, nic_rx_missed, nic_rx_errors, cycles_unclassified, cycles_idle, cycles_total, longest_turn_cycles): the order
+    /// of the snapshot encoding. A counter added to the struct is added at the end here.
+    pub fn scalars(&self) -> [u64; Self::SCALARS] {
+        [
+            self.rx_frames,
+            self.rx_bytes,
+            self.tx_frames,
+            self.tx_bytes,
+            self.forwarded_out,
+            self.forwarded_in,
+            self.neighbours_sent,
+            self.neighbours_installed,
+            self.polls,
+            self.no_buffer,
+            self.shared_queue_drops,
+            self.peer_unroutable,
+            self.rx_withheld,
+            self.rx_quota_reached,
+            self.nic_rx_no_descriptor,
+            self.nic_rx_missed,
+            self.nic_rx_errors,
+            self.cycles_unclassified,
+            self.cycles_idle,
+            self.cycles_total,
+            self.longest_turn_cycles,
+        ]
+    }
+
+    /// Sets the counters from numbers in [`Self::scalars`] order.
+    pub fn set_scalars(&mut self, values: &[u64; Self::SCALARS]) {
+        [
+            self.rx_frames,
+            self.rx_bytes,
+            self.tx_frames,
+            self.tx_bytes,
+            self.forwarded_out,
+            self.forwarded_in,
+            self.neighbours_sent,
+            self.neighbours_installed,
+            self.polls,
+            self.no_buffer,
+            self.shared_queue_drops,
+            self.peer_unroutable,
+            self.rx_withheld,
+            self.rx_quota_reached,
+            self.nic_rx_no_descriptor,
+            self.nic_rx_missed,
+            self.nic_rx_errors,
+            self.cycles_unclassified,
+            self.cycles_idle,
+            self.cycles_total,
+            self.longest_turn_cycles,
+        ] = *values;
+    }
+}
+
+impl PathCounters {
+    /// Number of [`Self::scalars`].
+    pub const SCALARS: usize = 17;
+
+    /// The path's counters as numbers, in declaration order (packets, bytes, queue_drops, socket_drops, forwarded_in, tx_packets, tx_bytes, tx_drops, cycles, cycles_receive, cycles_run, cycles_transmit, runs, turns_deferred, queue_high_water, peer_messages, connections): the order
+    /// of the snapshot encoding. A counter added to the struct is added at the end here.
+    pub fn scalars(&self) -> [u64; Self::SCALARS] {
+        [
+            self.packets,
+            self.bytes,
+            self.queue_drops,
+            self.socket_drops,
+            self.forwarded_in,
+            self.tx_packets,
+            self.tx_bytes,
+            self.tx_drops,
+            self.cycles,
+            self.cycles_receive,
+            self.cycles_run,
+            self.cycles_transmit,
+            self.runs,
+            self.turns_deferred,
+            self.queue_high_water,
+            self.peer_messages,
+            self.connections,
+        ]
+    }
+
+    /// Sets the counters from numbers in [`Self::scalars`] order.
+    pub fn set_scalars(&mut self, values: &[u64; Self::SCALARS]) {
+        [
+            self.packets,
+            self.bytes,
+            self.queue_drops,
+            self.socket_drops,
+            self.forwarded_in,
+            self.tx_packets,
+            self.tx_bytes,
+            self.tx_drops,
+            self.cycles,
+            self.cycles_receive,
+            self.cycles_run,
+            self.cycles_transmit,
+            self.runs,
+            self.turns_deferred,
+            self.queue_high_water,
+            self.peer_messages,
+            self.connections,
+        ] = *values;
+    }
+}
+
 /// Version of the snapshot encoding [`CoreStats::encode`] writes.
-pub const SNAPSHOT_VERSION: u16 = 1;
+pub const SNAPSHOT_VERSION: u16 = 2;
 
 /// Why a snapshot's bytes could not be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,10 +521,9 @@ impl CoreStats {
 
     /// The snapshot as bytes, to carry to another core: version (u16), core (u16) and uptime
     /// (u64), then sections of `tag (u8), length (u16), body`, every number little-endian.
-    /// Sections: 1 core counters (u64s: rx_frames, rx_bytes, tx_frames, tx_bytes,
-    /// forwarded_out, forwarded_in, neighbours_sent, neighbours_installed, polls, no_buffer),
-    /// 2 drops by reason (u64s), 3 one per path (kind u8: 0 ARP, 1 ICMP, 2 UDP, 3 TCP; port u16;
-    /// open connections u16; then the path's u64 counters in declaration order), 4 transport
+    /// Sections: 1 core counters (u64s, [`CoreCounters::scalars`] order), 2 drops by reason
+    /// (u64s), 3 one per path (kind u8: 0 ARP, 1 ICMP, 2 UDP, 3 TCP; port u16; open connections
+    /// u16; queued u16; then the path's u64s in [`PathCounters::scalars`] order), 4 transport
     /// (u64s, `TransportCounters::scalars` order), 5 transport refusals by reason (u64s), 6 one
     /// per peer with refusals (peer u8, then u32s by reason). A reader skips sections it does not
     /// know and takes missing trailing numbers as 0, so counters are added at the end of a section
@@ -261,21 +535,7 @@ impl CoreStats {
         out.extend_from_slice(&self.uptime_ms.to_le_bytes());
         let c = &self.counters;
         push_section(&mut out, section::COUNTERS, |out| {
-            push_u64s(
-                out,
-                &[
-                    c.rx_frames,
-                    c.rx_bytes,
-                    c.tx_frames,
-                    c.tx_bytes,
-                    c.forwarded_out,
-                    c.forwarded_in,
-                    c.neighbours_sent,
-                    c.neighbours_installed,
-                    c.polls,
-                    c.no_buffer,
-                ],
-            )
+            push_u64s(out, &c.scalars())
         });
         push_section(&mut out, section::DROPS, |out| push_u64s(out, &c.drops));
         for path in self.paths() {
@@ -289,23 +549,8 @@ impl CoreStats {
                 out.push(kind);
                 out.extend_from_slice(&port.to_le_bytes());
                 out.extend_from_slice(&path.open_connections.to_le_bytes());
-                let p = &path.counters;
-                push_u64s(
-                    out,
-                    &[
-                        p.packets,
-                        p.bytes,
-                        p.queue_drops,
-                        p.forwarded_in,
-                        p.tx_packets,
-                        p.tx_bytes,
-                        p.tx_drops,
-                        p.cycles,
-                        p.runs,
-                        p.peer_messages,
-                        p.connections,
-                    ],
-                );
+                out.extend_from_slice(&path.queued.to_le_bytes());
+                push_u64s(out, &path.counters.scalars());
             });
         }
         let t = &self.transport;
@@ -351,26 +596,14 @@ impl CoreStats {
             rest = &rest[3 + length..];
             match tag {
                 section::COUNTERS => {
-                    let mut values = [0u64; 10];
+                    let mut values = [0u64; CoreCounters::SCALARS];
                     fill(&mut values, body);
-                    let c = &mut stats.counters;
-                    [
-                        c.rx_frames,
-                        c.rx_bytes,
-                        c.tx_frames,
-                        c.tx_bytes,
-                        c.forwarded_out,
-                        c.forwarded_in,
-                        c.neighbours_sent,
-                        c.neighbours_installed,
-                        c.polls,
-                        c.no_buffer,
-                    ] = values;
+                    stats.counters.set_scalars(&values);
                 }
                 section::DROPS => fill(&mut stats.counters.drops, body),
                 section::PATH => {
                     let index = usize::from(stats.path_count);
-                    if index >= MAX_PATHS || body.len() < 5 {
+                    if index >= MAX_PATHS || body.len() < 7 {
                         return Err(SnapshotError::BadSection(tag));
                     }
                     let port = u16::from_le_bytes([body[1], body[2]]);
@@ -381,26 +614,15 @@ impl CoreStats {
                         3 => PathKey::Tcp(port),
                         _ => return Err(SnapshotError::BadSection(tag)),
                     };
-                    let mut values = [0u64; 11];
-                    fill(&mut values, &body[5..]);
-                    let [packets, bytes, queue_drops, forwarded_in, tx_packets, tx_bytes, tx_drops, cycles, runs, peer_messages, connections] =
-                        values;
+                    let mut values = [0u64; PathCounters::SCALARS];
+                    fill(&mut values, &body[7..]);
+                    let mut counters = PathCounters::ZERO;
+                    counters.set_scalars(&values);
                     stats.paths[index] = PathStats {
                         key,
-                        counters: PathCounters {
-                            packets,
-                            bytes,
-                            queue_drops,
-                            forwarded_in,
-                            tx_packets,
-                            tx_bytes,
-                            tx_drops,
-                            cycles,
-                            runs,
-                            peer_messages,
-                            connections,
-                        },
+                        counters,
                         open_connections: u16::from_le_bytes([body[3], body[4]]),
+                        queued: u16::from_le_bytes([body[5], body[6]]),
                     };
                     stats.path_count += 1;
                 }
@@ -439,6 +661,7 @@ mod snapshot_tests {
         stats.uptime_ms = 123_456;
         stats.counters.rx_frames = 1;
         stats.counters.no_buffer = 10;
+        stats.counters.longest_turn_cycles = 11;
         for (index, drop) in stats.counters.drops.iter_mut().enumerate() {
             *drop = 100 + index as u64;
         }
@@ -457,9 +680,11 @@ mod snapshot_tests {
                     packets: 1000 + index as u64,
                     connections: 7 * index as u64,
                     peer_messages: u64::MAX - index as u64,
+                    cycles_transmit: 5 + index as u64,
                     ..PathStats::EMPTY.counters
                 },
                 open_connections: index as u16,
+                queued: 3 * index as u16,
             };
         }
         stats.path_count = 4;
@@ -477,11 +702,7 @@ mod snapshot_tests {
         let bytes = stats.encode();
         assert_eq!(CoreStats::decode(&bytes), Ok(stats));
         let mut json = String::new();
-        write_json(
-            &NetConfig::new([2, 0, 0, 0, 0, 1], 0, 4),
-            &[stats],
-            &mut json,
-        );
+        write_core(&stats, &mut json);
         assert!(json.contains("\"transport\":{\"sent\":55,"), "{json}");
         assert!(
             json.contains("\"drops_by_peer\":{\"2\":{\"outbox_full\":3,"),
@@ -504,15 +725,15 @@ mod snapshot_tests {
             Err(SnapshotError::Truncated)
         );
         let mut future = bytes.clone();
-        future[0] = 2;
+        future[0] = 9;
         assert_eq!(
             CoreStats::decode(&future),
-            Err(SnapshotError::UnknownVersion(2))
+            Err(SnapshotError::UnknownVersion(9))
         );
         // A later writer: an extra counter at the end of section 1, and an unknown section.
         let mut later = bytes[..12].to_vec();
         push_section(&mut later, section::COUNTERS, |out| {
-            push_u64s(out, &[5; 11])
+            push_u64s(out, &[5; CoreCounters::SCALARS + 1])
         });
         push_section(&mut later, 200, |out| out.extend_from_slice(b"new"));
         let decoded = CoreStats::decode(&later).unwrap();
@@ -522,7 +743,7 @@ mod snapshot_tests {
         );
         let mut bad = bytes[..12].to_vec();
         push_section(&mut bad, section::PATH, |out| {
-            out.extend_from_slice(&[9, 0, 0, 0, 0])
+            out.extend_from_slice(&[9, 0, 0, 0, 0, 0, 0])
         });
         assert_eq!(
             CoreStats::decode(&bad),

@@ -167,6 +167,7 @@ impl NetService for FakeNet {
                     self.next_ticket += 1;
                     let value: Vec<u8> = (0..size).map(|i| value_byte(ticket, i)).collect();
                     let request = netd::KvRequest {
+                        service: 11211,
                         operation: netd::KvOperation::Store {
                             mode: netd::peers::StoreMode::Set,
                             flags: 0,
@@ -201,7 +202,8 @@ impl NetService for FakeNet {
             more_work: !self.rx.is_empty() || self.tx_backlog > 0,
             next_deadline: self.deadline.map(super::net::net_instant),
             stats_wanted: false,
-            batch_size: self.batch,
+            rx_quota: self.batch,
+            cycles: 0,
         }
     }
 
@@ -235,6 +237,7 @@ impl NetService for FakeNet {
             PeerMessage::KvRequest(request) => {
                 self.log.borrow_mut().served += 1;
                 let reply = netd::KvReply {
+                    service: request.service,
                     status: netd::KvStatus::Value { flags: 0, cas: 1 },
                     owner: self.core,
                     ticket: request.ticket,

@@ -211,8 +211,9 @@ where
     r.write32(regs::IMC, u32::MAX);
     r.write32(regs::EIMC, u32::MAX);
     let _ = r.read32(regs::ICR);
-    // §4.5.4: wait (bounded) for the EEPROM auto-read, which loads the MAC address. Not fatal:
-    // on timeout the MAC registers may be unset, which `IgbControl::mac_address` shows.
+    let _ = r.read32(regs::MPC); // clear the missed-packets counter (clear on read)
+                                 // §4.5.4: wait (bounded) for the EEPROM auto-read, which loads the MAC address. Not fatal:
+                                 // on timeout the MAC registers may be unset, which `IgbControl::mac_address` shows.
     let eeprom_ready = poll(
         r,
         delay,
@@ -380,6 +381,12 @@ where
             interrupt_mask_set: regs::EIMS,
             interrupt_mask_clear: regs::EIMC,
             interrupt_bit: queue_vector(index as u16, queues, config.msix_vectors).map(u32::from),
+            // MPC is global and clear on read: queue 0's owner is its only reader.
+            missed_packets_counter: (index == 0).then_some(regs::MPC),
+            // §7.2.2.2 advanced context descriptors; QEMU's model honours POPTS.IXSM/TXSM
+            // (igb_setup_tx_offloads: it recomputes the IPv4 and L4 checksums itself).
+            tx_checksum_offload: true,
+            tx_check_context: false,
         };
         let queue = DescriptorQueue::new(QueueId(index as u16), registers.clone(), offsets, region);
         // Cannot fail: at most 16 regions.

@@ -33,7 +33,7 @@ pub const LAYOUT: Layout = Layout {
     ctrl_reset: regs::CTRL_RST,
     reset_reads: 2,
     reset_values: RESET_VALUES,
-    clear_on_read: &[regs::ICR, regs::EICR],
+    clear_on_read: &[regs::ICR, regs::EICR, regs::MPC],
     rx_enable: (regs::RCTL, regs::RCTL_EN),
     tx_enable: (regs::TCTL, regs::TCTL_EN),
     rx_block: (0xC000, 0x40),
@@ -47,6 +47,7 @@ pub const LAYOUT: Layout = Layout {
     rssrk: regs::RSSRK,
     interrupt: (regs::EIMS, regs::EIMC, regs::EICR),
     five_tuple: None,
+    tx_context_needs_check: false,
     queues: 16,
 };
 
@@ -338,6 +339,26 @@ mod tests {
     }
 
     #[test]
+    fn transmit_checksum_offload_through_context_descriptors() {
+        let (model, _control, mut queues) = bring_up(2, 16);
+        crate::model::offload_check::transmit_offload_is_honoured(&model, &mut queues[1]);
+        // UDP, TCP, UDP: the UDP context stays in slot 0 while TCP uses slot 1, so two context
+        // descriptors were written for six frames, then none for the plain frame.
+        assert_eq!(model.peek(regs::tdt(1)), 2 + 6 + 1);
+    }
+
+    #[test]
+    fn missed_packets_are_read_by_queue_zero_only() {
+        let (model, _control, queues) = bring_up(2, 16);
+        model.poke(regs::MPC, 5);
+        assert_eq!(queues[1].stats().rx_missed, 0);
+        assert_eq!(queues[0].stats().rx_missed, 5);
+        assert_eq!(model.peek(regs::MPC), 0, "clear on read");
+        model.poke(regs::MPC, 2);
+        assert_eq!(queues[0].stats().rx_missed, 7, "accumulated");
+    }
+
+    #[test]
     fn full_ring_drops_are_counted_and_transmit_reaches_the_wire() {
         let (model, control, mut queues) = bring_up(1, 8);
         let mut pool = BufferPool::new_host(64);
@@ -352,10 +373,7 @@ mod tests {
         // Echo them back out.
         let frames: Vec<TransmitFrame> = batch
             .iter()
-            .map(|f| TransmitFrame {
-                buffer: f.buffer,
-                length: f.length,
-            })
+            .map(|f| TransmitFrame::new(f.buffer, f.length))
             .collect();
         assert_eq!(q.transmit(&mut pool, &frames), 7);
         let wire = model.take_transmitted();
@@ -387,10 +405,7 @@ mod tests {
             assert_eq!(n, usize::from(round % 15 + 1));
             let frames: Vec<TransmitFrame> = batch
                 .iter()
-                .map(|f| TransmitFrame {
-                    buffer: f.buffer,
-                    length: f.length,
-                })
+                .map(|f| TransmitFrame::new(f.buffer, f.length))
                 .collect();
             assert_eq!(q.transmit(&mut pool, &frames), n);
             assert_eq!(q.reclaim(&mut pool), n);

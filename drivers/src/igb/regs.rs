@@ -149,6 +149,10 @@ pub const fn rdt(n: usize) -> usize {
 pub const fn rxdctl(n: usize) -> usize {
     0xC028 + 0x40 * n
 }
+/// Missed Packets Count (§8.19): packets dropped because the receive packet buffer was full;
+/// global to the device, clear on read.
+pub const MPC: usize = 0x4010;
+
 /// Receive Queue Drop Packet Count (§8.19), clear on read.
 pub const fn rqdpc(n: usize) -> usize {
     0xC030 + 0x40 * n

@@ -312,6 +312,11 @@ where
             interrupt_mask_set: regs::EIMS,
             interrupt_mask_clear: regs::EIMC,
             interrupt_bit: Some(index as u32),
+            // MPC of packet buffer 0 (the only one without DCB): queue 0's owner reads it.
+            missed_packets_counter: (index == 0).then_some(regs::mpc(0)),
+            // §7.2.3.2.3 advanced context descriptors; data descriptors set CC (§7.2.3.2.4).
+            tx_checksum_offload: true,
+            tx_check_context: true,
         };
         let _ = list.push(DescriptorQueue::new(
             QueueId(index as u16),

@@ -29,7 +29,7 @@ pub const LAYOUT: Layout = Layout {
     ctrl_reset: regs::CTRL_RST_MASK,
     reset_reads: 3,
     reset_values: RESET_VALUES,
-    clear_on_read: &[regs::EICR],
+    clear_on_read: &[regs::EICR, regs::mpc(0)],
     rx_enable: (regs::RXCTRL, regs::RXCTRL_RXEN),
     tx_enable: (regs::DMATXCTL, regs::DMATXCTL_TE),
     rx_block: (0x1000, 0x40),
@@ -43,6 +43,7 @@ pub const LAYOUT: Layout = Layout {
     rssrk: regs::RSSRK,
     interrupt: (regs::EIMS, regs::EIMC, regs::EICR),
     five_tuple: Some([0xE000, 0xE200, 0xE400, 0xE600, 0xE800]),
+    tx_context_needs_check: true,
     queues: 64,
 };
 
@@ -97,6 +98,21 @@ mod tests {
         );
         out.truncate(n);
         out
+    }
+
+    #[test]
+    fn transmit_checksum_offload_through_context_descriptors() {
+        // The 82599 model uses a context only when the data descriptor sets CC: the driver must.
+        let (model, _control, mut queues) = bring_up(2);
+        crate::model::offload_check::transmit_offload_is_honoured(&model, &mut queues[1]);
+    }
+
+    #[test]
+    fn missed_packets_are_read_by_queue_zero_only() {
+        let (model, _control, queues) = bring_up(2);
+        model.poke(regs::mpc(0), 3);
+        assert_eq!(queues[1].stats().rx_missed, 0);
+        assert_eq!(queues[0].stats().rx_missed, 3);
     }
 
     #[test]
@@ -351,10 +367,7 @@ mod tests {
             let n = q.receive(&mut pool, &mut batch);
             let frames: Vec<TransmitFrame> = batch
                 .iter()
-                .map(|f| TransmitFrame {
-                    buffer: f.buffer,
-                    length: f.length,
-                })
+                .map(|f| TransmitFrame::new(f.buffer, f.length))
                 .collect();
             assert_eq!(q.transmit(&mut pool, &frames), n);
             q.reclaim(&mut pool);

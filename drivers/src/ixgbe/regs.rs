@@ -151,6 +151,10 @@ pub const fn rdt(n: usize) -> usize {
 pub const fn rxdctl(n: usize) -> usize {
     0x1028 + 0x40 * n
 }
+/// Missed Packets Count of packet buffer `n` (0..8; §8.2.3.23.4), clear on read.
+pub const fn mpc(n: usize) -> usize {
+    0x3FA0 + 4 * n
+}
 /// Queue packets received drop count (§8.2.3.23.x), clear on read.
 pub const fn qprdc(n: usize) -> usize {
     0x1430 + 0x40 * n

@@ -10,7 +10,11 @@
 //!
 //! Receive copies a frame into a buffer the queue posted with `refill`, as DMA would; a queue
 //! accepts as many frames as it has posted buffers, and drops the rest (`rx_no_descriptor`).
-//! Transmissions complete at once: `reclaim` returns every transmitted buffer.
+//! Receive checksum offload reports each frame's checksum status (or nothing, when off).
+//! Transmissions complete at once: `reclaim` returns every transmitted buffer. Transmit checksum
+//! offload, when on, fills in the checksums a frame asks for as QEMU's igb does
+//! ([`frame::apply_tx_checksums`]); a frame that asks while it is off leaves with its checksums
+//! as they are, and is counted (`WireStats::offload_refused`).
 
 extern crate std;
 
@@ -22,8 +26,9 @@ use std::vec::Vec;
 
 use crate::frame;
 use crate::nic::{
-    FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError, QueueDatapath, QueueId,
-    QueueStats, ReceiveBatch, ReceivedFrame, TransmitFrame,
+    ChecksumStatus, FiveTupleFilter, FlowGroup, HashTypes, LinkState, NicControl, NicError,
+    QueueCapabilities, QueueDatapath, QueueId, QueueStats, ReceiveBatch, ReceivedFrame,
+    TransmitFrame,
 };
 use crate::pool::{BufferId, BufferPool, BUFFER_SIZE};
 use crate::rss::{self, FlowTuple, RedirectionTable, KEY_LEN};
@@ -62,10 +67,17 @@ pub struct SimConfig {
     pub faults: FaultConfig,
     /// Whether to keep a pcap capture of frames in and out.
     pub capture: bool,
+    /// Descriptors per TX ring (at most `tx_ring_size - 1` in flight); 0: `ring_size`.
+    pub tx_ring_size: u16,
+    /// Receive checksum offload: report each frame's checksum status.
+    pub rx_checksum_offload: bool,
+    /// Transmit checksum offload (IPv4 header, UDP, TCP), offered in the queues' capabilities.
+    pub tx_checksum_offload: bool,
 }
 
 impl SimConfig {
-    /// `queues` queues of 256 descriptors, the default key, every hash type, no faults, capture on.
+    /// `queues` queues of 256 descriptors, the default key, every hash type, no faults, capture
+    /// on, receive and transmit checksum offload on (as on the 82576).
     pub fn new(queues: u16) -> Self {
         Self {
             queues,
@@ -74,6 +86,9 @@ impl SimConfig {
             hash_types: HashTypes::ALL,
             faults: FaultConfig::default(),
             capture: true,
+            tx_ring_size: 0,
+            rx_checksum_offload: true,
+            tx_checksum_offload: true,
         }
     }
 }
@@ -106,6 +121,10 @@ pub struct WireStats {
     pub reordered: u64,
     /// Frames transmitted by the NIC.
     pub transmitted: u64,
+    /// Transmitted frames whose checksums the NIC filled in (transmit offload).
+    pub offloaded: u64,
+    /// Transmitted frames that asked for checksum offload while it was off (sent unchanged).
+    pub offload_refused: u64,
 }
 
 struct QueueState {
@@ -129,6 +148,8 @@ struct Device {
     held_back: Option<Vec<u8>>,
     time_us: u64,
     stats: WireStats,
+    rx_checksum_offload: bool,
+    tx_checksum_offload: bool,
 }
 
 type Shared = Arc<Mutex<Device>>;
@@ -163,14 +184,26 @@ pub fn sim_nic(config: SimConfig) -> (SimWire, SimControl, Vec<SimQueue>) {
         held_back: None,
         time_us: 0,
         stats: WireStats::default(),
+        rx_checksum_offload: config.rx_checksum_offload,
+        tx_checksum_offload: config.tx_checksum_offload,
     };
     let shared = Arc::new(Mutex::new(device));
     let ring_size = config.ring_size.max(2);
+    let tx_ring_size = match config.tx_ring_size {
+        0 => ring_size,
+        size => size.max(2),
+    };
     let datapaths = (0..queues)
         .map(|q| SimQueue {
             id: QueueId(q),
             shared: shared.clone(),
             ring_size,
+            tx_ring_size,
+            capabilities: QueueCapabilities {
+                tx_checksum_ipv4: config.tx_checksum_offload,
+                tx_checksum_udp: config.tx_checksum_offload,
+                tx_checksum_tcp: config.tx_checksum_offload,
+            },
             posted: VecDeque::new(),
             in_flight: VecDeque::new(),
             stats: QueueStats::default(),
@@ -336,6 +369,14 @@ impl SimWire {
         lock(&self.shared).stats
     }
 
+    /// Frames waiting in `queue`'s RX ring (delivered by the wire, not yet received).
+    pub fn pending(&self, queue: QueueId) -> usize {
+        lock(&self.shared)
+            .queues
+            .get(usize::from(queue.0))
+            .map_or(0, |q| q.pending.len())
+    }
+
     /// Interrupts raised for `queue` while its interrupt was enabled.
     pub fn interrupts(&self, queue: QueueId) -> u64 {
         lock(&self.shared)
@@ -453,11 +494,25 @@ pub struct SimQueue {
     id: QueueId,
     shared: Shared,
     ring_size: u16,
+    tx_ring_size: u16,
+    capabilities: QueueCapabilities,
     /// Buffers posted to the RX ring, in ring order.
     posted: VecDeque<BufferId>,
     /// Transmitted buffers not yet reclaimed, with their lengths.
     in_flight: VecDeque<(BufferId, u16)>,
     stats: QueueStats,
+}
+
+impl SimQueue {
+    /// Buffers posted to the RX ring now (they belong to the device until received).
+    pub fn posted(&self) -> usize {
+        self.posted.len()
+    }
+
+    /// Transmitted buffers not yet reclaimed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
 }
 
 impl QueueDatapath for SimQueue {
@@ -474,11 +529,12 @@ impl QueueDatapath for SimQueue {
 
     fn receive(&mut self, pool: &mut BufferPool, batch: &mut ReceiveBatch) -> usize {
         let room = batch.capacity() - batch.len();
-        let frames: Vec<(Vec<u8>, u32)> = {
+        let (frames, rx_checksum): (Vec<(Vec<u8>, u32)>, bool) = {
             let mut device = lock(&self.shared);
+            let rx_checksum = device.rx_checksum_offload;
             let pending = &mut device.queues[usize::from(self.id.0)].pending;
             let take = room.min(pending.len());
-            pending.drain(..take).collect()
+            (pending.drain(..take).collect(), rx_checksum)
         };
         let mut received = 0;
         for (bytes, hash) in frames {
@@ -491,9 +547,10 @@ impl QueueDatapath for SimQueue {
                 continue;
             };
             target[..length].copy_from_slice(&bytes[..length]);
-            let checksum = frame::parse(&bytes)
-                .map(|p| p.checksum_status(&bytes))
-                .unwrap_or_default();
+            let checksum = match frame::parse(&bytes) {
+                Some(parsed) if rx_checksum => parsed.checksum_status(&bytes),
+                _ => ChecksumStatus::default(),
+            };
             let _ = batch.push(ReceivedFrame {
                 buffer,
                 length: length as u16,
@@ -524,14 +581,22 @@ impl QueueDatapath for SimQueue {
         let mut accepted = 0;
         let mut device = lock(&self.shared);
         for frame in frames {
-            if self.in_flight.len() >= usize::from(self.ring_size) - 1 {
+            if self.in_flight.len() >= usize::from(self.tx_ring_size) - 1 {
                 self.stats.tx_ring_full += (frames.len() - accepted) as u64;
                 break;
             }
             let Ok(bytes) = pool.bytes(frame.buffer) else {
                 break;
             };
-            let data = bytes[..usize::from(frame.length).min(BUFFER_SIZE)].to_vec();
+            let mut data = bytes[..usize::from(frame.length).min(BUFFER_SIZE)].to_vec();
+            if frame.checksum.is_requested() {
+                if device.tx_checksum_offload {
+                    let applied = frame::apply_tx_checksums(&mut data, frame.checksum);
+                    device.stats.offloaded += u64::from(applied.ipv4_header || applied.l4);
+                } else {
+                    device.stats.offload_refused += 1;
+                }
+            }
             let time = device.time_us;
             if let Some(capture) = device.capture.as_mut() {
                 capture.record(time, &data);
@@ -565,6 +630,10 @@ impl QueueDatapath for SimQueue {
 
     fn set_interrupt(&mut self, enabled: bool) {
         lock(&self.shared).queues[usize::from(self.id.0)].interrupt_enabled = enabled;
+    }
+
+    fn capabilities(&self) -> QueueCapabilities {
+        self.capabilities
     }
 }
 
@@ -771,10 +840,7 @@ mod tests {
                                 ([10, 0, 0, 1], 3000 + i),
                                 b"out",
                             );
-                            TransmitFrame {
-                                buffer,
-                                length: n as u16,
-                            }
+                            TransmitFrame::new(buffer, n as u16)
                         })
                         .collect();
                     let accepted = queue.transmit(&mut pool, &frames);
@@ -798,6 +864,44 @@ mod tests {
         wire.write_pcap(&path).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), pcap);
         let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn transmit_checksum_offload_fills_what_is_asked_and_counts_refusals() {
+        use crate::nic::{TxChecksum, TxL4Checksum};
+        for offload in [true, false] {
+            let (wire, _control, mut queues) = sim_nic(SimConfig {
+                tx_checksum_offload: offload,
+                ..SimConfig::new(1)
+            });
+            assert_eq!(queues[0].capabilities().tx_checksum_udp, offload);
+            let mut pool = BufferPool::new_host(8);
+            let buffer = pool.alloc().unwrap();
+            let good = udp(4242);
+            let bytes = pool.bytes_mut(buffer).unwrap();
+            bytes[..good.len()].copy_from_slice(&good);
+            bytes[24..26].fill(0); // IPv4 header checksum left to the NIC
+            bytes[40..42].fill(0xAB); // a seed the NIC overwrites
+            let frame = TransmitFrame {
+                checksum: TxChecksum {
+                    ipv4_header: true,
+                    l4: Some(TxL4Checksum::Udp),
+                    l2_length: 14,
+                    l3_length: 20,
+                },
+                ..TransmitFrame::new(buffer, good.len() as u16)
+            };
+            assert_eq!(queues[0].transmit(&mut pool, &[frame]), 1);
+            let sent = wire.take_transmitted();
+            let stats = wire.stats();
+            if offload {
+                assert_eq!(sent[0].1, good, "the NIC filled in both checksums");
+                assert_eq!((stats.offloaded, stats.offload_refused), (1, 0));
+            } else {
+                assert_ne!(sent[0].1, good, "sent as it was");
+                assert_eq!((stats.offloaded, stats.offload_refused), (0, 1));
+            }
+        }
     }
 
     #[test]

@@ -1,8 +1,7 @@
 //! HTTP/1.1 on one port: a static page naming the machine, and `/stats` with every core's
 //! counters as JSON (the latest snapshot the kernel gathered; serving it asks for a fresh one).
 
-use super::{AppContext, Application};
-use crate::classify::PathKey;
+use super::{AppContext, StreamService};
 use crate::config::NetConfig;
 use crate::stats::write_json;
 use core::fmt::Write;
@@ -25,7 +24,6 @@ struct Connection {
 
 /// The HTTP server.
 pub struct Http {
-    port: u16,
     /// The machine's addresses, shown in `/stats`.
     host: NetConfig,
     connections: Vec<Connection>,
@@ -34,10 +32,10 @@ pub struct Http {
 }
 
 impl Http {
-    /// A server on `port` of the machine `host` describes (its addresses appear in `/stats`).
-    pub fn new(port: u16, host: &NetConfig) -> Self {
+    /// A server for the machine `host` describes (its addresses appear in `/stats`); register it
+    /// with [`super::Service::stream`].
+    pub fn new(host: &NetConfig) -> Self {
         Self {
-            port,
             host: *host,
             connections: Vec::new(),
             requests: 0,
@@ -137,7 +135,7 @@ fn answer(
             ("200 OK", "text/html; charset=utf-8")
         }
         "/stats" => {
-            write_json(host, context.stats, &mut body);
+            write_json(host, &context.stats, &mut body);
             body.push('\n');
             *context.stats_wanted = true;
             ("200 OK", "application/json")
@@ -159,17 +157,9 @@ fn answer(
     close
 }
 
-impl Application for Http {
+impl StreamService for Http {
     fn name(&self) -> &'static str {
         "http"
-    }
-
-    fn endpoint(&self) -> PathKey {
-        PathKey::Tcp(self.port)
-    }
-
-    fn wants_stats(&self) -> bool {
-        true
     }
 
     fn on_open(&mut self, _context: &mut AppContext<'_>, slot: usize) {
@@ -180,7 +170,7 @@ impl Application for Http {
         *self.connection(slot) = Connection::default();
     }
 
-    fn on_tcp(
+    fn on_data(
         &mut self,
         context: &mut AppContext<'_>,
         slot: usize,

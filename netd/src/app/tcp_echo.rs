@@ -1,31 +1,25 @@
 //! TCP echo (RFC 862): every byte goes back on the same connection.
 
-use super::{AppContext, Application};
-use crate::classify::PathKey;
+use super::{AppContext, StreamService};
 use smoltcp::socket::tcp;
 
 /// The TCP echo server.
-pub struct TcpEcho {
-    port: u16,
-}
+#[derive(Default)]
+pub struct TcpEcho;
 
 impl TcpEcho {
-    /// An echo server on `port`.
-    pub fn new(port: u16) -> Self {
-        Self { port }
+    /// An echo server (register it with [`super::Service::stream`]).
+    pub fn new() -> Self {
+        Self
     }
 }
 
-impl Application for TcpEcho {
+impl StreamService for TcpEcho {
     fn name(&self) -> &'static str {
         "tcp-echo"
     }
 
-    fn endpoint(&self) -> PathKey {
-        PathKey::Tcp(self.port)
-    }
-
-    fn on_tcp(
+    fn on_data(
         &mut self,
         _context: &mut AppContext<'_>,
         _slot: usize,

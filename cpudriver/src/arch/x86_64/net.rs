@@ -280,6 +280,12 @@ pub fn core_network(
         None
     });
     config.random_seed ^= tsc::now() ^ index as u64;
+    config.options = netd::parse_options(cmdline, |error| {
+        if index == 0 {
+            crate::kprintln!("flotilla: command line: netd: {error}; default kept");
+        }
+    });
+    config.scheduler = netd::SchedulerConfig::for_cycles_per_microsecond(tsc_per_ms / 1000);
     let applications = netd::app::default_applications(&config);
     let mut net = netd::CoreNet::new(config, applications, cycles, net_instant(now))?;
     net.set_rss_hash(rss_hash);

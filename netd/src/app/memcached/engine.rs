@@ -268,8 +268,9 @@ impl Engine {
             counters.count(Stat::ServedForPeers);
         }
         let owner = core;
-        let (ticket, sequence) = (request.ticket, request.sequence);
+        let (ticket, sequence, service) = (request.ticket, request.sequence, request.service);
         let reply = |status, key, value| KvReply {
+            service,
             status,
             owner,
             ticket,
@@ -401,6 +402,7 @@ mod tests {
         let limits = MemoryLimits::from_heap(8 << 20, None, 2);
         let mut engine = Engine::new(1, 2, limits, Settings::default(), NOW);
         let request = |operation, value: &'static [u8]| KvRequest {
+            service: 11211,
             operation,
             noreply: false,
             origin: 0,

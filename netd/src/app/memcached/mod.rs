@@ -24,8 +24,7 @@ mod cluster_tests;
 pub use engine::{Engine, MemoryLimits, Now, Settings};
 pub use partition::{key_owner, Partition};
 
-use super::{AppContext, Application};
-use crate::classify::PathKey;
+use super::{AppContext, PeerService, StreamService};
 use crate::config::{NetConfig, WallClock};
 use crate::peers::{KvOperation, KvReply, KvRequest, KvStatus, PeerError, PeerMessage, Peers};
 use session::{Env, Session};
@@ -54,7 +53,6 @@ struct Slot {
 
 /// The memcached server of one core.
 pub struct Memcached {
-    port: u16,
     engine: Engine,
     slots: Vec<Slot>,
     clock: Option<WallClock>,
@@ -87,6 +85,8 @@ impl Memcached {
         limits: MemoryLimits,
         settings: Settings,
     ) -> Self {
+        // The port is the service's address in peer messages and shows in `stats settings`.
+        let settings = Settings { port, ..settings };
         let clock = config.wall_clock;
         let start = clock.map_or(Now { unix: 0, millis: 0 }, |clock| Now {
             unix: clock.unix_seconds,
@@ -94,7 +94,6 @@ impl Memcached {
         });
         let engine = Engine::new(config.core, config.core_count, limits, settings, start);
         Self {
-            port,
             live: engine.partition.live(),
             engine,
             slots: Vec::new(),
@@ -178,27 +177,9 @@ impl Memcached {
     }
 }
 
-impl Application for Memcached {
+impl StreamService for Memcached {
     fn name(&self) -> &'static str {
         "memcached"
-    }
-
-    fn endpoint(&self) -> PathKey {
-        PathKey::Tcp(self.port)
-    }
-
-    fn handles_key_value(&self) -> bool {
-        true
-    }
-
-    fn on_run(&mut self, context: &mut AppContext<'_>) {
-        let now = self.now(context.now);
-        self.engine.tick(now);
-        self.flush_unsent(context.peers);
-        if !self.unsent.is_empty() {
-            let at = context.now + RETRY;
-            *context.wake_at = Some(context.wake_at.map_or(at, |other| other.min(at)));
-        }
     }
 
     fn on_open(&mut self, _context: &mut AppContext<'_>, slot: usize) {
@@ -236,7 +217,7 @@ impl Application for Memcached {
         }
     }
 
-    fn on_tcp(
+    fn on_data(
         &mut self,
         context: &mut AppContext<'_>,
         slot: usize,
@@ -310,7 +291,9 @@ impl Application for Memcached {
             *context.run_again = true;
         }
     }
+}
 
+impl PeerService for Memcached {
     fn on_peer_message(&mut self, context: &mut AppContext<'_>, message: &PeerMessage<'_>) {
         let now = self.now(context.now);
         self.engine.tick(now);
@@ -362,6 +345,7 @@ impl Application for Memcached {
                         // a minute to be dropped.
                         if let KvStatus::Streaming { pin, .. } = reply.status {
                             let release = KvRequest {
+                                service: reply.service,
                                 operation: KvOperation::Release { pin },
                                 noreply: true,
                                 origin: env.engine.core,
@@ -378,6 +362,16 @@ impl Application for Memcached {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn on_run(&mut self, context: &mut AppContext<'_>) {
+        let now = self.now(context.now);
+        self.engine.tick(now);
+        self.flush_unsent(context.peers);
+        if !self.unsent.is_empty() {
+            let at = context.now + RETRY;
+            *context.wake_at = Some(context.wake_at.map_or(at, |other| other.min(at)));
         }
     }
 

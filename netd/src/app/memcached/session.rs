@@ -677,6 +677,7 @@ impl Session {
         let owner = env.engine.partition.owner(key);
         let me = env.engine.core;
         let request = KvRequest {
+            service: env.engine.settings.port,
             operation,
             noreply: expect.is_none(),
             origin: me,
@@ -727,6 +728,7 @@ impl Session {
         let me = env.engine.core;
         let mut block = Box::new(StatsBlock::default());
         let local = KvRequest {
+            service: env.engine.settings.port,
             operation,
             noreply,
             origin: me,
@@ -852,6 +854,7 @@ impl Session {
                 remote_chunk
             };
             let request = KvRequest {
+                service: env.engine.settings.port,
                 operation: KvOperation::Fetch {
                     pin,
                     offset,
@@ -1074,6 +1077,7 @@ impl Session {
 
     fn release_remote(&mut self, env: &mut Env<'_>, owner: CoreId, pin: u32) {
         let request = KvRequest {
+            service: env.engine.settings.port,
             operation: KvOperation::Release { pin },
             noreply: true,
             origin: env.engine.core,
@@ -1577,6 +1581,7 @@ mod tests {
         let value: Vec<u8> = (0..200_000u32).map(|n| (n % 253) as u8).collect();
         mesh.engines[3].serve(
             &KvRequest {
+                service: 11211,
                 operation: KvOperation::Store {
                     mode: StoreMode::Set,
                     flags: 0,
