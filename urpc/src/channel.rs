@@ -547,8 +547,9 @@ impl<'a, const SLOTS: usize> Sender<'a, SLOTS> {
     /// [`Self::try_send_with`]), as many as the credits allow; returns how many (at least 1).
     ///
     /// Fails with `Full` if not even one slot is free (then `fill` is not called) and with
-    /// `PeerRestarted` as [`Self::try_send`] does. The credit line is read at most once per call.
-    /// Does not notify: call [`Self::notify_if_sleeping`] after it.
+    /// `PeerRestarted` as [`Self::try_send`] does; `max` = 0 sends nothing and returns `Ok(0)`.
+    /// The credit line is read at most once per call, and only when the credits this sender
+    /// knows of ran out. Does not notify: call [`Self::notify_if_sleeping`] after it.
     #[inline]
     pub fn try_send_batch(
         &mut self,
@@ -556,10 +557,12 @@ impl<'a, const SLOTS: usize> Sender<'a, SLOTS> {
         mut fill: impl FnMut(&mut Payload),
     ) -> Result<usize, SendError> {
         self.check_generation()?;
+        if max == 0 {
+            return Ok(0);
+        }
         if self.count == self.limit && !self.refresh_credits() {
             return Err(SendError::Full);
         }
-        // `max` = 0 returns Ok(0): nothing asked, nothing sent.
         let batch = (self.limit.wrapping_sub(self.count) as usize).min(max);
         let mut count = self.count;
         for _ in 0..batch {
