@@ -177,9 +177,12 @@ trait Pop: Send {
 }
 
 /// urpc's sender; `try_send` copies the payload into the slot.
-struct UrpcPush<'a>(urpc::Sender<'a, CAPACITY>);
+struct UrpcPush<'a, const SLOTS: usize = CAPACITY>(urpc::Sender<'a, SLOTS>);
 /// urpc's receiver, used through `try_recv` (the payload is copied out, like `pop`).
-struct UrpcPop<'a>(urpc::Receiver<'a, CAPACITY>);
+struct UrpcPop<'a, const SLOTS: usize = CAPACITY>(urpc::Receiver<'a, SLOTS>);
+/// urpc's sender, calling `notify_if_sleeping` after every send (as a kernel that does not
+/// batch its notifications would): the cost of the `SeqCst` fence and the sleep-line read.
+struct UrpcPushNotify<'a>(urpc::Sender<'a, CAPACITY>);
 /// urpc's receiver, used through `try_recv_with` (the payload is read in the slot).
 struct UrpcPopInPlace<'a>(urpc::Receiver<'a, CAPACITY>);
 /// urpc's sender used through `try_send_batch` (one credit check and one generation check a batch).
@@ -194,7 +197,7 @@ fn unexpected_recv(error: RecvError) -> ! {
     panic!("urpc receive: {error:?}")
 }
 
-impl Push for UrpcPush<'_> {
+impl<const SLOTS: usize> Push for UrpcPush<'_, SLOTS> {
     #[inline]
     fn try_push(&mut self, payload: &Payload) -> bool {
         match self.0.try_send(payload) {
@@ -204,7 +207,27 @@ impl Push for UrpcPush<'_> {
         }
     }
 }
-impl Pop for UrpcPop<'_> {
+/// A notifier for a receiver that never halts in the benchmark (it is never called).
+struct NeverNotified;
+impl urpc::Notifier for NeverNotified {
+    fn notify(&mut self) {
+        panic!("the benchmark's receivers never prepare to sleep");
+    }
+}
+impl Push for UrpcPushNotify<'_> {
+    #[inline]
+    fn try_push(&mut self, payload: &Payload) -> bool {
+        match self.0.try_send(payload) {
+            Ok(()) => {
+                self.0.notify_if_sleeping(&mut NeverNotified);
+                true
+            }
+            Err(SendError::Full) => false,
+            Err(other) => unexpected_send(other),
+        }
+    }
+}
+impl<const SLOTS: usize> Pop for UrpcPop<'_, SLOTS> {
     #[inline]
     fn try_pop_with<R>(&mut self, read: impl FnOnce(&Payload) -> R) -> Option<R> {
         match self.0.try_recv() {
@@ -615,6 +638,7 @@ enum Contender {
     RawOneLine,
     RawTwoLines,
     UrpcLatency,
+    UrpcNotifyLatency,
     RtrbLatency,
     CrossbeamLatency,
     UrpcThroughput,
@@ -624,10 +648,11 @@ enum Contender {
     UrpcBatchThroughput,
 }
 
-const LATENCY_CONTENDERS: [Contender; 5] = [
+const LATENCY_CONTENDERS: [Contender; 6] = [
     Contender::RawOneLine,
     Contender::RawTwoLines,
     Contender::UrpcLatency,
+    Contender::UrpcNotifyLatency,
     Contender::RtrbLatency,
     Contender::CrossbeamLatency,
 ];
@@ -650,6 +675,7 @@ impl Contender {
             Contender::RtrbLatency | Contender::RtrbThroughput => "rtrb",
             Contender::CrossbeamLatency | Contender::CrossbeamThroughput => "crossbeam",
             Contender::UrpcInPlaceThroughput => "urpc in place",
+            Contender::UrpcNotifyLatency => "urpc + notify",
             Contender::UrpcBatchThroughput => "urpc batch 16",
         }
     }
@@ -665,6 +691,13 @@ fn measure_latency(contender: Contender, cpus: Cpus) -> Latency {
                 cpus,
                 (UrpcPush(a.sender), UrpcPop(a.receiver)),
                 (UrpcPush(b.sender), UrpcPop(b.receiver)),
+            )
+        }),
+        Contender::UrpcNotifyLatency => with_urpc::<CAPACITY, _>(|a, b| {
+            round_trips(
+                cpus,
+                (UrpcPushNotify(a.sender), UrpcPop(a.receiver)),
+                (UrpcPushNotify(b.sender), UrpcPop(b.receiver)),
             )
         }),
         Contender::RtrbLatency => {
@@ -789,46 +822,15 @@ fn report_target(what: &str, ratios: &[f64], target: f64, at_most: bool) {
 fn ring_sizes(cpus: Cpus, rounds: usize) {
     fn urpc_pair<const SLOTS: usize>(cpus: Cpus) -> (f64, f64) {
         let rtt = with_urpc::<SLOTS, _>(|a, b| {
-            // The generic loop is written for CAPACITY; the ring-size row repeats it inline.
-            let (mut a_sender, mut a_receiver, mut b_sender, mut b_receiver) =
-                (a.sender, a.receiver, b.sender, b.receiver);
-            ping_pong(
+            round_trips(
                 cpus,
-                move || {
-                    move |sequence| {
-                        let payload = encode(sequence);
-                        spin_until("initiator send", || a_sender.try_send(&payload).ok());
-                        let answer = spin_until("initiator receive", || {
-                            a_receiver.try_recv_with(decode).ok()
-                        });
-                        assert_eq!(answer, sequence);
-                    }
-                },
-                move || {
-                    move || {
-                        let request =
-                            spin_until("responder receive", || b_receiver.try_recv().ok());
-                        spin_until("responder send", || b_sender.try_send(&request).ok());
-                        decode(&request) != u64::MAX
-                    }
-                },
+                (UrpcPush(a.sender), UrpcPop(a.receiver)),
+                (UrpcPush(b.sender), UrpcPop(b.receiver)),
             )
             .rtt()
         });
         let throughput = with_urpc::<SLOTS, _>(|a, b| {
-            struct Tx<'a, const S: usize>(urpc::Sender<'a, S>);
-            struct Rx<'a, const S: usize>(urpc::Receiver<'a, S>);
-            impl<const S: usize> Push for Tx<'_, S> {
-                fn try_push(&mut self, payload: &Payload) -> bool {
-                    self.0.try_send(payload).is_ok()
-                }
-            }
-            impl<const S: usize> Pop for Rx<'_, S> {
-                fn try_pop_with<R>(&mut self, read: impl FnOnce(&Payload) -> R) -> Option<R> {
-                    self.0.try_recv().ok().map(|payload| read(&payload))
-                }
-            }
-            stream(cpus, (Tx(a.sender), Rx(b.receiver)), 1)
+            stream(cpus, (UrpcPush(a.sender), UrpcPop(b.receiver)), 1)
         });
         (rtt, throughput)
     }
@@ -1036,6 +1038,16 @@ fn main() {
     println!(
         "  (no target) urpc RTT / raw 1 line RTT      {}",
         spread(&per_round(&urpc_rtt, &raw1_rtt), 3)
+    );
+    println!(
+        "  (no target) urpc + notify RTT / raw 2 lines {}",
+        spread(
+            &per_round(
+                &latency_column(Contender::UrpcNotifyLatency, |figures| figures.rtt),
+                &raw2_rtt
+            ),
+            3
+        )
     );
     println!(
         "  (no target) urpc in place / rtrb          {}",
