@@ -33,8 +33,9 @@
 //!    count the receiver published on the credit line. The sender writes the payload with plain
 //!    stores, then publishes the message with one `Release` store of the header.
 //! 2. From that store on, the slot belongs to the receiver. Its `Acquire` load of the header
-//!    sees the stamp, it copies the payload out (decoding always works on the copy, so a peer that
-//!    misbehaves cannot change bytes under a decoder), and increments its count.
+//!    sees the stamp, it reads the payload (`try_recv` and `try_recv_message` copy it out, so a
+//!    decoder never sees bytes a misbehaving peer changes; `try_recv_with` and `try_recv_batch`
+//!    hand the bytes in the slot to a closure), and only then increments its count.
 //! 3. The slot returns to the sender when the receiver publishes a count beyond it on the credit
 //!    line (`Release`), and the sender observes it (`Acquire`). The receiver publishes every `N/2`
 //!    messages (and before halting), so the sender reads the credit line at most once per `N/2`
@@ -46,8 +47,9 @@
 //! once every `N/2` messages. Per message, exactly one line moves from the sender's cache to the
 //! receiver's: the slot itself, which must move anyway because it carries the data. There is no
 //! shared head or tail index that both cores write (or that one writes and the other polls) on
-//! every message. The sender's per-message reads of the control line (generation) and the sleep
-//! line hit its own cache: those lines are written only at restart and when the receiver halts.
+//! every message. The sender's per-message read of the control line (generation) hits its own
+//! cache: that line is written only at claim and restart. The sleep line is read only by
+//! `notify_if_sleeping`, never by a send.
 //!
 //! # Generations: peer restart
 //!
