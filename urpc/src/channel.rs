@@ -33,8 +33,9 @@
 //!    count the receiver published on the credit line. The sender writes the payload with plain
 //!    stores, then publishes the message with one `Release` store of the header.
 //! 2. From that store on, the slot belongs to the receiver. Its `Acquire` load of the header
-//!    sees the stamp, it copies the payload out (decoding always works on the copy, so a peer that
-//!    misbehaves cannot change bytes under a decoder), and increments its count.
+//!    sees the stamp, it reads the payload (`try_recv` and `try_recv_message` copy it out, so a
+//!    decoder never sees bytes a misbehaving peer changes; `try_recv_with` and `try_recv_batch`
+//!    hand the bytes in the slot to a closure), and only then increments its count.
 //! 3. The slot returns to the sender when the receiver publishes a count beyond it on the credit
 //!    line (`Release`), and the sender observes it (`Acquire`). The receiver publishes every `N/2`
 //!    messages (and before halting), so the sender reads the credit line at most once per `N/2`
@@ -46,8 +47,9 @@
 //! once every `N/2` messages. Per message, exactly one line moves from the sender's cache to the
 //! receiver's: the slot itself, which must move anyway because it carries the data. There is no
 //! shared head or tail index that both cores write (or that one writes and the other polls) on
-//! every message. The sender's per-message reads of the control line (generation) and the sleep
-//! line hit its own cache: those lines are written only at restart and when the receiver halts.
+//! every message. The sender's per-message read of the control line (generation) hits its own
+//! cache: that line is written only at claim and restart. The sleep line is read only by
+//! `notify_if_sleeping`, never by a send.
 //!
 //! # Generations: peer restart
 //!
@@ -543,6 +545,45 @@ impl<'a, const SLOTS: usize> Sender<'a, SLOTS> {
         Ok(())
     }
 
+    /// Publishes up to `max` messages, each written by `fill` directly into its slot (as in
+    /// [`Self::try_send_with`]), as many as the credits allow; returns how many (at least 1).
+    ///
+    /// Fails with `Full` if not even one slot is free (then `fill` is not called) and with
+    /// `PeerRestarted` as [`Self::try_send`] does; `max` = 0 sends nothing and returns `Ok(0)`.
+    /// The credit line is read at most once per call, and only when the credits this sender
+    /// knows of ran out. Does not notify: call [`Self::notify_if_sleeping`] after it.
+    #[inline]
+    pub fn try_send_batch(
+        &mut self,
+        max: usize,
+        mut fill: impl FnMut(&mut Payload),
+    ) -> Result<usize, SendError> {
+        self.check_generation()?;
+        if max == 0 {
+            return Ok(0);
+        }
+        if self.count == self.limit && !self.refresh_credits() {
+            return Err(SendError::Full);
+        }
+        let batch = (self.limit.wrapping_sub(self.count) as usize).min(max);
+        let mut count = self.count;
+        for _ in 0..batch {
+            let slot = &self.ring.slots[count as usize & (SLOTS - 1)];
+            // SAFETY: `count - consumed < SLOTS` for every count of this batch (`batch` is at
+            // most `limit - self.count`), so, as in `try_send_with`, the slot belongs to the
+            // sender until the header store below; the `Sender` is the ring's only writer.
+            slot.payload
+                .with_mut(|payload| fill(unsafe { &mut *payload }));
+            // Release: pairs with the receiver's Acquire load of this header, as in
+            // `try_send_with`; hands this slot to the receiver.
+            slot.header
+                .store(stamp(self.generation, count), Ordering::Release);
+            count = count.wrapping_add(1);
+        }
+        self.count = count;
+        Ok(batch)
+    }
+
     /// Wakes the receiver if it announced it is halting: call after publishing a batch, and
     /// before waiting on [`SendError::Full`] (a halted receiver returns no credits).
     ///
@@ -635,29 +676,80 @@ impl<'a, const SLOTS: usize> Receiver<'a, SLOTS> {
     /// Takes the next message's raw payload, or fails with `Empty` or `PeerRestarted`.
     #[inline]
     pub fn try_recv(&mut self) -> Result<Payload, RecvError> {
+        self.try_recv_with(|payload| *payload)
+    }
+
+    /// Runs `read` on the next message's payload where it lies in the slot (no copy), then
+    /// consumes the message; or fails with `Empty` or `PeerRestarted` without calling `read`.
+    #[inline]
+    pub fn try_recv_with<R>(&mut self, read: impl FnOnce(&Payload) -> R) -> Result<R, RecvError> {
         let slot = &self.ring.slots[self.count as usize & (SLOTS - 1)];
         // Acquire: pairs with the sender's Release store of the header in `try_send_with`,
         // making its payload writes visible before we read the payload below.
         let header = slot.header.load(Ordering::Acquire);
         if header != stamp(self.generation, self.count) {
-            // Not fresh: the ring is empty, unless the peer restarted.
-            // Acquire: pairs with the Release store in `ChannelRegion::restart`.
-            let current = self.control.generation.load(Ordering::Acquire);
-            if current == self.generation {
-                return Err(RecvError::Empty);
-            }
-            return Err(self.adopt_generation(current));
+            return Err(self.not_fresh());
         }
         // SAFETY: the header carries our generation and expected sequence, so the sender
         // published this slot for us and will not write it again until we return it on the
-        // credit line (below, or later), which happens after this read. The payload is always
-        // initialised (zeroed at init, then written whole).
-        let payload = slot.payload.with(|payload| unsafe { ptr::read(payload) });
+        // credit line (below, or later), which happens after `read` returned. The payload is
+        // always initialised (zeroed at init, then written whole).
+        let value = slot.payload.with(|payload| read(unsafe { &*payload }));
         self.count = self.count.wrapping_add(1);
         if self.count.wrapping_sub(self.credited) >= Self::CREDIT_BATCH {
             self.publish_credits();
         }
-        Ok(payload)
+        Ok(value)
+    }
+
+    /// The error for a slot that is not fresh: the ring is empty, unless the peer restarted.
+    #[inline(always)]
+    fn not_fresh(&mut self) -> RecvError {
+        // Acquire: pairs with the Release store in `ChannelRegion::restart`.
+        let current = self.control.generation.load(Ordering::Acquire);
+        if current == self.generation {
+            return RecvError::Empty;
+        }
+        self.adopt_generation(current)
+    }
+
+    /// Runs `each` on up to `max` waiting messages in order, each read in its slot as in
+    /// [`Self::try_recv_with`], consuming them; returns how many (at least 1).
+    ///
+    /// Fails with `Empty` or `PeerRestarted` as [`Self::try_recv`] does when no message waits
+    /// (then `each` is not called). Stops early at the first slot that is not fresh; a restart
+    /// behind the delivered messages is reported by the next call. Credits are returned as by
+    /// single receives (every `SLOTS / 2` messages).
+    #[inline]
+    pub fn try_recv_batch(
+        &mut self,
+        max: usize,
+        mut each: impl FnMut(&Payload),
+    ) -> Result<usize, RecvError> {
+        let mut count = self.count;
+        let mut taken = 0;
+        while taken < max {
+            let slot = &self.ring.slots[count as usize & (SLOTS - 1)];
+            // Acquire: pairs with the sender's Release store of the header, as in
+            // `try_recv_with`.
+            if slot.header.load(Ordering::Acquire) != stamp(self.generation, count) {
+                break;
+            }
+            // SAFETY: fresh for us (as in `try_recv_with`): the sender does not write this slot
+            // again until our credit store below (or later) returns it, after `each` returned.
+            slot.payload.with(|payload| each(unsafe { &*payload }));
+            count = count.wrapping_add(1);
+            taken += 1;
+            if count.wrapping_sub(self.credited) >= Self::CREDIT_BATCH {
+                self.count = count;
+                self.publish_credits();
+            }
+        }
+        self.count = count;
+        if taken == 0 && max > 0 {
+            return Err(self.not_fresh());
+        }
+        Ok(taken)
     }
 
     /// Takes the next message and decodes it; a malformed one is consumed and reported as

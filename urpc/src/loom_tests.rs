@@ -1,6 +1,6 @@
 //! loom model tests: every interleaving (up to a preemption bound) and every weak-memory outcome
-//! loom models, of publish/consume with credits on 2- and 4-slot rings, the sleep/notify
-//! handshake, and a peer restart. Payload accesses go through loom's `UnsafeCell`, so a slot read
+//! loom models, of publish/consume with credits on 2- and 4-slot rings (single and batch calls),
+//! the sleep/notify handshake, and a peer restart. Payload accesses go through loom's `UnsafeCell`, so a slot read
 //! that is not ordered after its write (or a write not ordered after the previous read) fails.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p urpc --release --lib loom`.
@@ -81,6 +81,44 @@ fn loom_credit_protocol_four_slots() {
         let mut b = region.claim(Side::B).unwrap();
         let sender = thread::spawn(move || send_all(&mut a.sender, 6));
         receive_all(&mut b.receiver, 6);
+        sender.join().unwrap();
+    });
+}
+
+/// 6 messages through 4 slots with the batch calls: the sender writes up to 3 slots per call
+/// (each with its own header store), the receiver reads up to 2 per call in place.
+#[test]
+fn loom_batch_send_and_receive_four_slots() {
+    model(6, || {
+        let region = leak::<4>();
+        let mut a = region.claim(Side::A).unwrap();
+        let mut b = region.claim(Side::B).unwrap();
+        let sender = thread::spawn(move || {
+            let mut next = 0u8;
+            while next < 6 {
+                let max = usize::from(6 - next).min(3);
+                match a.sender.try_send_batch(max, |slot| {
+                    *slot = payload(next);
+                    next += 1;
+                }) {
+                    Ok(_) => {}
+                    Err(SendError::Full) => thread::yield_now(),
+                    Err(other) => panic!("unexpected {other:?}"),
+                }
+            }
+        });
+        let mut expected = 0u8;
+        while expected < 6 {
+            match b.receiver.try_recv_batch(2, |slot| {
+                assert_eq!(*slot, payload(expected));
+                expected += 1;
+            }) {
+                Ok(count) => assert!((1..=2).contains(&count)),
+                Err(RecvError::Empty) => thread::yield_now(),
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(b.receiver.try_recv(), Err(RecvError::Empty));
         sender.join().unwrap();
     });
 }

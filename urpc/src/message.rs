@@ -337,7 +337,33 @@ impl Message for CoreMessage {
 }
 
 /// Fails on the first non-zero byte of `payload[range]`.
+#[inline(always)]
 fn expect_zero(payload: &Payload, range: Range<usize>) -> Result<(), DecodeError> {
+    // The common case, all zero, as a masked OR of the payload's seven words (the ranges are
+    // constants, so the masks fold away); the byte search runs only for a malformed payload.
+    let mut any = 0u64;
+    for word in 0..PAYLOAD_SIZE / 8 {
+        let (low, high) = (word * 8, word * 8 + 8);
+        let (start, end) = (range.start.clamp(low, high), range.end.clamp(low, high));
+        if start < end {
+            let bits = (end - start) * 8;
+            let mask = if bits == 64 {
+                !0
+            } else {
+                ((1u64 << bits) - 1) << ((start - low) * 8)
+            };
+            any |= u64::from_le_bytes(array(&payload[low..high])) & mask;
+        }
+    }
+    if any == 0 {
+        return Ok(());
+    }
+    first_non_zero(payload, range)
+}
+
+/// The error naming the first non-zero byte of `payload[range]` (which has one).
+#[cold]
+fn first_non_zero(payload: &Payload, range: Range<usize>) -> Result<(), DecodeError> {
     let start = range.start;
     match payload[range].iter().position(|&byte| byte != 0) {
         // Offsets are below PAYLOAD_SIZE (56), so they fit in a u8.

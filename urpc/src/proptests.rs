@@ -24,26 +24,46 @@ fn payload(value: u64) -> Payload {
 #[derive(Clone, Copy, Debug)]
 enum Step {
     Send,
+    /// `try_send_batch` with this `max`.
+    SendBatch(usize),
     Receive,
+    /// `try_recv_with` (the payload read in its slot).
+    ReceiveInPlace,
+    /// `try_recv_batch` with this `max`.
+    ReceiveBatch(usize),
     PublishCredits,
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    prop_oneof![4 => Just(Step::Send), 4 => Just(Step::Receive), 1 => Just(Step::PublishCredits)]
+    prop_oneof![
+        4 => Just(Step::Send),
+        2 => (0..12usize).prop_map(Step::SendBatch),
+        3 => Just(Step::Receive),
+        1 => Just(Step::ReceiveInPlace),
+        2 => (0..12usize).prop_map(Step::ReceiveBatch),
+        1 => Just(Step::PublishCredits),
+    ]
 }
 
-/// The ring's observable behaviour, including exactly when credits come back.
+/// The ring's observable behaviour, including exactly when credits come back and how many
+/// messages a batch call moves.
 fn run_against_model<const SLOTS: usize>(steps: &[Step]) {
     let region = ChannelRegion::<SLOTS>::new_boxed();
     let mut a = region.claim(Side::A).unwrap();
     let mut b = region.claim(Side::B).unwrap();
     let mut queue = VecDeque::new();
     let (mut sent, mut consumed, mut credited) = (0u64, 0u64, 0u64);
+    // The sender's own view of its limit: it reads the credit line only when it runs out.
+    let mut known_limit = SLOTS as u64;
+    let slots = SLOTS as u64;
     for step in steps {
-        match step {
+        match *step {
             Step::Send => {
+                if sent == known_limit {
+                    known_limit = credited + slots;
+                }
                 let result = a.sender.try_send(&payload(sent));
-                if sent - credited == SLOTS as u64 {
+                if sent == known_limit {
                     assert_eq!(result, Err(SendError::Full));
                 } else {
                     assert_eq!(result, Ok(()));
@@ -51,21 +71,75 @@ fn run_against_model<const SLOTS: usize>(steps: &[Step]) {
                     sent += 1;
                 }
             }
-            Step::Receive => match queue.pop_front() {
-                None => assert_eq!(b.receiver.try_recv(), Err(RecvError::Empty)),
-                Some(value) => {
-                    assert_eq!(b.receiver.try_recv(), Ok(payload(value)));
+            Step::SendBatch(max) => {
+                let mut next = sent;
+                let result = a.sender.try_send_batch(max, |slot| {
+                    *slot = payload(next);
+                    next += 1;
+                });
+                if max == 0 {
+                    assert_eq!(result, Ok(0));
+                    continue;
+                }
+                if sent == known_limit {
+                    known_limit = credited + slots;
+                }
+                if sent == known_limit {
+                    assert_eq!(result, Err(SendError::Full));
+                    assert_eq!(next, sent, "fill not called when full");
+                } else {
+                    let expected = (max as u64).min(known_limit - sent);
+                    assert_eq!(result, Ok(expected as usize));
+                    assert_eq!(next, sent + expected, "fill called once per message");
+                    queue.extend(sent..sent + expected);
+                    sent += expected;
+                }
+            }
+            Step::Receive | Step::ReceiveInPlace => {
+                let received = if matches!(step, Step::Receive) {
+                    b.receiver.try_recv()
+                } else {
+                    b.receiver.try_recv_with(|slot| *slot)
+                };
+                match queue.pop_front() {
+                    None => assert_eq!(received, Err(RecvError::Empty)),
+                    Some(value) => {
+                        assert_eq!(received, Ok(payload(value)));
+                        consumed += 1;
+                        if consumed - credited >= slots / 2 {
+                            credited = consumed;
+                        }
+                    }
+                }
+            }
+            Step::ReceiveBatch(max) => {
+                let mut seen = Vec::new();
+                let result = b.receiver.try_recv_batch(max, |slot| seen.push(*slot));
+                let expected = max.min(queue.len());
+                if max > 0 && expected == 0 {
+                    assert_eq!(result, Err(RecvError::Empty));
+                } else {
+                    assert_eq!(result, Ok(expected));
+                }
+                assert_eq!(seen.len(), expected, "each called once per message");
+                for received in seen {
+                    assert_eq!(received, payload(queue.pop_front().unwrap()));
                     consumed += 1;
-                    if consumed - credited >= SLOTS as u64 / 2 {
+                    if consumed - credited >= slots / 2 {
                         credited = consumed;
                     }
                 }
-            },
+            }
             Step::PublishCredits => {
                 b.receiver.publish_credits();
                 credited = consumed;
             }
         }
+        assert_eq!(
+            a.sender.known_credits() as u64,
+            known_limit - sent,
+            "the sender's credits"
+        );
     }
 }
 
@@ -89,6 +163,10 @@ struct Schedule {
     receiver_pauses: Vec<u32>,
     /// The receiver tries to halt on every n-th empty poll (0: never).
     sleep_every: usize,
+    /// The sender uses `try_send_batch` (a burst per call) instead of `try_send`.
+    batch_send: bool,
+    /// The receiver uses `try_recv_batch` (a burst per call) instead of `try_recv`.
+    batch_receive: bool,
 }
 
 fn schedule() -> impl Strategy<Value = Schedule> {
@@ -99,6 +177,8 @@ fn schedule() -> impl Strategy<Value = Schedule> {
         vec(0..300u32, 1..12),
         vec(0..300u32, 1..12),
         0..6usize,
+        any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -108,6 +188,8 @@ fn schedule() -> impl Strategy<Value = Schedule> {
                 sender_pauses,
                 receiver_pauses,
                 sleep_every,
+                batch_send,
+                batch_receive,
             )| {
                 Schedule {
                     messages,
@@ -116,6 +198,8 @@ fn schedule() -> impl Strategy<Value = Schedule> {
                     sender_pauses,
                     receiver_pauses,
                     sleep_every,
+                    batch_send,
+                    batch_receive,
                 }
             },
         )
@@ -148,7 +232,27 @@ fn run_two_threads<const SLOTS: usize>(schedule: &Schedule) {
             let mut round = 0;
             while next < schedule.messages {
                 let burst = schedule.send_bursts[round % schedule.send_bursts.len()];
-                for _ in 0..burst {
+                let mut left = burst.min((schedule.messages - next) as usize);
+                while schedule.batch_send && left > 0 {
+                    let mut filled = next;
+                    match sender.try_send_batch(left, |slot| {
+                        *slot = payload(filled);
+                        filled += 1;
+                    }) {
+                        Ok(count) => {
+                            assert_eq!(filled, next + count as u64, "one fill per message");
+                            next += count as u64;
+                            left -= count;
+                        }
+                        Err(SendError::Full) => {
+                            sender.notify_if_sleeping(&mut notifier);
+                            assert!(Instant::now() < deadline, "sender stuck at {next}");
+                            std::thread::yield_now();
+                        }
+                        Err(other) => panic!("unexpected {other:?}"),
+                    }
+                }
+                for _ in 0..if schedule.batch_send { 0 } else { burst } {
                     if next == schedule.messages {
                         break;
                     }
@@ -182,11 +286,20 @@ fn run_two_threads<const SLOTS: usize>(schedule: &Schedule) {
                 if expected == schedule.messages {
                     break;
                 }
-                match receiver.try_recv() {
-                    Ok(received) => {
+                let result = if schedule.batch_receive {
+                    receiver.try_recv_batch(burst, |received| {
+                        assert_eq!(*received, payload(expected), "FIFO, no loss, no duplicate");
+                        expected += 1;
+                    })
+                } else {
+                    receiver.try_recv().map(|received| {
                         assert_eq!(received, payload(expected), "FIFO, no loss, no duplicate");
                         expected += 1;
-                    }
+                        1
+                    })
+                };
+                match result {
+                    Ok(_) => {}
                     Err(RecvError::Empty) => {
                         assert!(Instant::now() < deadline, "receiver starved at {expected}");
                         empty_polls += 1;

@@ -581,3 +581,68 @@ fn endpoints_work_from_other_threads() {
         }
     });
 }
+
+/// Every byte of every shape: a non-zero byte where the format requires zero is reported at its
+/// exact offset (the first one, with two set), and a non-zero byte inside a field is never taken
+/// for padding.
+#[test]
+fn every_padding_byte_is_checked_and_no_field_byte_is() {
+    let regions = [SharedRegion {
+        id: RegionId(1),
+        length: 1 << 40,
+    }];
+    let table = RegionTable::new(&regions);
+    let mut shapes: Vec<(Payload, Vec<usize>)> = Vec::new();
+    let mut ping = [0; PAYLOAD_SIZE];
+    CoreMessage::Ping {
+        sequence: 0,
+        timestamp: 0,
+    }
+    .encode(&mut ping);
+    shapes.push((ping, (8..24).collect()));
+    let mut pong = [0; PAYLOAD_SIZE];
+    CoreMessage::Pong {
+        sequence: 0,
+        timestamp: 0,
+    }
+    .encode(&mut pong);
+    shapes.push((pong, (8..24).collect()));
+    for length in [0, 1, 7, 8, 13, INLINE_CAPACITY - 1, INLINE_CAPACITY] {
+        let mut inline = [0; PAYLOAD_SIZE];
+        CoreMessage::Inline(InlineBytes::new(&vec![0; length]).unwrap()).encode(&mut inline);
+        shapes.push((inline, (1..2 + length).collect()));
+    }
+    // Handle at 8..22 (region, offset, length), cookie at 24..28.
+    let buffer = buffer_payload(1, 0, 0);
+    shapes.push((buffer, (8..22).chain(24..28).collect()));
+    for (good, fields) in shapes {
+        for offset in 1..PAYLOAD_SIZE {
+            let mut bytes = good;
+            bytes[offset] = 0x80;
+            let result = CoreMessage::decode(&bytes, &table);
+            if fields.contains(&offset) {
+                assert!(
+                    !matches!(result, Err(DecodeError::NonZeroPadding { .. })),
+                    "field byte {offset} of {good:?}: {result:?}"
+                );
+            } else {
+                assert_eq!(
+                    result,
+                    Err(DecodeError::NonZeroPadding {
+                        offset: offset as u8
+                    }),
+                    "padding byte {offset} of {good:?}"
+                );
+                if offset + 1 < PAYLOAD_SIZE && !fields.contains(&(offset + 1)) {
+                    bytes[offset + 1] = 1;
+                    assert_eq!(
+                        CoreMessage::decode(&bytes, &table),
+                        Err(DecodeError::NonZeroPadding {
+                            offset: offset as u8
+                        })
+                    );
+                }
+            }
+        }
+    }
+}
