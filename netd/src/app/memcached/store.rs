@@ -584,7 +584,7 @@ impl Store {
             };
         }
         let value = Rc::clone(&entry.value);
-        let Some(pin) = self.pin(value, origin, now) else {
+        let Some(pin) = self.pin(value, origin, now, index) else {
             self.counters.count(Stat::PinsRefused);
             return Hit::Miss;
         };
@@ -895,12 +895,25 @@ impl Store {
 
     // --- pins -----------------------------------------------------------------------------
 
-    fn pin(&mut self, value: Value, origin: CoreId, now: u64) -> Option<u32> {
+    /// Pins `value` (of the entry at `entry`, which eviction must spare) for `origin`. A new pin
+    /// slot grows the pin table, which counts against the limit: room is made first, as for an
+    /// item.
+    fn pin(&mut self, value: Value, origin: CoreId, now: u64, entry: u32) -> Option<u32> {
         let index = match self.pins.iter().position(Option::is_none) {
             Some(index) => index,
             None if self.pins.len() < MAX_PINS => {
-                self.pins.try_reserve(1).ok()?;
+                if self.pins.len() == self.pins.capacity() {
+                    let more = size_of::<Option<Pin>>();
+                    if !self.make_room(more, now, Some(entry)) {
+                        return None;
+                    }
+                    self.pins.try_reserve_exact(1).ok()?;
+                }
                 self.pins.push(None);
+                if !self.make_room(0, now, Some(entry)) {
+                    let _ = self.pins.pop();
+                    return None;
+                }
                 self.pins.len() - 1
             }
             None => return None,
