@@ -15,6 +15,9 @@ extern crate alloc;
 
 pub mod boot_info;
 pub mod cmdline;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod memory;
 pub mod node;
 pub mod scenarios;

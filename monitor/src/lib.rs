@@ -33,6 +33,9 @@ mod binding;
 mod boot;
 mod event;
 mod failure;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod message;
 mod monitor;
 mod names;

@@ -16,6 +16,9 @@ pub mod classify;
 pub mod config;
 pub mod device;
 pub mod fastpath;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod path;
 pub mod peers;
 pub mod runner;

@@ -10,6 +10,7 @@ pub mod debug;
 pub mod deps;
 pub mod experiment;
 pub mod forward;
+pub mod fuzz;
 pub mod linux_guest;
 pub mod machine;
 pub mod tap;

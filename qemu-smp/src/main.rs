@@ -110,6 +110,9 @@ enum Commands {
     /// Install QEMU, OVMF and the GRUB tools (Debian, as root) or print how to; add the kernel's
     /// Rust target and components (rust-toolchain.toml) to the toolchain with rustup.
     Setup,
+    /// Run every coverage-guided fuzz target (fuzz/, cargo-fuzz on nightly) for N minutes each,
+    /// one at a time; prints executions per target (docs/fuzzing.md).
+    Fuzz(qemu_smp::fuzz::FuzzArgs),
     /// Run every test: host unit/property tests and the QEMU integration tests
     /// (`cargo test --workspace`), then the loom model tests of the URPC channel.
     Test,
@@ -650,6 +653,7 @@ fn main() -> ExitCode {
             }
         }
         Commands::Test => run_tests(),
+        Commands::Fuzz(args) => qemu_smp::fuzz::run(&args),
         Commands::Experiment(args) => match qemu_smp::experiment::command(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),

@@ -22,6 +22,9 @@
 extern crate std;
 
 pub mod channel;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod message;
 mod sync;
 

@@ -22,6 +22,69 @@ struct Connection {
     close_after: bool,
 }
 
+impl Connection {
+    /// Request bytes the connection takes now (up to the limit; none once it closes).
+    fn room(&self) -> usize {
+        if self.close_after {
+            0
+        } else {
+            MAX_REQUEST.saturating_sub(self.request.len())
+        }
+    }
+
+    /// Takes what [`Self::room`] allows of `bytes`; returns how many.
+    fn take(&mut self, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(self.room());
+        self.request.extend_from_slice(&bytes[..n]);
+        n
+    }
+
+    /// Answers every complete request head (pipelining keeps order); returns how many.
+    fn answer_complete(&mut self, context: &mut AppContext<'_>, host: &NetConfig) -> u64 {
+        let mut answered = 0;
+        while !self.close_after {
+            let Some(end) = find(&self.request, b"\r\n\r\n") else {
+                if self.request.len() >= MAX_REQUEST {
+                    respond(
+                        &mut self.output,
+                        "431 Request Header Fields Too Large",
+                        "text/plain",
+                        b"too large\n",
+                        true,
+                    );
+                    self.close_after = true;
+                }
+                break;
+            };
+            let head: Vec<u8> = self.request.drain(..end + 4).collect();
+            self.close_after = answer(context, host, &head[..end], &mut self.output);
+            answered += 1;
+        }
+        answered
+    }
+}
+
+/// The fuzz target's entry (`docs/fuzzing.md`): `chunks` arriving on one connection, each taken
+/// and answered as [`Http`] does with what its socket holds; returns everything answered.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub fn fuzz_connection(
+    context: &mut AppContext<'_>,
+    host: &NetConfig,
+    chunks: &[&[u8]],
+) -> Vec<u8> {
+    let mut connection = Connection::default();
+    for chunk in chunks {
+        let mut rest = *chunk;
+        while !rest.is_empty() && connection.room() > 0 {
+            let n = connection.take(rest);
+            rest = &rest[n..];
+            connection.answer_complete(context, host);
+        }
+    }
+    connection.output
+}
+
 /// The HTTP server.
 pub struct Http {
     /// The machine's addresses, shown in `/stats`.
@@ -176,42 +239,19 @@ impl StreamService for Http {
         slot: usize,
         socket: &mut tcp::Socket<'static>,
     ) {
-        let mut answered = 0;
         let host = self.host;
         let connection = self.connection(slot);
         // Read what the client sent, up to the limit.
-        while socket.can_recv() && connection.request.len() < MAX_REQUEST && !connection.close_after
-        {
-            let room = MAX_REQUEST - connection.request.len();
-            let request = &mut connection.request;
+        while socket.can_recv() && connection.room() > 0 {
             let taken = socket.recv(|bytes| {
-                let n = bytes.len().min(room);
-                request.extend_from_slice(&bytes[..n]);
+                let n = connection.take(bytes);
                 (n, n)
             });
             if !matches!(taken, Ok(n) if n > 0) {
                 break;
             }
         }
-        // Answer every complete request head (pipelining keeps order).
-        while !connection.close_after {
-            let Some(end) = find(&connection.request, b"\r\n\r\n") else {
-                if connection.request.len() >= MAX_REQUEST {
-                    respond(
-                        &mut connection.output,
-                        "431 Request Header Fields Too Large",
-                        "text/plain",
-                        b"too large\n",
-                        true,
-                    );
-                    connection.close_after = true;
-                }
-                break;
-            };
-            let head: Vec<u8> = connection.request.drain(..end + 4).collect();
-            connection.close_after = answer(context, &host, &head[..end], &mut connection.output);
-            answered += 1;
-        }
+        let answered = connection.answer_complete(context, &host);
         // Write as much as the socket takes.
         if connection.sent < connection.output.len() && socket.can_send() {
             if let Ok(n) = socket.send_slice(&connection.output[connection.sent..]) {
