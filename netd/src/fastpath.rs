@@ -9,8 +9,8 @@
 
 use drivers::nic::{QueueCapabilities, TxChecksum, TxL4Checksum};
 use smoltcp::wire::{
-    checksum, EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet,
-    UdpPacket, ETHERNET_HEADER_LEN, UDP_HEADER_LEN,
+    checksum, EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Address,
+    Ipv4Packet, UdpPacket, ETHERNET_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 /// Largest frame the fast path builds (no jumbo frames).
@@ -31,7 +31,8 @@ pub struct InPlaceReply {
 /// Answers the UDP datagram in `frame[..length]` in place. `answer` gets the payload area (the
 /// request's `n` bytes first; the whole rest of the buffer up to a full frame is writable) and the
 /// sender's address and port, and returns the reply's length, or `None` for no reply. Returns the reply frame, with Ethernet,
-/// IPv4 and UDP headers turned around; its checksums are computed here, or left to the NIC for
+/// IPv4 and UDP headers turned around and sent from `our_mac` and `our_ip` (never from the
+/// request's destination, which may be a broadcast address); its checksums are computed here, or left to the NIC for
 /// what `offload` says it computes (the IPv4 checksum field then holds 0 and the UDP one the
 /// pseudo-header sum, as the 82576 and 82599 datasheets ask). `None` when there is no reply or
 /// the frame is not a plain IPv4/UDP frame.
@@ -40,6 +41,7 @@ pub fn answer_in_place(
     frame: &mut [u8],
     length: usize,
     our_mac: [u8; 6],
+    our_ip: [u8; 4],
     offload: QueueCapabilities,
     answer: impl FnOnce(&mut [u8], usize, ([u8; 4], u16)) -> Option<usize>,
 ) -> Option<InPlaceReply> {
@@ -83,9 +85,10 @@ pub fn answer_in_place(
     let mut ethernet = EthernetFrame::new_unchecked(&mut reply_frame[..]);
     ethernet.set_dst_addr(peer_mac);
     ethernet.set_src_addr(EthernetAddress(our_mac));
-    // IPv4: swap addresses, fresh TTL, the reply's length.
+    // IPv4: to the sender from our own address (a datagram to a broadcast address is answered
+    // from it too: a broadcast source is invalid, RFC 1122 3.2.1.3), fresh TTL, the reply's length.
     let mut ip = Ipv4Packet::new_unchecked(&mut reply_frame[ETHERNET_HEADER_LEN..]);
-    let (peer, us) = (ip.src_addr(), ip.dst_addr());
+    let (peer, us) = (ip.src_addr(), Ipv4Address::from_octets(our_ip));
     ip.set_src_addr(us);
     ip.set_dst_addr(peer);
     ip.set_hop_limit(REPLY_HOP_LIMIT);
@@ -136,6 +139,7 @@ mod tests {
     use smoltcp::wire::{EthernetFrame, IpAddress, Ipv4Address, Ipv4Packet, UdpPacket};
 
     const US: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const US_IP: [u8; 4] = [10, 0, 2, 15];
     const NO_OFFLOAD: QueueCapabilities = QueueCapabilities {
         tx_checksum_ipv4: false,
         tx_checksum_udp: false,
@@ -178,7 +182,8 @@ mod tests {
     #[test]
     fn echo_reply_has_turned_headers_and_valid_checksums() {
         let (mut frame, length) = request(b"hello, fast path");
-        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n)).unwrap();
+        let reply =
+            answer_in_place(&mut frame, length, US, US_IP, NO_OFFLOAD, |_, n, _| Some(n)).unwrap();
         assert_eq!(reply.length, length);
         assert_eq!(reply.checksum, TxChecksum::NONE);
         check_reply(&frame[..reply.length], b"hello, fast path");
@@ -187,14 +192,22 @@ mod tests {
     #[test]
     fn longer_and_shorter_replies_fit_and_odd_lengths_checksum_right() {
         let (mut frame, length) = request(b"x");
-        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |payload, _, _| {
-            payload[..101].fill(b'y');
-            Some(101)
-        })
+        let reply = answer_in_place(
+            &mut frame,
+            length,
+            US,
+            US_IP,
+            NO_OFFLOAD,
+            |payload, _, _| {
+                payload[..101].fill(b'y');
+                Some(101)
+            },
+        )
         .unwrap();
         check_reply(&frame[..reply.length], &[b'y'; 101]);
         let (mut frame, length) = request(&[b'z'; 300]);
-        let reply = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _, _| Some(3)).unwrap();
+        let reply =
+            answer_in_place(&mut frame, length, US, US_IP, NO_OFFLOAD, |_, _, _| Some(3)).unwrap();
         assert_eq!(reply.length, 42 + 3);
         check_reply(&frame[..reply.length], b"zzz");
     }
@@ -207,7 +220,8 @@ mod tests {
             tx_checksum_tcp: true,
         };
         let (mut frame, length) = request(b"offloaded");
-        let reply = answer_in_place(&mut frame, length, US, offload, |_, n, _| Some(n)).unwrap();
+        let reply =
+            answer_in_place(&mut frame, length, US, US_IP, offload, |_, n, _| Some(n)).unwrap();
         assert_eq!(
             reply.checksum,
             TxChecksum {
@@ -236,12 +250,33 @@ mod tests {
     }
 
     #[test]
+    fn a_datagram_to_a_broadcast_address_is_answered_from_our_own() {
+        // Caught by the `classify` fuzz target's reply check (fuzz/regressions/classify/udp-broadcast-source):
+        // the reply took the request's destination, 255.255.255.255, as its source.
+        for broadcast in [[255; 4], [10, 0, 2, 255]] {
+            let mut frame = std::vec![0u8; 2048];
+            let length = build_udp_ipv4(
+                &mut frame,
+                [2, 0, 0, 0, 0, 9],
+                [0xff; 6],
+                ([10, 0, 2, 2], 40000),
+                (broadcast, 7),
+                b"anyone?",
+            );
+            let reply =
+                answer_in_place(&mut frame, length, US, US_IP, NO_OFFLOAD, |_, n, _| Some(n))
+                    .unwrap();
+            check_reply(&frame[..reply.length], b"anyone?");
+        }
+    }
+
+    #[test]
     fn malformed_or_oversized_frames_get_no_reply() {
         let (good, length) = request(b"abc");
         for cut in 0..length {
             let mut frame = good.clone();
             assert_eq!(
-                answer_in_place(&mut frame, cut, US, NO_OFFLOAD, |_, n, _| Some(n)),
+                answer_in_place(&mut frame, cut, US, US_IP, NO_OFFLOAD, |_, n, _| Some(n)),
                 None,
                 "cut {cut}"
             );
@@ -249,30 +284,32 @@ mod tests {
         let mut frame = good.clone();
         frame[23] = 6; // TCP
         assert_eq!(
-            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n)),
+            answer_in_place(&mut frame, length, US, US_IP, NO_OFFLOAD, |_, n, _| Some(n)),
             None
         );
         let mut frame = good.clone();
         frame[38..40].copy_from_slice(&3u16.to_be_bytes()); // UDP length below its header
         assert_eq!(
-            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n)),
+            answer_in_place(&mut frame, length, US, US_IP, NO_OFFLOAD, |_, n, _| Some(n)),
             None
         );
         let mut frame = good.clone();
         assert_eq!(
-            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _, _| Some(5000)),
+            answer_in_place(&mut frame, length, US, US_IP, NO_OFFLOAD, |_, _, _| Some(
+                5000
+            )),
             None
         );
         let mut frame = good.clone();
         assert_eq!(
-            answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, _, _| None),
+            answer_in_place(&mut frame, length, US, US_IP, NO_OFFLOAD, |_, _, _| None),
             None
         );
         for seed in 0..2000u32 {
             let mut frame = good.clone();
             let at = 14 + (seed as usize * 7) % 40;
             frame[at] = (seed * 31) as u8;
-            let _ = answer_in_place(&mut frame, length, US, NO_OFFLOAD, |_, n, _| Some(n));
+            let _ = answer_in_place(&mut frame, length, US, US_IP, NO_OFFLOAD, |_, n, _| Some(n));
         }
     }
 }

@@ -177,6 +177,7 @@ pub fn classify(data: &[u8]) {
             &mut frame,
             length,
             STACK_MAC,
+            STACK_IP,
             offload,
             |_, n, _| (path == 2).then_some(n),
         );
@@ -241,6 +242,7 @@ pub fn fastpath(data: &[u8]) {
         &mut frame,
         claimed,
         STACK_MAC,
+        STACK_IP,
         offload,
         |payload, _, _| {
             if answer == 0xFFFF {

@@ -35,6 +35,7 @@ impl PathRunner for UdpFastRunner {
                 bytes,
                 usize::from(frame.length),
                 config.mac,
+                config.addresses.ip.address,
                 *offload,
                 |payload, length, (address, port)| {
                     app.on_datagram(
