@@ -261,8 +261,10 @@ impl<H: Hooks> Monitor<H> {
         if binding.state != State::LookingUp {
             return;
         }
+        // The owner comes from the directory's message: a core outside the machine (or failed)
+        // cannot serve the binding.
         match owner {
-            Some(server) if !self.failed.contains(server) => {
+            Some(server) if self.live().contains(server) => {
                 self.bindings.slots[index] = Some(Binding {
                     peer: Some(server),
                     state: State::Requested,

@@ -1070,3 +1070,76 @@ fn a_monitor_fits_a_small_per_core_heap() {
     eprintln!("Monitor is {size} bytes");
     assert!(size < 32 * 1024, "{size}");
 }
+
+/// Hooks for the single-monitor tests below: every vote yes, regions from a counter.
+struct PlainHooks(u64);
+
+impl crate::Hooks for PlainHooks {
+    fn vote(&mut self, _change: &Change) -> crate::Vote {
+        crate::Vote::Yes
+    }
+    fn allocate_region(&mut self, len: u64) -> Option<crate::Region> {
+        self.0 += len;
+        Some(crate::Region {
+            base: self.0 - len,
+            len,
+        })
+    }
+    fn free_region(&mut self, _region: crate::Region) {}
+    fn counters(&mut self) -> [u64; COUNTERS] {
+        [0; COUNTERS]
+    }
+}
+
+#[test]
+fn a_lookup_answer_naming_a_core_outside_the_machine_fails_the_binding() {
+    // Found by the fuzz target `monitor_handle` (fuzz/regressions/monitor_handle/): a directory
+    // answer naming core 27 of a two-core machine made the monitor send its bind request there.
+    let me = core(1);
+    let expected = CoreSet::first(2);
+    let info = crate::CoreInfo {
+        core: me,
+        apic_id: 1,
+        numa_node: 0,
+        memory: crate::sim::memory_of(me),
+    };
+    let now = crate::Instant::from_nanos(MS);
+    let mut monitor =
+        crate::Monitor::new(Config::new(me, expected), info, PlainHooks(1 << 20), now).unwrap();
+    let mut sent: Vec<(crate::CoreId, crate::Message)> = Vec::new();
+    struct Record<'a>(&'a mut Vec<(crate::CoreId, crate::Message)>);
+    impl crate::Outbox for Record<'_> {
+        fn send(&mut self, to: crate::CoreId, message: crate::Message) {
+            self.0.push((to, message));
+        }
+    }
+    let binding = monitor
+        .bind(now, name("echo"), &mut Record(&mut sent))
+        .unwrap();
+    while monitor.poll_event().is_some() {}
+    let outsider = crate::CoreId::new(27).unwrap();
+    monitor.handle(
+        now,
+        core(0),
+        crate::Message::LookupReply {
+            request: binding.seq,
+            owner: Some(outsider),
+        },
+        &mut Record(&mut sent),
+    );
+    monitor.tick(now.after(10 * MS), &mut Record(&mut sent));
+    assert!(
+        sent.iter().all(|(to, _)| *to != outsider),
+        "sent to a core outside the machine: {sent:?}"
+    );
+    let failed = std::iter::from_fn(|| monitor.poll_event()).any(|event| {
+        matches!(
+            event,
+            Event::BindingFailed {
+                reason: BindFailure::NoSuchName,
+                ..
+            }
+        )
+    });
+    assert!(failed, "the binding fails with no such name");
+}
