@@ -302,7 +302,8 @@ fn write_core(core: &CoreStats, out: &mut String) {
             p.socket_drops,
             p.tx_drops,
             p.cycles,
-            per_packet(p.cycles, p.packets + p.queue_drops),
+            // Saturating: a snapshot's counters come from another core's bytes.
+            per_packet(p.cycles, p.packets.saturating_add(p.queue_drops)),
             p.cycles_receive,
             p.cycles_run,
             p.cycles_transmit,
@@ -709,6 +710,19 @@ mod snapshot_tests {
             "{json}"
         );
         assert!(json.contains("\"63\":{\"outbox_full\":0,\"peer_fenced\":0,\"bulk_exhausted\":1"));
+    }
+
+    #[test]
+    fn huge_counters_from_another_core_render() {
+        // Found by the fuzz target `stats_snapshot` (fuzz/regressions/stats_snapshot/): packets
+        // plus queue drops overflowed while rendering another core's snapshot as /stats JSON.
+        let mut stats = sample();
+        stats.paths[0].counters.packets = u64::MAX;
+        stats.paths[0].counters.queue_drops = 2;
+        stats.paths[0].counters.cycles = 7;
+        let mut json = String::new();
+        write_core(&stats, &mut json);
+        assert!(json.contains("\"cycles_per_packet\":0,"), "{json}");
     }
 
     #[test]
