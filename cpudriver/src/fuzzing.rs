@@ -81,7 +81,8 @@ impl PhysicalMemory for Memory<'_> {
 
 /// `boot_info`: the loader's boot information (PVH `hvm_start_info` or Multiboot2 tags) in
 /// physical memory the input fills. Input: the protocol (bit 0), the structure's offset in the
-/// memory (u16), the memory's base address (u64), then the memory's bytes. What parses is
+/// memory (u16), the memory's base address (u64, cut to x86_64's 52 physical address bits: no
+/// machine has memory near 2^64), then the memory's bytes. What parses is
 /// consistent: regions run forwards, the command line is ASCII, the structure's range starts at
 /// its address.
 pub fn boot_info(data: &[u8]) {
@@ -93,7 +94,7 @@ pub fn boot_info(data: &[u8]) {
     let mut base = [0u8; 8];
     base.copy_from_slice(&data[3..11]);
     let memory = Memory {
-        base: u64::from_le_bytes(base),
+        base: u64::from_le_bytes(base) & ((1 << 52) - 1),
         bytes: &data[11..],
     };
     let address = memory.base.saturating_add(offset);

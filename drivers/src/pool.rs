@@ -95,6 +95,19 @@ impl BufferPool {
         pool
     }
 
+    /// Takes every buffer back as if each had been freed, for a host harness that reuses one
+    /// pool (whose memory [`Self::new_host`] leaks) across many independent runs: buffers still
+    /// held by a ring or queue that was dropped come home. Host only.
+    #[cfg(any(test, feature = "std"))]
+    pub fn reclaim_all(&mut self) {
+        let count = self.capacity();
+        for (slot, index) in self.free.iter_mut().zip((0..count as u32).rev()) {
+            *slot = index;
+        }
+        self.in_use[..count].fill(false);
+        self.free_len = count;
+    }
+
     /// Number of buffers in the pool.
     #[inline]
     pub fn capacity(&self) -> usize {
@@ -201,6 +214,19 @@ mod tests {
         assert_eq!(
             pool.free(BufferId(9)),
             Err(PoolError::UnknownBuffer(BufferId(9)))
+        );
+    }
+
+    #[test]
+    fn reclaim_all_brings_every_buffer_home_in_first_use_order() {
+        let mut pool = BufferPool::new_host(3);
+        let _ = (pool.alloc(), pool.alloc());
+        pool.reclaim_all();
+        assert_eq!(pool.available(), 3);
+        assert_eq!(pool.alloc(), Some(BufferId(0)));
+        assert_eq!(
+            pool.free(BufferId(1)),
+            Err(PoolError::DoubleFree(BufferId(1)))
         );
     }
 

@@ -97,7 +97,7 @@ pub fn parse_final_stats(output: &str) -> Option<FinalStats> {
     let mut stats = FinalStats::default();
     let mut seen = false;
     for line in output.lines() {
-        let Some((key, value)) = line.trim().split_once(':') else {
+        let Some((key, value)) = line.trim().rsplit_once(':') else {
             continue;
         };
         let Ok(value) = value.trim().parse::<u64>() else {
@@ -154,8 +154,13 @@ fn succeeds(command: &mut Command) -> bool {
 
 /// The nightly toolchain and cargo-fuzz, installed if missing (saying so).
 fn ensure_tools(root: &Path) -> Result<(), String> {
-    let has_nightly =
-        || succeeds(Command::new("cargo").args(["+nightly", "--version"]).current_dir(root));
+    let has_nightly = || {
+        succeeds(
+            Command::new("cargo")
+                .args(["+nightly", "--version"])
+                .current_dir(root),
+        )
+    };
     if !has_nightly() {
         println!(
             "qemu-smp fuzz: the nightly toolchain is missing (cargo-fuzz needs it; the project \
@@ -208,7 +213,14 @@ fn run_target(root: &Path, target: &str, args: &FuzzArgs, log: &Path) -> TargetR
     let mut command = Command::new("cargo");
     command
         .current_dir(root)
-        .args(["+nightly", "fuzz", "run", "--fuzz-dir", "fuzz", "--sanitizer"])
+        .args([
+            "+nightly",
+            "fuzz",
+            "run",
+            "--fuzz-dir",
+            "fuzz",
+            "--sanitizer",
+        ])
         .arg(args.sanitizer.flag())
         .arg(target)
         .arg(&corpus);
@@ -312,7 +324,14 @@ pub fn run(args: &FuzzArgs) -> ExitCode {
     );
     let built = Command::new("cargo")
         .current_dir(&root)
-        .args(["+nightly", "fuzz", "build", "--fuzz-dir", "fuzz", "--sanitizer"])
+        .args([
+            "+nightly",
+            "fuzz",
+            "build",
+            "--fuzz-dir",
+            "fuzz",
+            "--sanitizer",
+        ])
         .arg(args.sanitizer.flag())
         .status();
     if !built.is_ok_and(|status| status.success()) {
@@ -439,7 +458,8 @@ mod tests {
                         [[bin]]\nname = \"b\"\npath = \"b.rs\"\n";
         assert_eq!(targets_of(manifest).unwrap(), ["a", "b"]);
         assert!(targets_of("[package]\nname = \"f\"\n").is_err());
-        let real = std::fs::read_to_string(crate::workspace_root().join("fuzz/Cargo.toml")).unwrap();
+        let real =
+            std::fs::read_to_string(crate::workspace_root().join("fuzz/Cargo.toml")).unwrap();
         let targets = targets_of(&real).unwrap();
         for target in &targets {
             assert!(
@@ -450,7 +470,10 @@ mod tests {
                 "{target} has no source"
             );
             assert!(
-                crate::workspace_root().join("fuzz/seeds").join(target).is_dir(),
+                crate::workspace_root()
+                    .join("fuzz/seeds")
+                    .join(target)
+                    .is_dir(),
                 "{target} has no seeds (the stable tests replay them)"
             );
         }

@@ -32,6 +32,24 @@ const CLIENT_IP: [u8; 4] = [10, 0, 2, 2];
 /// scheduler only uses differences). Reset at the start of each input.
 static CYCLES: AtomicU64 = AtomicU64::new(0);
 
+extern crate std;
+std::thread_local! {
+    /// The cores' pools, kept from one input to the next: a host pool's memory is leaked, so a
+    /// pool per input would grow the fuzzer's memory without bound.
+    static POOLS: core::cell::RefCell<Vec<BufferPool>> = const { core::cell::RefCell::new(Vec::new()) };
+}
+
+/// A pool for one core of this input: a kept one with every buffer home, or a new one.
+fn take_pool() -> BufferPool {
+    POOLS.with(|pools| pools.borrow_mut().pop()).map_or_else(
+        || BufferPool::new_host(POOL_BUFFERS),
+        |mut pool| {
+            pool.reclaim_all();
+            pool
+        },
+    )
+}
+
 fn cycles() -> u64 {
     CYCLES.fetch_add(1000, Ordering::Relaxed)
 }
@@ -116,7 +134,7 @@ impl Machine {
                 let mut net =
                     CoreNet::new(config, applications, cycles, now).expect("a valid stack");
                 net.set_rss_hash(toeplitz);
-                let mut pool = BufferPool::new_host(POOL_BUFFERS);
+                let mut pool = take_pool();
                 queue.refill(&mut pool);
                 queue.set_interrupt(true);
                 Core {
@@ -343,5 +361,8 @@ pub fn core_net(data: &[u8]) {
                 "core {index}: a buffer leaked"
             );
         }
+    }
+    for core in machine.cores {
+        POOLS.with(|pools| pools.borrow_mut().push(core.pool));
     }
 }
