@@ -282,7 +282,7 @@ impl<N: NetService> Node<N> {
                 }
                 let mut moved_to = [0usize; monitor::MAX_CORES];
                 let moved = self.reassign_flow_groups(live, &mut moved_to);
-                self.take_over(failed.index(), live, platform);
+                self.take_over(now, failed.index(), live, platform);
                 self.sync_flows(platform);
                 if self.steering.is_some() {
                     let mut to = alloc::string::String::new();

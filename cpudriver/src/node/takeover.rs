@@ -209,7 +209,14 @@ impl<N: NetService> Node<N> {
     /// Core `failed` left the machine (the monitors' verdict; `live` the cores left): the home
     /// takes the NIC's control if it has just become the home, adopts the queues it now holds,
     /// and routes the vectors; every core updates whom it wakes on a shared vector.
-    pub(crate) fn take_over(&mut self, failed: usize, live: CoreSet, platform: &mut dyn Platform) {
+    pub(crate) fn take_over(
+        &mut self,
+        now: Instant,
+        failed: usize,
+        live: CoreSet,
+        platform: &mut dyn Platform,
+    ) {
+        let ms = Self::uptime_ms(now);
         let me = self.config.core;
         let before = self.takeover.holders;
         let after = QueueHolders::for_live(live, usize::from(self.config.queues.max(1)));
@@ -224,7 +231,7 @@ impl<N: NetService> Node<N> {
                         self.takeover.rewrite_all = true;
                         took_control = true;
                         platform.print(format_args!(
-                            "monitor: core {me} took over the NIC's control from core {failed} (RSS key, redirection table, MSI-X routing)"
+                            "monitor: core {me} took over the NIC's control from core {failed} at {ms} ms (RSS key, redirection table, MSI-X routing)"
                         ));
                     }
                     Err(error) => platform.print(format_args!(
@@ -242,7 +249,7 @@ impl<N: NetService> Node<N> {
             };
             match net.adopt_queue(queue as u16) {
                 Ok(()) => platform.print(format_args!(
-                    "monitor: core {me} adopted queue {queue} of core {failed} (ARP and every frame RSS does not steer): its ring re-initialised in core {me}'s memory with buffers of its pool"
+                    "monitor: core {me} adopted queue {queue} of core {failed} at {ms} ms (ARP and every frame RSS does not steer): its ring re-initialised in core {me}'s memory with buffers of its pool"
                 )),
                 Err(error) => platform.print(format_args!(
                     "monitor: core {me} could not adopt queue {queue} of core {failed}: {error:?}"
