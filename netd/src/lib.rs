@@ -41,5 +41,5 @@ pub use peers::{
 };
 pub use smoltcp::time::{Duration, Instant};
 pub use stack::{CoreNet, NetError, PollOutcome};
-pub use stats::{CoreCounters, CoreStats, PathStats, SnapshotError, StatsView};
+pub use stats::{CoreCounters, CoreStats, HeapUse, PathStats, SnapshotError, StatsView};
 pub use transport::{TransportCounters, TransportDrop, TRANSPORT_PEERS};

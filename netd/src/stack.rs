@@ -24,7 +24,9 @@ use crate::path::{CycleCounter, Path, QueuedFrame, Stage};
 use crate::peers::{KvReply, KvRequest, PeerMessage, Peers};
 use crate::runner::{self, Notes, PathRunner, Progress, Reply, RunContext};
 use crate::schedule::{Meter, Shares};
-use crate::stats::{CoreCounters, CoreStats, CurrentPath, OwnCore, SnapshotError, StatsView};
+use crate::stats::{
+    CoreCounters, CoreStats, CurrentPath, HeapUse, OwnCore, SnapshotError, StatsView,
+};
 use crate::transport::TransportCounters;
 use drivers::nic::{
     ChecksumStatus, QueueCapabilities, QueueDatapath, ReceiveBatch, ReceivedFrame, TransmitFrame,
@@ -433,6 +435,14 @@ impl CoreNet {
     /// The kernel's transport counters (its mailbox), shown in this core's snapshot.
     pub fn set_transport_counters(&mut self, counters: &TransportCounters) {
         self.transport = *counters;
+    }
+
+    /// The kernel's heap on this core (size, use, high-water mark), shown in this core's
+    /// snapshot: the one place heap use enters the counters.
+    pub fn set_heap_counters(&mut self, heap: HeapUse) {
+        self.counters.heap_bytes = heap.bytes;
+        self.counters.heap_used = heap.used;
+        self.counters.heap_high_water = heap.high_water;
     }
 
     /// The monitors' verdict on which cores live (bit `i` = core `i`): on the next [`Self::poll`]

@@ -71,6 +71,24 @@ pub struct CoreCounters {
     pub cycles_total: u64,
     /// The longest turn, in cycles.
     pub longest_turn_cycles: u64,
+    /// Bytes of this core's heap (the kernel's, as last handed over: [`HeapUse`]).
+    pub heap_bytes: u64,
+    /// Bytes of the heap in use.
+    pub heap_used: u64,
+    /// The most bytes of the heap ever in use at once (its high-water mark).
+    pub heap_high_water: u64,
+}
+
+/// The kernel's heap on one core, handed to the stack with `CoreNet::set_heap_counters` (the one
+/// place heap use enters the counters) and shown in `/stats` as `"heap"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapUse {
+    /// Bytes of the heap.
+    pub bytes: u64,
+    /// Bytes in use now.
+    pub used: u64,
+    /// The most bytes ever in use at once.
+    pub high_water: u64,
 }
 
 /// One path's counters in a snapshot.
@@ -249,6 +267,7 @@ fn write_core(core: &CoreStats, out: &mut String) {
          \"polls\":{},\"no_buffer\":{},\"peer_unroutable\":{},\"rx_withheld\":{},\"rx_quota_reached\":{},\
          \"cycles_total\":{},\"cycles_idle\":{},\"cycles_unclassified\":{},\"longest_turn_cycles\":{},\
          \"nic\":{{\"rx_no_descriptor\":{},\"rx_missed\":{},\"rx_errors\":{}}},\
+         \"heap\":{{\"bytes\":{},\"used\":{},\"high_water\":{}}},\
          \"drops\":{{\"shared_queue\":{}",
         core.core,
         core.uptime_ms,
@@ -272,6 +291,9 @@ fn write_core(core: &CoreStats, out: &mut String) {
         c.nic_rx_no_descriptor,
         c.nic_rx_missed,
         c.nic_rx_errors,
+        c.heap_bytes,
+        c.heap_used,
+        c.heap_high_water,
         c.shared_queue_drops,
     );
     for reason in DropReason::ALL.iter() {
@@ -342,9 +364,9 @@ pub fn write_json(host: &NetConfig, view: &StatsView<'_>, out: &mut String) {
 
 impl CoreCounters {
     /// Number of [`Self::scalars`].
-    pub const SCALARS: usize = 21;
+    pub const SCALARS: usize = 24;
 
-    /// The core-wide (drops by reason apart) counters as numbers, in declaration order (rx_frames, rx_bytes, tx_frames, tx_bytes, forwarded_out, forwarded_in, neighbours_sent, neighbours_installed, polls, no_buffer, shared_queue_drops, peer_unroutable, rx_withheld, rx_quota_reached, nic_rx_no_descriptor, nic_rx_missed, nic_rx_errors, cycles_unclassified, cycles_idle, cycles_total, longest_turn_cycles): the order
+    /// The core-wide (drops by reason apart) counters as numbers, in declaration order (rx_frames, rx_bytes, tx_frames, tx_bytes, forwarded_out, forwarded_in, neighbours_sent, neighbours_installed, polls, no_buffer, shared_queue_drops, peer_unroutable, rx_withheld, rx_quota_reached, nic_rx_no_descriptor, nic_rx_missed, nic_rx_errors, cycles_unclassified, cycles_idle, cycles_total, longest_turn_cycles, heap_bytes, heap_used, heap_high_water): the order
     /// of the snapshot encoding. A counter added to the struct is added at the end here.
     pub fn scalars(&self) -> [u64; Self::SCALARS] {
         [
@@ -369,6 +391,9 @@ impl CoreCounters {
             self.cycles_idle,
             self.cycles_total,
             self.longest_turn_cycles,
+            self.heap_bytes,
+            self.heap_used,
+            self.heap_high_water,
         ]
     }
 
@@ -396,6 +421,9 @@ impl CoreCounters {
             self.cycles_idle,
             self.cycles_total,
             self.longest_turn_cycles,
+            self.heap_bytes,
+            self.heap_used,
+            self.heap_high_water,
         ] = *values;
     }
 }
@@ -662,6 +690,9 @@ mod snapshot_tests {
         stats.counters.rx_frames = 1;
         stats.counters.no_buffer = 10;
         stats.counters.longest_turn_cycles = 11;
+        stats.counters.heap_bytes = 32 << 20;
+        stats.counters.heap_used = 123_000;
+        stats.counters.heap_high_water = 456_000;
         for (index, drop) in stats.counters.drops.iter_mut().enumerate() {
             *drop = 100 + index as u64;
         }
@@ -704,6 +735,10 @@ mod snapshot_tests {
         let mut json = String::new();
         write_core(&stats, &mut json);
         assert!(json.contains("\"transport\":{\"sent\":55,"), "{json}");
+        assert!(
+            json.contains("\"heap\":{\"bytes\":33554432,\"used\":123000,\"high_water\":456000}"),
+            "{json}"
+        );
         assert!(
             json.contains("\"drops_by_peer\":{\"2\":{\"outbox_full\":3,"),
             "{json}"

@@ -66,6 +66,8 @@ pub trait Platform {
     /// The cores this core wakes by IPI when a NIC queue interrupt reaches it (the holders of
     /// the other queues on its vectors: `wake::forward_targets`), after a core failed.
     fn set_wake_forwards(&mut self, cores: &[usize]);
+    /// This core's heap: size, bytes in use, high-water mark (for `/stats`).
+    fn heap_use(&self) -> netd::HeapUse;
 }
 
 /// Why a core stops for good.
@@ -434,6 +436,7 @@ impl<N: NetService> Node<N> {
         if now >= self.next_transport_push {
             self.next_transport_push = now.after(1_000_000);
             net.set_transport_counters(self.mailbox.counters());
+            net.set_heap_counters(platform.heap_use());
         }
         let outcome = net.poll(
             now,

@@ -417,6 +417,8 @@ impl NetService for FakeNet {
 
     fn set_transport_counters(&mut self, _counters: &TransportCounters) {}
 
+    fn set_heap_counters(&mut self, _heap: netd::HeapUse) {}
+
     fn set_live_cores(&mut self, _mask: u64) {}
 
     fn counters(&self) -> CoreCounters {
@@ -489,6 +491,10 @@ impl Platform for SimPlatform {
         if let Some(slot) = self.forwards.borrow_mut().get_mut(self.core) {
             *slot = cores.to_vec();
         }
+    }
+
+    fn heap_use(&self) -> netd::HeapUse {
+        netd::HeapUse::default()
     }
 }
 
