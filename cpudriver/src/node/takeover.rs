@@ -186,7 +186,14 @@ impl<N: NetService> Node<N> {
             .monitor
             .live()
             .without(CoreId::new(self.config.core as u8).expect("at most 64 cores"));
-        self.takeover.awaiting = (!awaiting.is_empty()).then_some(awaiting);
+        if !awaiting.is_empty() {
+            platform.print(format_args!(
+                "monitor: core {} (the NIC's home) did not run for {} ms: its NIC duties wait until every live core is heard",
+                self.config.core,
+                gap.unwrap_or(0) / 1_000_000
+            ));
+            self.takeover.awaiting = Some(awaiting);
+        }
     }
 
     /// Every letter already in the rings (each link's ring at most twice over: what arrives
