@@ -285,7 +285,8 @@ impl<N: NetService> Node<N> {
                 let moved = self.reassign_flow_groups(live, &mut moved_to);
                 self.take_over(now, failed.index(), live, platform);
                 self.sync_flows(platform);
-                if self.steering.is_some() {
+                // The machine-wide line comes from the leader (with a NIC, the NIC's home).
+                if self.control.monitor.leader().index() == core {
                     let mut to = alloc::string::String::new();
                     for (target, count) in moved_to.iter().enumerate().filter(|(_, n)| **n > 0) {
                         let _ = core::fmt::Write::write_fmt(
@@ -325,7 +326,7 @@ impl<N: NetService> Node<N> {
                 }
                 if let Change::MoveFlowGroup { group, to, .. } = change {
                     self.move_flow_group(group, to, platform);
-                    if self.steering.is_some() {
+                    if self.control.monitor.leader().index() == core {
                         platform.print(format_args!(
                             "monitor: flow group {} now on core {}",
                             group,
