@@ -22,9 +22,14 @@ use crate::config::{CoreId, Discipline, NetConfig, UdpPath, FLOW_GROUPS};
 use crate::device::{capabilities, Staging, TxQueue, TX_QUEUE_CAPACITY};
 use crate::path::{CycleCounter, Path, QueuedFrame, Stage};
 use crate::peers::{KvReply, KvRequest, PeerMessage, Peers};
+use crate::moves::{FlowMoves, FlowView};
+use crate::runner::tcp::budget::Budget;
+use crate::runner::tcp::table::CONNECTION_STATE_BYTES;
 use crate::runner::{self, Notes, PathRunner, Progress, Reply, RunContext};
 use crate::schedule::{Meter, Shares};
-use crate::stats::{CoreCounters, CoreStats, CurrentPath, OwnCore, SnapshotError, StatsView};
+use crate::stats::{
+    CoreCounters, CoreStats, CurrentPath, MemoryCounters, OwnCore, SnapshotError, StatsView,
+};
 use crate::transport::TransportCounters;
 use drivers::nic::{
     ChecksumStatus, QueueCapabilities, QueueDatapath, ReceiveBatch, ReceivedFrame, TransmitFrame,
@@ -166,6 +171,12 @@ struct JobDone {
     handled: bool,
     /// Neighbour entries sent.
     neighbours_sent: u64,
+    /// Frames the runner handed to another core.
+    forwarded_out: u64,
+    /// Frames the runner wanted to hand over that the channel refused.
+    forward_failed: u64,
+    /// ICMP errors the token bucket held back.
+    icmp_limited: u64,
 }
 
 /// What a turn's receive step did.
@@ -220,7 +231,27 @@ pub struct CoreNet {
     live_cores: u64,
     /// A live-cores verdict not yet handed to the applications.
     pending_live: Option<u64>,
+    /// The core's TCP budget, shared by its TCP paths.
+    tcp_budget: Budget,
+    /// The previous owner of each flow group (connections across a move).
+    moves: FlowMoves,
+    /// Reads the kernel's heap figures for the snapshot (none: unknown).
+    heap_probe: Option<HeapProbe>,
 }
+
+/// The kernel's heap figures of one core, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapUsage {
+    /// The heap's size.
+    pub size: u64,
+    /// Bytes allocated now.
+    pub used: u64,
+    /// The most bytes allocated at once since boot.
+    pub high_water: u64,
+}
+
+/// Reads the current core's heap figures (the kernel's allocator keeps the high-water mark).
+pub type HeapProbe = fn() -> HeapUsage;
 
 impl CoreNet {
     /// Builds the stack of `config.core`, with a path for ARP, one for ICMP and one per service
@@ -239,12 +270,12 @@ impl CoreNet {
         if config.core >= config.core_count {
             return Err(NetError::BadCore);
         }
-        if services.len() + 2 > MAX_PATHS {
+        if services.len() + 3 > MAX_PATHS {
             return Err(NetError::TooManyPaths);
         }
         let mut interface_config = Config::new(HardwareAddress::Ethernet(mac));
-        interface_config.random_seed =
-            config.random_seed ^ u64::from(config.core).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let seed = config.random_seed ^ u64::from(config.core).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        interface_config.random_seed = seed;
         let mut iface = Interface::new(interface_config, &mut NullDevice, now);
         let [a, b, c, d] = config.addresses.ip.address;
         iface.update_ip_addrs(|addresses| {
@@ -283,6 +314,7 @@ impl CoreNet {
             Discipline::Interrupt => UdpPath::Socket,
             _ => config.options.udp,
         };
+        let secret = seed.rotate_left(17) ^ 0x7c15_9e37_79b9_7f4a;
         for service in services {
             let key = service.endpoint();
             if matches!(key, PathKey::Udp(0) | PathKey::Tcp(0)) {
@@ -291,12 +323,25 @@ impl CoreNet {
             if paths.iter().any(|path: &Path| path.key == key) {
                 return Err(NetError::DuplicateEndpoint(key));
             }
-            let (key, runner) = runner::build(service, udp_path);
+            let (key, runner) = runner::build(service, udp_path, &config.options.tcp, secret);
             paths.push(Path::new(key, runner, quantum));
         }
+        paths.push(Path::new(
+            PathKey::Closed,
+            Box::new(runner::closed::ClosedRunner::new(config.options.icmp_rate)),
+            quantum,
+        ));
         for (index, path) in paths.iter().enumerate() {
             classifier.add_path(path.key, PathIndex(index as u8));
         }
+        let tcp = &config.options.tcp;
+        let tcp_budget = Budget::new(
+            config.tcp_budget_bytes(),
+            tcp.max_connections as usize,
+            (tcp.max_buffer_kb as usize) << 10,
+            CONNECTION_STATE_BYTES,
+        );
+        let moves = FlowMoves::new(classifier.flows());
         Ok(Self {
             config,
             iface,
@@ -326,7 +371,20 @@ impl CoreNet {
                 (1u64 << config.core_count) - 1
             },
             pending_live: None,
+            tcp_budget,
+            moves,
+            heap_probe: None,
         })
+    }
+
+    /// Gives the stack the kernel's heap figures for its snapshots (`/stats`: `memory`).
+    pub fn set_heap_probe(&mut self, probe: HeapProbe) {
+        self.heap_probe = Some(probe);
+    }
+
+    /// The core's TCP budget.
+    pub fn tcp_budget(&self) -> &Budget {
+        &self.tcp_budget
     }
 
     /// This core's configuration.
@@ -396,8 +454,14 @@ impl CoreNet {
             current: None,
             after: &[],
             transport: &self.transport,
+            memory: self.memory(),
         }
         .snapshot()
+    }
+
+    /// The heap (from the kernel's probe) and TCP's budget now.
+    pub fn memory(&self) -> MemoryCounters {
+        memory_counters(self.heap_probe, &self.tcp_budget)
     }
 
     /// The latest snapshot of every core, gathered by the monitor; the HTTP `/stats` page serves
@@ -490,6 +554,7 @@ impl CoreNet {
         let mut meter = Meter::start(self.cycles);
         self.counters.polls += 1;
         let offload = self.offload(rx);
+        self.moves.observe(self.classifier.flows());
         if let Some(live) = self.pending_live.take() {
             for index in 0..self.paths.len() {
                 let _ = self.run_job(index, now, pool, peers, offload, Job::LiveCores(live));
@@ -1117,6 +1182,7 @@ impl CoreNet {
     ) -> JobDone {
         let uptime_ms = self.uptime_ms(now);
         let tx_before = self.tx_queue.len();
+        let memory = self.memory();
         let Self {
             config,
             iface,
@@ -1129,6 +1195,10 @@ impl CoreNet {
             stats_wanted,
             tx_reserve,
             transport,
+            tcp_budget,
+            classifier,
+            moves,
+            live_cores,
             ..
         } = self;
         let config: &NetConfig = config;
@@ -1147,13 +1217,17 @@ impl CoreNet {
                 counters: path_counters,
                 runner,
                 open_connections,
+                tcp_events,
                 ..
             } = &mut *path;
             let current = CurrentPath {
                 key: *key,
                 counters: path_counters,
                 queued: queue.len() as u16,
-                open_connections: *open_connections as u16,
+                open_connections: (*open_connections).min(u16::MAX as usize) as u16,
+                tcp: runner
+                    .tcp_gauges()
+                    .map(|gauges| gauges.with_events(tcp_events)),
             };
             let mut cx = RunContext {
                 now,
@@ -1181,6 +1255,7 @@ impl CoreNet {
                             current: Some(current),
                             after,
                             transport,
+                            memory,
                         },
                     },
                     stats_wanted,
@@ -1188,10 +1263,17 @@ impl CoreNet {
                     wake_at: &mut wake_at,
                 },
                 notes: Notes::default(),
+                budget: tcp_budget,
+                flows: FlowView {
+                    core: config.core,
+                    flows: classifier.flows(),
+                    moves,
+                    hash: classifier.hash_function(),
+                    live: *live_cores,
+                },
             };
             let progress = match job {
                 Job::Queue(frames) => {
-                    runner.prepare(frames);
                     let chunk = runner.frames_per_service().max(1);
                     let mut left = frames;
                     let mut progress = Progress::default();
@@ -1211,7 +1293,6 @@ impl CoreNet {
                     Some(progress)
                 }
                 Job::Frame(frame) => {
-                    runner.prepare(1);
                     ingest(runner.as_mut(), &mut cx, frame, &mut done);
                     None
                 }
@@ -1227,8 +1308,13 @@ impl CoreNet {
             };
             done.neighbours_sent = cx.notes.neighbours_sent;
             done.socket_drops = cx.notes.socket_drops;
+            done.icmp_limited = cx.notes.icmp_limited;
+            tcp_events.add(&cx.notes.tcp);
             progress
         };
+        counters.forwarded_out += done.forwarded_out;
+        counters.drops[DropReason::ForwardFailed as usize] += done.forward_failed;
+        counters.icmp_limited += done.icmp_limited;
         path.counters.packets += done.frames as u64;
         path.counters.bytes += done.bytes;
         path.counters.forwarded_in += done.forwarded_in;
@@ -1444,6 +1530,24 @@ impl CoreNet {
     }
 }
 
+/// The memory section of a snapshot: the kernel's heap figures (if it gave a probe) and the TCP
+/// budget.
+fn memory_counters(probe: Option<HeapProbe>, budget: &Budget) -> MemoryCounters {
+    let heap = probe.map(|probe| probe()).unwrap_or_default();
+    MemoryCounters {
+        heap_size: heap.size,
+        heap_used: heap.used,
+        heap_high_water: heap.high_water,
+        tcp_budget: budget.limit() as u64,
+        tcp_used: budget.used() as u64,
+        tcp_high_water: budget.high_water() as u64,
+        tcp_connections: budget.connections() as u64,
+        tcp_most_connections: budget.most_connections() as u64,
+        tcp_max_connections: budget.max_connections() as u64,
+        tcp_state_per_connection: budget.overhead() as u64,
+    }
+}
+
 /// One frame through a path's runner: processed, its reply committed, counted in `done`.
 #[inline]
 fn ingest(
@@ -1456,6 +1560,24 @@ fn ingest(
     done.frames += 1;
     done.bytes += u64::from(frame.length);
     done.forwarded_in += u64::from(frame.forwarded);
+    if let Reply::Forward(core) = reply {
+        let length = usize::from(frame.length).min(BUFFER_SIZE);
+        let sent = match cx.pool.bytes(frame.buffer) {
+            Ok(bytes) => cx
+                .app
+                .peers
+                .send(core, &PeerMessage::Frame(&bytes[..length]))
+                .is_ok(),
+            Err(_) => false,
+        };
+        if sent {
+            done.forwarded_out += 1;
+        } else {
+            done.forward_failed += 1;
+        }
+        let _ = cx.pool.free(frame.buffer);
+        return;
+    }
     if !commit(cx, &frame, reply) {
         done.tx_drops += 1;
     }
@@ -1466,7 +1588,7 @@ fn ingest(
 /// not be queued (no buffer, TX queue full): it is dropped.
 fn commit(cx: &mut RunContext<'_>, frame: &QueuedFrame, reply: Reply) -> bool {
     match reply {
-        Reply::Nothing => {
+        Reply::Nothing | Reply::Forward(_) => {
             let _ = cx.pool.free(frame.buffer);
             true
         }
