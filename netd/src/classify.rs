@@ -419,9 +419,7 @@ impl Classifier {
                 // A closed port gets an ICMP port unreachable, but never for a broadcast.
                 let path = match Self::lookup(&self.udp, datagram.dst_port()) {
                     Some(path) => path,
-                    None if destination == self.ip => {
-                        self.closed.ok_or(DropReason::NoSuchPort)?
-                    }
+                    None if destination == self.ip => self.closed.ok_or(DropReason::NoSuchPort)?,
                     None => return Err(DropReason::NoSuchPort),
                 };
                 if full.contains(path) {

@@ -263,14 +263,14 @@ pub struct NetConfig {
 impl NetConfig {
     /// The core's budget for TCP (socket buffers and connection state), in bytes:
     /// `netd.tcp_mem=MB` if given; else, with a heap of 64 MiB or more, what it holds beyond
-    /// [`APPLICATION_HEAP`]; with a smaller heap a quarter of it; 32 MiB when the heap's size is
+    /// [`APPLICATION_HEAP`]; with a smaller heap a quarter of it; 64 MiB when the heap's size is
     /// unknown (host tests).
     pub fn tcp_budget_bytes(&self) -> usize {
         if let Some(mb) = self.options.tcp.memory_mb {
             return (mb as usize) << 20;
         }
         match self.heap_bytes {
-            0 => 32 << 20,
+            0 => 64 << 20,
             heap if heap >= 2 * APPLICATION_HEAP => heap - APPLICATION_HEAP,
             heap => heap / 4,
         }
@@ -685,7 +685,7 @@ mod tests {
     #[test]
     fn tcp_budget_comes_from_the_heap_and_leaves_the_applications_theirs() {
         let mut config = NetConfig::new([2, 0, 0, 0, 0, 1], 0, 1);
-        assert_eq!(config.tcp_budget_bytes(), 32 << 20);
+        assert_eq!(config.tcp_budget_bytes(), 64 << 20);
         assert_eq!(config.application_heap_bytes(), 0);
         config.heap_bytes = 128 << 20;
         assert_eq!(config.tcp_budget_bytes(), 96 << 20);

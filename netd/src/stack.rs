@@ -20,9 +20,9 @@ use crate::classify::{
 };
 use crate::config::{CoreId, Discipline, NetConfig, UdpPath, FLOW_GROUPS};
 use crate::device::{capabilities, Staging, TxQueue, TX_QUEUE_CAPACITY};
+use crate::moves::{FlowMoves, FlowView};
 use crate::path::{CycleCounter, Path, QueuedFrame, Stage};
 use crate::peers::{KvReply, KvRequest, PeerMessage, Peers};
-use crate::moves::{FlowMoves, FlowView};
 use crate::runner::tcp::budget::Budget;
 use crate::runner::tcp::table::CONNECTION_STATE_BYTES;
 use crate::runner::{self, Notes, PathRunner, Progress, Reply, RunContext};
@@ -177,6 +177,8 @@ struct JobDone {
     forward_failed: u64,
     /// ICMP errors the token bucket held back.
     icmp_limited: u64,
+    /// What the reassembly path did.
+    reassembly: runner::reassembly::ReassemblyEvents,
 }
 
 /// What a turn's receive step did.
@@ -270,7 +272,7 @@ impl CoreNet {
         if config.core >= config.core_count {
             return Err(NetError::BadCore);
         }
-        if services.len() + 3 > MAX_PATHS {
+        if services.len() + 4 > MAX_PATHS {
             return Err(NetError::TooManyPaths);
         }
         let mut interface_config = Config::new(HardwareAddress::Ethernet(mac));
@@ -326,6 +328,11 @@ impl CoreNet {
             let (key, runner) = runner::build(service, udp_path, &config.options.tcp, secret);
             paths.push(Path::new(key, runner, quantum));
         }
+        paths.push(Path::new(
+            PathKey::Reassembly,
+            Box::new(runner::reassembly::ReassemblyRunner::new()),
+            quantum,
+        ));
         paths.push(Path::new(
             PathKey::Closed,
             Box::new(runner::closed::ClosedRunner::new(config.options.icmp_rate)),
@@ -722,6 +729,8 @@ impl CoreNet {
             let mut shares = Shares::default();
             let mut full = self.full_paths();
             for frame in frames {
+                self.counters.rx_frames += 1;
+                self.counters.rx_bytes += u64::from(frame.length);
                 self.admit(frame, pool, peers, &mut full, &mut shares);
             }
             let cycles = meter.lap();
@@ -805,6 +814,7 @@ impl CoreNet {
             let done = self.run_job(index, now, pool, peers, offload, Job::Queue(frames));
             let cycles = meter.lap();
             used += cycles;
+            self.reinject(index, now, pool, peers, offload, meter);
             let path = &mut self.paths[index];
             path.charge(Stage::Run, cycles);
             path.schedule.charge(cycles, done.frames);
@@ -899,6 +909,7 @@ impl CoreNet {
                 let cycles = meter.lap();
                 used += cycles;
                 self.paths[index].charge(Stage::Run, cycles);
+                self.reinject(index, now, pool, peers, offload, meter);
             }
         }
         used += self.service_paths(now, pool, peers, offload, meter);
@@ -954,6 +965,7 @@ impl CoreNet {
                     self.counters.neighbours_sent += done.neighbours_sent;
                     let cycles = meter.lap();
                     self.paths[index].charge(Stage::Run, cycles);
+                    self.reinject(index, now, pool, peers, offload, meter);
                 }
             }
             // The driver's interrupt handler gives the ring its buffers back as it goes.
@@ -972,6 +984,61 @@ impl CoreNet {
             taken,
             quota: INTERRUPT_DRAIN_LIMIT,
             ring_left: !drained,
+        }
+    }
+
+    /// Classifies the frames path `index`'s runner made for the classifier (reassembled
+    /// datagrams) as if received now: onto their paths' queues, forwarded once to their flow's
+    /// owner, or dropped with a reason (under the baselines: into the shared FIFO, or processed
+    /// at once). The cycles go to the paths they are for.
+    fn reinject(
+        &mut self,
+        index: usize,
+        now: Instant,
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+        offload: QueueCapabilities,
+        meter: &mut Meter,
+    ) {
+        while let Some((buffer, length)) = self.paths[index].runner.take_reinjected() {
+            let frame = ReceivedFrame {
+                buffer,
+                length,
+                rss_hash: 0,
+                checksum: ChecksumStatus::default(),
+            };
+            let mut shares = Shares::default();
+            match self.config.options.discipline {
+                Discipline::Lrp => {
+                    let mut full = self.full_paths();
+                    self.admit(&frame, pool, peers, &mut full, &mut shares);
+                }
+                Discipline::SharedFifo => {
+                    let entry = FifoFrame {
+                        frame,
+                        forwarded: false,
+                    };
+                    if self.shared_fifo.push_back(entry).is_err() {
+                        self.counters.shared_queue_drops += 1;
+                        let _ = pool.free(buffer);
+                    }
+                }
+                Discipline::Interrupt => {
+                    if let Some((target, queued)) =
+                        self.classify_unqueued(&frame, false, pool, peers, &mut shares)
+                    {
+                        let cycles = meter.lap();
+                        self.charge_shares(&shares, cycles, Stage::Receive);
+                        shares = Shares::default();
+                        let _ = self.run_job(target, now, pool, peers, offload, Job::Frame(queued));
+                        self.unserviced.insert(PathIndex(target as u8));
+                        let cycles = meter.lap();
+                        self.paths[target].charge(Stage::Run, cycles);
+                    }
+                }
+            }
+            let cycles = meter.lap();
+            self.charge_shares(&shares, cycles, Stage::Receive);
         }
     }
 
@@ -1084,8 +1151,6 @@ impl CoreNet {
         full: &mut PathSet,
         shares: &mut Shares,
     ) {
-        self.counters.rx_frames += 1;
-        self.counters.rx_bytes += u64::from(frame.length);
         let length = usize::from(frame.length).min(BUFFER_SIZE);
         let verdict = match pool.bytes(frame.buffer) {
             Ok(bytes) => self.classifier.classify_admitting(
@@ -1309,12 +1374,20 @@ impl CoreNet {
             done.neighbours_sent = cx.notes.neighbours_sent;
             done.socket_drops = cx.notes.socket_drops;
             done.icmp_limited = cx.notes.icmp_limited;
+            done.reassembly = cx.notes.reassembly;
             tcp_events.add(&cx.notes.tcp);
             progress
         };
         counters.forwarded_out += done.forwarded_out;
         counters.drops[DropReason::ForwardFailed as usize] += done.forward_failed;
         counters.icmp_limited += done.icmp_limited;
+        let r = &done.reassembly;
+        counters.fragments += r.fragments;
+        counters.reassembled += r.reassembled;
+        counters.reassembly_timeouts += r.timeouts;
+        counters.reassembly_evictions += r.evictions;
+        counters.reassembly_overlaps += r.overlaps;
+        counters.reassembly_too_large += r.too_large;
         path.counters.packets += done.frames as u64;
         path.counters.bytes += done.bytes;
         path.counters.forwarded_in += done.forwarded_in;

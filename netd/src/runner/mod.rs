@@ -5,6 +5,7 @@
 //! |---|---|---|---|
 //! | ARP | `arp.rs` | smoltcp answers requests; the sender becomes every core's neighbour | — |
 //! | ICMP | `icmp.rs` | smoltcp's echo reply | — |
+//! | IPv4 fragments | `reassembly.rs` | the fragment joins its datagram (bounded slots, timeout); a whole datagram goes back to the core to be classified | expiry |
 //! | closed ports | `closed.rs` | smoltcp answers with a reset (TCP) or an ICMP port unreachable (UDP, rate limited) | — |
 //! | UDP fast path | `udp_fast.rs` | the datagram service answers in place; the reply leaves from the request's buffer | — |
 //! | UDP through smoltcp | `udp_socket.rs` | smoltcp puts the datagram in the path's socket | the datagram service drains the socket; egress |
@@ -17,10 +18,10 @@
 
 use crate::app::{AppContext, Service};
 use crate::classify::PathKey;
-use crate::config::{NetConfig, UdpPath};
 use crate::config::CoreId;
-use crate::moves::FlowView;
+use crate::config::{NetConfig, UdpPath};
 use crate::device::{PathDevice, Staging, TxQueue, TxSink};
+use crate::moves::FlowView;
 use crate::path::QueuedFrame;
 use crate::peers::PeerMessage;
 use drivers::nic::{QueueCapabilities, TxChecksum};
@@ -34,6 +35,7 @@ use alloc::boxed::Box;
 pub mod arp;
 pub mod closed;
 pub mod icmp;
+pub mod reassembly;
 pub mod tcp;
 pub mod udp_fast;
 pub mod udp_socket;
@@ -107,6 +109,8 @@ pub(crate) struct Notes {
     pub(crate) tcp: tcp::TcpEvents,
     /// ICMP errors the token bucket held back (the closed-port path).
     pub(crate) icmp_limited: u64,
+    /// What the reassembly path did.
+    pub(crate) reassembly: reassembly::ReassemblyEvents,
 }
 
 /// The outcome of a service call.
@@ -131,7 +135,6 @@ pub(crate) trait PathRunner {
     fn service(&mut self, _cx: &mut RunContext<'_>) -> Progress {
         Progress::default()
     }
-
 
     /// Most frames a run ingests before its service runs (then ingest resumes): what the
     /// path's sockets hold, so protocol work is never done on a frame only for its socket to

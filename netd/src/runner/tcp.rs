@@ -213,9 +213,7 @@ struct Segment {
     local: [u8; 4],
     local_port: u16,
     syn: bool,
-    ack: Option<u32>,
     rst: bool,
-    progress: bool,
 }
 
 impl Segment {
@@ -230,7 +228,6 @@ impl Segment {
             return None;
         }
         let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
-        let payload = tcp.payload().len();
         Some(Self {
             remote: Remote {
                 address: ip.src_addr().octets(),
@@ -239,9 +236,7 @@ impl Segment {
             local: ip.dst_addr().octets(),
             local_port: tcp.dst_port(),
             syn: tcp.syn() && !tcp.ack() && !tcp.rst(),
-            ack: tcp.ack().then(|| tcp.ack_number().0 as u32),
             rst: tcp.rst(),
-            progress: payload > 0 || tcp.fin(),
         })
     }
 
@@ -461,6 +456,12 @@ impl TcpRunner {
         opened
     }
 
+    /// What changes when a connection makes progress: bytes received (and not yet read), bytes
+    /// of ours not yet acknowledged, and whether the peer may still send.
+    fn progress_mark(socket: &tcp::Socket<'_>) -> (usize, usize, bool) {
+        (socket.recv_queue(), socket.send_queue(), socket.may_recv())
+    }
+
     /// Whether egress can take no more frames this run (TX queue full or the pool at its
     /// reserve): connections still ready wait for the next run.
     fn egress_blocked(cx: &RunContext<'_>) -> bool {
@@ -493,14 +494,13 @@ impl PathRunner for TcpRunner {
                 let Some(connection) = self.table.get_mut(id) else {
                     return Reply::Nothing;
                 };
-                let acknowledged = segment.ack.is_some_and(|ack| ack != connection.last_ack);
-                if segment.progress || acknowledged {
+                // Progress is what smoltcp accepted: data into the receive buffer (a probe
+                // beyond a shut window is not), a FIN, or data of ours acknowledged.
+                let before = Self::progress_mark(connection.socket());
+                let reply = smoltcp_ingress(cx, &mut connection.sockets, frame);
+                if Self::progress_mark(connection.socket()) != before {
                     connection.last_progress = cx.now;
                 }
-                if let Some(ack) = segment.ack {
-                    connection.last_ack = ack;
-                }
-                let reply = smoltcp_ingress(cx, &mut connection.sockets, frame);
                 self.table.mark_ready(id);
                 return reply;
             }

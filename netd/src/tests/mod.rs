@@ -3,6 +3,7 @@
 //! smoltcp client) in `harness.rs`.
 
 mod harness;
+mod host;
 mod overload;
 
 use crate::app::Service;
@@ -172,6 +173,26 @@ fn classifier_maps_each_protocol_to_its_path_or_a_reason() {
         deliver_verdict(
             &classifier,
             &ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &fragment)
+        ),
+        deliver(PathKey::Reassembly)
+    );
+    // A fragment with a bad header checksum is not kept; one for a broadcast is not ours.
+    let mut corrupt = fragment.clone();
+    corrupt[10] ^= 1;
+    assert_eq!(
+        deliver_verdict(
+            &classifier,
+            &ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &corrupt)
+        ),
+        Verdict::Drop(DropReason::BadChecksum)
+    );
+    let mut broadcast = ipv4(CLIENT_IP, [255; 4], 17, &[0u8; 16]);
+    broadcast[6] = 0x20;
+    Ipv4Packet::new_unchecked(&mut broadcast[..]).fill_checksum();
+    assert_eq!(
+        deliver_verdict(
+            &classifier,
+            &ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &broadcast)
         ),
         Verdict::Drop(DropReason::Fragment)
     );

@@ -5,7 +5,7 @@
 //! themselves on one core.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use x86_64::registers::model_specific::Msr;
 
@@ -29,6 +29,8 @@ pub struct PerCore {
     pub nic_forward: heapless::Vec<u32, 8>,
     /// The core's heap (see `heap`).
     pub heap: UnsafeCell<linked_list_allocator::Heap>,
+    /// The most heap bytes allocated at once (the allocator raises it, Relaxed: one core).
+    pub heap_high_water: AtomicUsize,
 }
 
 impl PerCore {
@@ -43,6 +45,7 @@ impl PerCore {
             interrupts: AtomicU64::new(0),
             nic_forward,
             heap: UnsafeCell::new(linked_list_allocator::Heap::empty()),
+            heap_high_water: AtomicUsize::new(0),
         }
     }
 

@@ -179,7 +179,9 @@ mod tests {
         // Every connection up to the limit was accepted, with buffers shrinking as they came.
         assert_eq!(grants.len() + 1, 4096);
         assert_eq!(budget.grant(false), Err(BudgetError::ConnectionLimit));
-        assert!(grants.windows(2).all(|pair| pair[1].receive <= pair[0].receive));
+        assert!(grants
+            .windows(2)
+            .all(|pair| pair[1].receive <= pair[0].receive));
         assert_eq!(grants.last().unwrap().receive, MIN_BUFFER);
         let high = budget.high_water();
         for grant in grants {

@@ -105,8 +105,6 @@ pub(crate) struct Connection {
     pub(crate) created: Instant,
     /// The last moment data arrived or data of ours was acknowledged.
     pub(crate) last_progress: Instant,
-    /// The acknowledgement number of the last segment received.
-    pub(crate) last_ack: u32,
     /// In the ready list.
     queued: bool,
     /// The deadline its timer-heap entry stands for.
@@ -135,7 +133,6 @@ impl Connection {
             phase: Phase::HalfOpen,
             created: now,
             last_progress: now,
-            last_ack: 0,
             queued: false,
             timer: None,
         })
@@ -439,15 +436,6 @@ impl Table {
     pub(crate) fn most(&self) -> usize {
         self.most
     }
-
-    /// Every live connection id (for a sweep or a drain).
-    pub(crate) fn ids(&self) -> impl Iterator<Item = ConnectionId> + '_ {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, slot)| slot.is_some())
-            .map(|(id, _)| id as ConnectionId)
-    }
 }
 
 /// Bytes of state a connection costs besides its buffers (its socket, its socket set's
@@ -494,7 +482,7 @@ mod tests {
             let port = (seed >> 16) as u16 % 3000;
             now += Duration::from_micros(100);
             match live.get(&port).copied() {
-                Some(id) if seed % 3 != 0 => {
+                Some(id) if !seed.is_multiple_of(3) => {
                     let removed = table.remove(id).unwrap();
                     assert_eq!(removed.remote.port, port);
                     live.remove(&port);
@@ -529,7 +517,7 @@ mod tests {
             };
             assert_eq!(table.lookup(remote), Some(*id));
         }
-        let counted = table.ids().count();
+        let counted = table.slots.iter().filter(|slot| slot.is_some()).count();
         assert_eq!(counted, live.len());
         assert_eq!(
             table.half_open() + table.open(),
@@ -557,7 +545,11 @@ mod tests {
         assert_eq!(table.next_timer(), Some(t(20)));
         table.fire_due(t(100));
         assert_eq!(table.pop_ready(), Some(b));
-        assert_eq!(table.pop_ready(), None, "a's stale entry at 50 fired nothing");
+        assert_eq!(
+            table.pop_ready(),
+            None,
+            "a's stale entry at 50 fired nothing"
+        );
         table.remove(a);
         table.schedule(b, None);
         assert_eq!(table.next_timer(), None);
