@@ -117,11 +117,15 @@ impl Slot {
     }
 
     fn covered(&self, block: usize) -> bool {
-        self.blocks[block / 64] & (1 << (block % 64)) != 0
+        self.blocks
+            .get(block / 64)
+            .is_some_and(|word| word & (1 << (block % 64)) != 0)
     }
 
     fn cover(&mut self, block: usize) {
-        self.blocks[block / 64] |= 1 << (block % 64);
+        if let Some(word) = self.blocks.get_mut(block / 64) {
+            *word |= 1 << (block % 64);
+        }
     }
 
     fn complete(&self) -> bool {
@@ -213,13 +217,16 @@ impl ReassemblyRunner {
         let end = offset + data.len();
         // Inconsistent: a fragment but the last not a multiple of 8 long, a second last
         // fragment of another length, data past the end, or blocks that already arrived.
-        let inconsistent = (ip.more_frags() && !data.len().is_multiple_of(8))
-            || (!ip.more_frags() && slot.total.is_some_and(|total| total != end))
-            || slot.total.is_some_and(|total| end > total)
-            || (offset / 8..end.div_ceil(8)).any(|block| slot.covered(block));
-        let spoiled = if end > MAX_PAYLOAD {
+        let too_large = end > MAX_PAYLOAD;
+        let inconsistent = || {
+            (ip.more_frags() && !data.len().is_multiple_of(8))
+                || (!ip.more_frags() && slot.total.is_some_and(|total| total != end))
+                || slot.total.is_some_and(|total| end > total)
+                || (offset / 8..end.div_ceil(8)).any(|block| slot.covered(block))
+        };
+        let spoiled = if too_large {
             Some(Spoiled::TooLarge)
-        } else if inconsistent {
+        } else if inconsistent() {
             Some(Spoiled::Overlap)
         } else {
             None

@@ -749,3 +749,42 @@ fn early_connections_get_scaled_windows_and_bulk_data_flows() {
     assert!(done, "{} of {total} bytes back", back.len());
     assert!(back == data);
 }
+
+#[test]
+fn random_fragments_never_panic_and_every_buffer_comes_home() {
+    let (mut cluster, _) = sink_cluster(2);
+    let mut seed = 0x2545_f491u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    for _ in 0..3000 {
+        let length = (next() % 1480) as usize;
+        let payload: Vec<u8> = (0..length).map(|i| i as u8).collect();
+        let mut frame = udp_frame(42000 + (next() % 4) as u16, 9, &payload);
+        let offset = (next() % 8192) as u16 & !7;
+        let more = next() % 2 == 0;
+        let identification = (next() % 8) as u16;
+        frame[18..20].copy_from_slice(&identification.to_be_bytes());
+        let flags = (u16::from(more) << 13) | (offset / 8);
+        frame[20..22].copy_from_slice(&flags.to_be_bytes());
+        Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+        if next() % 4 == 0 {
+            // Cut it short: the IPv4 total length no longer fits the frame.
+            let cut = (next() as usize) % frame.len();
+            frame.truncate(cut.max(14));
+        }
+        cluster.inject(&frame);
+        if next() % 16 == 0 {
+            cluster.now += Duration::from_secs(u64::from(next() % 20));
+            let _ = cluster.round();
+        }
+    }
+    cluster.settle();
+    let counters = at(&cluster, 0);
+    let other = at(&cluster, 1);
+    assert!(counters.fragments + other.fragments > 1000);
+    assert_all_buffers_home(&cluster);
+}
