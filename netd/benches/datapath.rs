@@ -116,6 +116,7 @@ impl QueueDatapath for ReplayQueue {
             tx_checksum_ipv4: self.offload,
             tx_checksum_udp: self.offload,
             tx_checksum_tcp: self.offload,
+            tx_tcp_segmentation: self.offload,
         }
     }
 }
@@ -458,11 +459,38 @@ impl QueueDatapath for ServerQueue {
         0
     }
     fn transmit(&mut self, pool: &mut BufferPool, frames: &[TransmitFrame]) -> usize {
+        // Packets may span chained buffers and ask for TCP segmentation: played as a NIC does.
+        let mut packet = Vec::new();
+        let mut first: Option<TransmitFrame> = None;
         for frame in frames {
-            let mut bytes = pool.bytes(frame.buffer).unwrap()[..usize::from(frame.length)].to_vec();
-            drivers::frame::apply_tx_checksums(&mut bytes, frame.checksum);
-            self.sent.push(bytes);
+            packet
+                .extend_from_slice(&pool.bytes(frame.buffer).unwrap()[..usize::from(frame.length)]);
             pool.free(frame.buffer).unwrap();
+            let head = *first.get_or_insert(*frame);
+            if frame.more {
+                continue;
+            }
+            first = None;
+            let mut bytes = std::mem::take(&mut packet);
+            match head.segmentation {
+                Some(segmentation) => {
+                    let mut segment = vec![0u8; 1600];
+                    let mut index = 0;
+                    while let Some(length) = drivers::frame::tcp_segment(
+                        &bytes,
+                        usize::from(segmentation.mss),
+                        index,
+                        &mut segment,
+                    ) {
+                        self.sent.push(segment[..length].to_vec());
+                        index += 1;
+                    }
+                }
+                None => {
+                    drivers::frame::apply_tx_checksums(&mut bytes, head.checksum);
+                    self.sent.push(bytes);
+                }
+            }
         }
         frames.len()
     }

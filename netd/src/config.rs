@@ -150,6 +150,9 @@ pub struct TcpOptions {
     /// `netd.tcp_keepalive_s=S`: an idle connection sends a keep-alive probe every S seconds, and
     /// one whose peer stays silent for four intervals is dropped; 0 sends none.
     pub keepalive_seconds: u32,
+    /// `netd.tcp_coalesce_us=N`: a connection whose peer streams full-sized segments holds its
+    /// output (and ACKs) up to N µs, so it leaves in large segments; 0 never holds.
+    pub coalesce_us: u32,
 }
 
 impl Default for TcpOptions {
@@ -161,9 +164,13 @@ impl Default for TcpOptions {
             backlog: 256,
             idle_seconds: 300,
             keepalive_seconds: 60,
+            coalesce_us: 500,
         }
     }
 }
+
+/// The default of `netd.rx_hold_us`.
+pub const DEFAULT_RX_HOLD_US: u32 = 50;
 
 /// netd's options from the kernel command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,6 +186,9 @@ pub struct NetOptions {
     pub icmp_rate: u32,
     /// `netd.tcp_*`: TCP's limits, budget and timers.
     pub tcp: TcpOptions,
+    /// `netd.rx_hold_us=N`: receive moderation for bulk TCP (see
+    /// [`crate::PollOutcome::hold_until`]); 0 off.
+    pub rx_hold_us: u32,
 }
 
 impl Default for NetOptions {
@@ -189,6 +199,7 @@ impl Default for NetOptions {
             tx_offload: true,
             icmp_rate: 1000,
             tcp: TcpOptions::default(),
+            rx_hold_us: DEFAULT_RX_HOLD_US,
         }
     }
 }
@@ -419,11 +430,13 @@ impl core::fmt::Display for OptionError<'_> {
             "netd.lrp" | "netd.offload" => "on or off",
             "netd.udp" => "fast or smoltcp",
             "netd.icmp_rate" => "ICMP errors per second, 0 to 1000000",
+            "netd.rx_hold_us" => "microseconds, 0 (off) to 10000",
             "netd.tcp_max_conn" => "connections per core, 1 to 1000000",
             "netd.tcp_mem" => "megabytes per core, 1 to 65536",
             "netd.tcp_buffer_kb" => "kilobytes, 4 to 16384",
             "netd.tcp_backlog" => "half-open connections per port, 1 to 1000000",
             "netd.tcp_idle_s" | "netd.tcp_keepalive_s" => "seconds, 0 (off) to 86400",
+            "netd.tcp_coalesce_us" => "microseconds, 0 (off) to 10000",
             _ => "",
         };
         match self.problem {
@@ -450,12 +463,14 @@ pub const KNOWN_OPTIONS: &[&str] = &[
     "netd.udp",
     "netd.offload",
     "netd.icmp_rate",
+    "netd.rx_hold_us",
     "netd.tcp_max_conn",
     "netd.tcp_mem",
     "netd.tcp_buffer_kb",
     "netd.tcp_backlog",
     "netd.tcp_idle_s",
     "netd.tcp_keepalive_s",
+    "netd.tcp_coalesce_us",
 ];
 
 /// A decimal number within `range`.
@@ -518,6 +533,9 @@ pub fn parse_options<'a>(line: &'a str, mut report: impl FnMut(OptionError<'a>))
             "netd.icmp_rate" => number_in(value, 0..=1_000_000)
                 .map(|n| options.icmp_rate = n)
                 .is_some(),
+            "netd.rx_hold_us" => number_in(value, 0..=10_000)
+                .map(|n| options.rx_hold_us = n)
+                .is_some(),
             "netd.tcp_max_conn" => number_in(value, 1..=1_000_000)
                 .map(|n| options.tcp.max_connections = n)
                 .is_some(),
@@ -535,6 +553,9 @@ pub fn parse_options<'a>(line: &'a str, mut report: impl FnMut(OptionError<'a>))
                 .is_some(),
             "netd.tcp_keepalive_s" => number_in(value, 0..=86400)
                 .map(|n| options.tcp.keepalive_seconds = n)
+                .is_some(),
+            "netd.tcp_coalesce_us" => number_in(value, 0..=10_000)
+                .map(|n| options.tcp.coalesce_us = n)
                 .is_some(),
             _ => {
                 report(OptionError {
@@ -651,6 +672,7 @@ mod tests {
                 backlog: 32,
                 idle_seconds: 0,
                 keepalive_seconds: 15,
+                coalesce_us: 500,
             }
         );
         assert_eq!(options.icmp_rate, 0);

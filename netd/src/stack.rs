@@ -100,6 +100,12 @@ pub struct PollOutcome {
     pub rx_quota: usize,
     /// Cycles this turn took.
     pub cycles: u64,
+    /// Receive moderation (`netd.rx_hold_us`): the turn carried bulk TCP data, so the kernel
+    /// should keep the queue's interrupt masked and not poll before this instant unless
+    /// something else wakes it; the segments that arrive meanwhile are taken, acknowledged and
+    /// answered together (one larger segment, one doorbell) — what a NIC's interrupt
+    /// throttling does for an interrupt-driven stack. `None`: halt as usual.
+    pub hold_until: Option<Instant>,
 }
 
 /// A smoltcp device with nothing to receive or send (for building the interface).
@@ -179,6 +185,8 @@ struct JobDone {
     icmp_limited: u64,
     /// What the reassembly path did.
     reassembly: runner::reassembly::ReassemblyEvents,
+    /// Full-sized TCP data segments taken.
+    bulk_segments: u64,
 }
 
 /// What a turn's receive step did.
@@ -239,6 +247,8 @@ pub struct CoreNet {
     moves: FlowMoves,
     /// Reads the kernel's heap figures for the snapshot (none: unknown).
     heap_probe: Option<HeapProbe>,
+    /// Full-sized TCP data segments taken since the core last went quiet (receive moderation).
+    bulk_segments: u64,
 }
 
 /// The kernel's heap figures of one core, in bytes.
@@ -381,6 +391,7 @@ impl CoreNet {
             tcp_budget,
             moves,
             heap_probe: None,
+            bulk_segments: 0,
         })
     }
 
@@ -621,6 +632,15 @@ impl CoreNet {
         // frames in the ring.
         more_work |= report.ring_left || self.unserviced != PathSet::EMPTY;
         let next_deadline = self.paths.iter().filter_map(|path| path.deadline).min();
+        // Bulk data since the core last went quiet: hold receive when it goes quiet now.
+        let hold = self.config.options.rx_hold_us;
+        let bulk = self.bulk_segments > 0;
+        let hold_until =
+            (bulk && hold > 0 && !more_work).then(|| now + Duration::from_micros(u64::from(hold)));
+        if !more_work {
+            self.bulk_segments = 0;
+        }
+        self.counters.rx_holds += u64::from(hold_until.is_some());
         PollOutcome {
             received: report.taken,
             transmitted,
@@ -629,6 +649,7 @@ impl CoreNet {
             stats_wanted: core::mem::take(&mut self.stats_wanted),
             rx_quota: report.quota,
             cycles: turn,
+            hold_until,
         }
     }
 
@@ -1264,6 +1285,7 @@ impl CoreNet {
             classifier,
             moves,
             live_cores,
+            bulk_segments,
             ..
         } = self;
         let config: &NetConfig = config;
@@ -1375,9 +1397,11 @@ impl CoreNet {
             done.socket_drops = cx.notes.socket_drops;
             done.icmp_limited = cx.notes.icmp_limited;
             done.reassembly = cx.notes.reassembly;
+            done.bulk_segments = cx.notes.tcp.bulk_segments;
             tcp_events.add(&cx.notes.tcp);
             progress
         };
+        *bulk_segments += done.bulk_segments;
         counters.forwarded_out += done.forwarded_out;
         counters.drops[DropReason::ForwardFailed as usize] += done.forward_failed;
         counters.icmp_limited += done.icmp_limited;
@@ -1667,9 +1691,8 @@ fn commit(cx: &mut RunContext<'_>, frame: &QueuedFrame, reply: Reply) -> bool {
         }
         Reply::InPlace { length, checksum } => {
             let out = TransmitFrame {
-                buffer: frame.buffer,
-                length,
                 checksum,
+                ..TransmitFrame::new(frame.buffer, length)
             };
             if cx.tx.push(out).is_err() {
                 let _ = cx.pool.free(frame.buffer);
@@ -1683,18 +1706,22 @@ fn commit(cx: &mut RunContext<'_>, frame: &QueuedFrame, reply: Reply) -> bool {
             let Some(buffer) = cx.pool.alloc() else {
                 return false;
             };
-            match cx.pool.bytes_mut(buffer) {
-                Ok(target) => target[..length].copy_from_slice(&cx.staging.bytes[..length]),
+            // smoltcp leaves TCP checksums to the device: finish a reset's or an ACK's here.
+            let checksum = match cx.pool.bytes_mut(buffer) {
+                Ok(target) => {
+                    target[..length].copy_from_slice(&cx.staging.bytes[..length]);
+                    crate::device::finish_tcp_checksum(&mut target[..length], cx.offload)
+                }
                 Err(_) => {
                     let _ = cx.pool.free(buffer);
                     return false;
                 }
-            }
-            if cx
-                .tx
-                .push(TransmitFrame::new(buffer, length as u16))
-                .is_err()
-            {
+            };
+            let frame = TransmitFrame {
+                checksum,
+                ..TransmitFrame::new(buffer, length as u16)
+            };
+            if cx.tx.push(frame).is_err() {
                 let _ = cx.pool.free(buffer);
                 return false;
             }

@@ -86,6 +86,8 @@ pub struct CoreCounters {
     pub reassembly_overlaps: u64,
     /// Datagrams dropped for being longer than a reassembled frame may be.
     pub reassembly_too_large: u64,
+    /// Turns that asked the kernel to hold receive for bulk TCP (`netd.rx_hold_us`).
+    pub rx_holds: u64,
 }
 
 /// One core's memory in a snapshot: the kernel's heap and TCP's budget.
@@ -340,7 +342,7 @@ fn write_core(core: &CoreStats, out: &mut String) {
          \"polls\":{},\"no_buffer\":{},\"peer_unroutable\":{},\"rx_withheld\":{},\"rx_quota_reached\":{},\
          \"cycles_total\":{},\"cycles_idle\":{},\"cycles_unclassified\":{},\"longest_turn_cycles\":{},\
          \"nic\":{{\"rx_no_descriptor\":{},\"rx_missed\":{},\"rx_errors\":{}}},\
-         \"icmp_limited\":{},\"reassembly\":{{\"fragments\":{},\"reassembled\":{},\"timeouts\":{},\
+         \"rx_holds\":{},\"icmp_limited\":{},\"reassembly\":{{\"fragments\":{},\"reassembled\":{},\"timeouts\":{},\
          \"evictions\":{},\"overlaps\":{},\"too_large\":{}}},\
          \"drops\":{{\"shared_queue\":{}",
         core.core,
@@ -365,6 +367,7 @@ fn write_core(core: &CoreStats, out: &mut String) {
         c.nic_rx_no_descriptor,
         c.nic_rx_missed,
         c.nic_rx_errors,
+        c.rx_holds,
         c.icmp_limited,
         c.fragments,
         c.reassembled,
@@ -480,9 +483,9 @@ pub fn write_json(host: &NetConfig, view: &StatsView<'_>, out: &mut String) {
 
 impl CoreCounters {
     /// Number of [`Self::scalars`].
-    pub const SCALARS: usize = 28;
+    pub const SCALARS: usize = 29;
 
-    /// The core-wide (drops by reason apart) counters as numbers, in declaration order (rx_frames, rx_bytes, tx_frames, tx_bytes, forwarded_out, forwarded_in, neighbours_sent, neighbours_installed, polls, no_buffer, shared_queue_drops, peer_unroutable, rx_withheld, rx_quota_reached, nic_rx_no_descriptor, nic_rx_missed, nic_rx_errors, cycles_unclassified, cycles_idle, cycles_total, longest_turn_cycles, icmp_limited, fragments, reassembled, reassembly_timeouts, reassembly_evictions, reassembly_overlaps, reassembly_too_large): the order
+    /// The core-wide (drops by reason apart) counters as numbers, in declaration order (rx_frames, rx_bytes, tx_frames, tx_bytes, forwarded_out, forwarded_in, neighbours_sent, neighbours_installed, polls, no_buffer, shared_queue_drops, peer_unroutable, rx_withheld, rx_quota_reached, nic_rx_no_descriptor, nic_rx_missed, nic_rx_errors, cycles_unclassified, cycles_idle, cycles_total, longest_turn_cycles, icmp_limited, fragments, reassembled, reassembly_timeouts, reassembly_evictions, reassembly_overlaps, reassembly_too_large, rx_holds): the order
     /// of the snapshot encoding. A counter added to the struct is added at the end here.
     pub fn scalars(&self) -> [u64; Self::SCALARS] {
         [
@@ -514,6 +517,7 @@ impl CoreCounters {
             self.reassembly_evictions,
             self.reassembly_overlaps,
             self.reassembly_too_large,
+            self.rx_holds,
         ]
     }
 
@@ -548,6 +552,7 @@ impl CoreCounters {
             self.reassembly_evictions,
             self.reassembly_overlaps,
             self.reassembly_too_large,
+            self.rx_holds,
         ] = *values;
     }
 }

@@ -447,9 +447,10 @@ fn stats_summary(namespace: &TapNamespace) -> String {
         let mib =
             |key: &str| core["memory"][key].as_u64().unwrap_or(0) as f64 / (1u64 << 20) as f64;
         let mut line = format!(
-            "core {}: {} polls, {} cycles idle, heap high water {:.1} MiB of {:.0}, TCP budget high water {:.1} MiB of {:.0}, most connections {}",
+            "core {}: {} polls, {} holds, {} cycles idle, heap high water {:.1} MiB of {:.0}, TCP budget high water {:.1} MiB of {:.0}, most connections {}",
             core["core"],
             core["polls"],
+            core["rx_holds"],
             core["cycles_idle"],
             mib("heap_high_water"),
             mib("heap_size"),

@@ -157,6 +157,9 @@ pub struct Node<N: NetService> {
     pub(crate) hook: Option<Box<dyn hook::Hook>>,
     pub(crate) online_at: Instant,
     poll_until: Instant,
+    /// Receive moderation: the queue's interrupt stays masked and the network is not polled
+    /// before this (netd's `PollOutcome::hold_until`).
+    hold_until: Option<Instant>,
     next_tick: Option<Instant>,
     next_transport_push: Instant,
     pub(crate) counters: NodeCounters,
@@ -191,6 +194,7 @@ impl<N: NetService> Node<N> {
             hook,
             online_at: now,
             poll_until: now,
+            hold_until: None,
             next_tick: config.tick_ns.map(|period| now.after(period)),
             next_transport_push: now,
             counters: NodeCounters::default(),
@@ -427,12 +431,16 @@ impl<N: NetService> Node<N> {
         {
             self.poll_until = now.after(self.config.poll_after_traffic_ns);
         }
+        self.hold_until = outcome.hold_until.map(node_instant);
         if outcome.more_work || now < self.poll_until {
             Next::Run
         } else {
             Next::Halt {
                 until: outcome.next_deadline.map(node_instant),
             }
+            .and(Next::Halt {
+                until: self.hold_until,
+            })
         }
     }
 
@@ -506,8 +514,11 @@ impl<N: NetService> Node<N> {
     /// interrupt and looks at its ring, announces sleep on every link, and checks that `until`
     /// has not passed. Call [`Self::woke`] afterwards whatever it returned.
     pub fn may_halt(&mut self, now: Instant, until: Option<Instant>) -> bool {
+        // While receive moderation holds, the queue's interrupt stays masked: the frames that
+        // arrive meanwhile wait for the hold's timer and are taken together.
+        let holding = self.hold_until.is_some_and(|at| at > now);
         let may = until.is_none_or(|at| at > now)
-            && !self.net.as_mut().is_some_and(|net| net.arm_and_check())
+            && (holding || !self.net.as_mut().is_some_and(|net| net.arm_and_check()))
             && self.mailbox.prepare_to_sleep();
         if may {
             self.counters.halts += 1;

@@ -204,6 +204,7 @@ impl NetService for FakeNet {
             stats_wanted: false,
             rx_quota: self.batch,
             cycles: 0,
+            hold_until: None,
         }
     }
 

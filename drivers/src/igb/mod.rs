@@ -387,6 +387,9 @@ where
             // (igb_setup_tx_offloads: it recomputes the IPv4 and L4 checksums itself).
             tx_checksum_offload: true,
             tx_check_context: false,
+            // §7.2.4 TCP segmentation; QEMU's model honours TSE (and hands the whole packet to
+            // a tap backend with a virtio-net header, or segments it itself).
+            tx_tcp_segmentation: true,
         };
         let queue = DescriptorQueue::new(QueueId(index as u16), registers.clone(), offsets, region);
         // Cannot fail: at most 16 regions.

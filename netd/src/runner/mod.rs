@@ -248,6 +248,8 @@ pub(crate) fn smoltcp_egress(cx: &mut RunContext<'_>, sockets: &mut SocketSet<'s
                 pool: cx.pool,
                 queue: cx.tx,
                 reserve: cx.tx_reserve,
+                offload: cx.offload,
+                scratch: &mut cx.staging.large,
             },
         };
         let _ = cx.iface.poll_egress(cx.now, &mut device, sockets);

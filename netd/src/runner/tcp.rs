@@ -46,6 +46,14 @@ const VISITS_PER_SERVICE: usize = 256;
 /// A half-open connection whose handshake does not complete within this is freed.
 pub const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A data segment this long or longer counts as bulk traffic (receive moderation,
+/// `netd.rx_hold_us`, and egress coalescing, `netd.tcp_coalesce_us`): request/response traffic
+/// of small messages is never held.
+pub const BULK_SEGMENT: usize = 1024;
+
+/// A streaming connection's output is not held once this much waits to be sent.
+pub const COALESCE_BYTES: usize = 48 << 10;
+
 /// How many keep-alive intervals a silent peer is given before its connection is dropped.
 pub const KEEPALIVE_PROBES: u32 = 4;
 
@@ -67,6 +75,8 @@ pub(crate) struct TcpEvents {
     /// Segments of no local connection sent to the core that owns their flow, or owned it
     /// before a move.
     pub(crate) handed_over: u64,
+    /// Data segments of at least [`BULK_SEGMENT`] bytes taken (receive moderation).
+    pub(crate) bulk_segments: u64,
 }
 
 impl TcpEvents {
@@ -79,6 +89,7 @@ impl TcpEvents {
         self.idle_timeouts += other.idle_timeouts;
         self.stray_segments += other.stray_segments;
         self.handed_over += other.handed_over;
+        self.bulk_segments += other.bulk_segments;
     }
 }
 
@@ -191,6 +202,7 @@ struct Timers {
     idle: Option<Duration>,
     keep_alive: Option<Duration>,
     silence: Option<Duration>,
+    coalesce: Option<Duration>,
 }
 
 impl Timers {
@@ -202,6 +214,8 @@ impl Timers {
             idle: seconds(options.idle_seconds),
             keep_alive,
             silence: keep_alive.map(|interval| interval * KEEPALIVE_PROBES),
+            coalesce: (options.coalesce_us > 0)
+                .then(|| Duration::from_micros(u64::from(options.coalesce_us))),
         }
     }
 }
@@ -214,6 +228,7 @@ struct Segment {
     local_port: u16,
     syn: bool,
     rst: bool,
+    payload: usize,
 }
 
 impl Segment {
@@ -228,6 +243,7 @@ impl Segment {
             return None;
         }
         let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+        let payload = tcp.payload().len();
         Some(Self {
             remote: Remote {
                 address: ip.src_addr().octets(),
@@ -237,6 +253,7 @@ impl Segment {
             local_port: tcp.dst_port(),
             syn: tcp.syn() && !tcp.ack() && !tcp.rst(),
             rst: tcp.rst(),
+            payload,
         })
     }
 
@@ -368,7 +385,11 @@ impl TcpRunner {
         let Some(connection) = self.table.get_mut(id) else {
             return;
         };
-        let stack = cx.iface.poll_at(cx.now, &connection.sockets);
+        let stack = match connection.egress_at {
+            // Output held back: smoltcp's "now" waits for the hold (its timers are later).
+            Some(at) if at > cx.now => Some(at),
+            _ => cx.iface.poll_at(cx.now, &connection.sockets),
+        };
         let own = match connection.phase {
             Phase::HalfOpen => Some(connection.created + HALF_OPEN_TIMEOUT),
             Phase::Open => timers.idle.map(|idle| connection.last_progress + idle),
@@ -442,7 +463,27 @@ impl TcpRunner {
         let Some(connection) = self.table.get_mut(id) else {
             return opened;
         };
-        smoltcp_egress(cx, &mut connection.sockets);
+        // A streaming connection's output (and ACKs) are held up to `coalesce` so that what
+        // several segments brought leaves as one large segment (one NIC packet, one doorbell);
+        // never when much is pending or the connection is closing.
+        let bulk = connection.bulk;
+        let hold = timers.coalesce.filter(|_| {
+            let socket = connection.socket();
+            bulk && socket.state() == tcp::State::Established
+                && socket.send_queue() < COALESCE_BYTES
+        });
+        let held = match (hold, connection.egress_at) {
+            (Some(hold), None) => {
+                connection.egress_at = Some(now + hold);
+                true
+            }
+            (Some(_), Some(at)) => now < at,
+            (None, _) => false,
+        };
+        if !held {
+            connection.egress_at = None;
+            smoltcp_egress(cx, &mut connection.sockets);
+        }
         if connection.socket().state() == tcp::State::Closed {
             // Finished (or reset, the reset sent): free it now.
             if connection.phase == Phase::Open {
@@ -497,6 +538,12 @@ impl PathRunner for TcpRunner {
                 // Progress is what smoltcp accepted: data into the receive buffer (a probe
                 // beyond a shut window is not), a FIN, or data of ours acknowledged.
                 let before = Self::progress_mark(connection.socket());
+                if segment.payload >= BULK_SEGMENT {
+                    cx.notes.tcp.bulk_segments += 1;
+                    connection.bulk = true;
+                } else if segment.payload > 0 {
+                    connection.bulk = false;
+                }
                 let reply = smoltcp_ingress(cx, &mut connection.sockets, frame);
                 if Self::progress_mark(connection.socket()) != before {
                     connection.last_progress = cx.now;

@@ -105,6 +105,10 @@ pub(crate) struct Connection {
     pub(crate) created: Instant,
     /// The last moment data arrived or data of ours was acknowledged.
     pub(crate) last_progress: Instant,
+    /// The last data segment was full-sized: the peer streams (egress may be coalesced).
+    pub(crate) bulk: bool,
+    /// Egress held back until then (coalescing a streaming connection's output).
+    pub(crate) egress_at: Option<Instant>,
     /// In the ready list.
     queued: bool,
     /// The deadline its timer-heap entry stands for.
@@ -133,6 +137,8 @@ impl Connection {
             phase: Phase::HalfOpen,
             created: now,
             last_progress: now,
+            bulk: false,
+            egress_at: None,
             queued: false,
             timer: None,
         })
