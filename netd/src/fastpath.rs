@@ -140,6 +140,7 @@ mod tests {
         tx_checksum_ipv4: false,
         tx_checksum_udp: false,
         tx_checksum_tcp: false,
+        tx_tcp_segmentation: false,
     };
 
     /// A request in a 2 KiB buffer (as in a pool buffer) and its length.
@@ -205,6 +206,7 @@ mod tests {
             tx_checksum_ipv4: true,
             tx_checksum_udp: true,
             tx_checksum_tcp: true,
+            tx_tcp_segmentation: true,
         };
         let (mut frame, length) = request(b"offloaded");
         let reply = answer_in_place(&mut frame, length, US, offload, |_, n, _| Some(n)).unwrap();

@@ -6,9 +6,9 @@
 //!   far more than the guest can take. The experiments' generator (`loadgen`) first measures the
 //!   guest's capacity in this run (closed loop, 32 UDP echo flows spread over both queues, 3 s);
 //!   then it offers 4× that, open loop (Poisson arrivals), for 60 s. The heap of every core
-//!   (`/stats`: `heap.used`, `heap.high_water`, handed over by the kernel through
-//!   `CoreNet::set_heap_counters`) is read after the capacity run (warm) and after the soak: the
-//!   high-water mark may grow by at most 256 KiB (0.8 % of a 32 MiB heap) and what is in use may
+//!   (`/stats`: `memory.heap_used`, `memory.heap_high_water`, read from the kernel's allocator
+//!   through the stack's heap probe) is read after the capacity run (warm) and after the soak: the
+//!   high-water mark may grow by at most 256 KiB (0.2 % of a 128 MiB heap) and what is in use may
 //!   not pass the old high-water mark by more than that — a leak of one byte per frame would be
 //!   megabytes. No core may be declared failed meanwhile (heartbeats ran through the overload),
 //!   and afterwards UDP echo on every queue, TCP echo, HTTP and memcached must answer. Prints the
@@ -45,8 +45,8 @@ const HEAP_SLACK: u64 = 256 << 10;
 const HEAP_SUMMARY: &str = r#"
 import json, sys
 for c in json.load(sys.stdin)['cores']:
-    h = c['heap']
-    print('core=%d used=%d high_water=%d bytes=%d' % (c['core'], h['used'], h['high_water'], h['bytes']))
+    h = c['memory']
+    print('core=%d used=%d high_water=%d bytes=%d' % (c['core'], h['heap_used'], h['heap_high_water'], h['heap_size']))
 "#;
 
 /// Every core's heap as `/stats` shows it: core → (used, high water, bytes).

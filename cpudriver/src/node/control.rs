@@ -164,7 +164,6 @@ impl<N: NetService> Node<N> {
             Ok(message) => {
                 if let (Message::StatsRequest { .. }, Some(net)) = (&message, self.net.as_mut()) {
                     net.set_transport_counters(outbox.mailbox.counters());
-                    net.set_heap_counters(platform.heap_use());
                     let snapshot = net.snapshot_bytes(now);
                     let _ = outbox.mailbox.send_bulk(
                         LinkId(peer),

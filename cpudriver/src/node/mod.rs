@@ -66,8 +66,6 @@ pub trait Platform {
     /// The cores this core wakes by IPI when a NIC queue interrupt reaches it (the holders of
     /// the other queues on its vectors: `wake::forward_targets`), after a core failed.
     fn set_wake_forwards(&mut self, cores: &[usize]);
-    /// This core's heap: size, bytes in use, high-water mark (for `/stats`).
-    fn heap_use(&self) -> netd::HeapUse;
 }
 
 /// Why a core stops for good.
@@ -165,6 +163,9 @@ pub struct Node<N: NetService> {
     pub(crate) hook: Option<Box<dyn hook::Hook>>,
     pub(crate) online_at: Instant,
     poll_until: Instant,
+    /// Receive moderation: the queue's interrupt stays masked and the network is not polled
+    /// before this (netd's `PollOutcome::hold_until`).
+    hold_until: Option<Instant>,
     next_tick: Option<Instant>,
     next_transport_push: Instant,
     pub(crate) counters: NodeCounters,
@@ -201,6 +202,7 @@ impl<N: NetService> Node<N> {
             hook,
             online_at: now,
             poll_until: now,
+            hold_until: None,
             next_tick: config.tick_ns.map(|period| now.after(period)),
             next_transport_push: now,
             counters: NodeCounters::default(),
@@ -436,7 +438,6 @@ impl<N: NetService> Node<N> {
         if now >= self.next_transport_push {
             self.next_transport_push = now.after(1_000_000);
             net.set_transport_counters(self.mailbox.counters());
-            net.set_heap_counters(platform.heap_use());
         }
         let outcome = net.poll(
             now,
@@ -452,12 +453,16 @@ impl<N: NetService> Node<N> {
         {
             self.poll_until = now.after(self.config.poll_after_traffic_ns);
         }
+        self.hold_until = outcome.hold_until.map(node_instant);
         if outcome.more_work || now < self.poll_until {
             Next::Run
         } else {
             Next::Halt {
                 until: outcome.next_deadline.map(node_instant),
             }
+            .and(Next::Halt {
+                until: self.hold_until,
+            })
         }
     }
 
@@ -533,8 +538,11 @@ impl<N: NetService> Node<N> {
     pub fn may_halt(&mut self, now: Instant, until: Option<Instant>) -> bool {
         // A suspended home leaves its queues masked: a letter (IPI) ends the suspension.
         let suspended = self.takeover.suspended();
+        // While receive moderation holds, the queue's interrupt stays masked: the frames that
+        // arrive meanwhile wait for the hold's timer and are taken together.
+        let holding = self.hold_until.is_some_and(|at| at > now);
         let may = until.is_none_or(|at| at > now)
-            && (suspended || !self.net.as_mut().is_some_and(|net| net.arm_and_check()))
+            && (suspended || holding || !self.net.as_mut().is_some_and(|net| net.arm_and_check()))
             && self.mailbox.prepare_to_sleep();
         if may {
             self.counters.halts += 1;

@@ -56,9 +56,6 @@ pub trait NetService {
     /// The mailbox's counters, for `/stats`.
     fn set_transport_counters(&mut self, counters: &TransportCounters);
 
-    /// The core's heap use, for `/stats`.
-    fn set_heap_counters(&mut self, heap: netd::HeapUse);
-
     /// The cores the monitors hold alive.
     fn set_live_cores(&mut self, mask: u64);
 
@@ -249,10 +246,6 @@ impl<Q: QueueDatapath> NetService for CoreNetwork<Q> {
 
     fn set_transport_counters(&mut self, counters: &TransportCounters) {
         self.net.set_transport_counters(counters);
-    }
-
-    fn set_heap_counters(&mut self, heap: netd::HeapUse) {
-        self.net.set_heap_counters(heap);
     }
 
     fn set_live_cores(&mut self, mask: u64) {

@@ -339,6 +339,7 @@ impl NetService for FakeNet {
             stats_wanted: false,
             rx_quota: self.batch,
             cycles: 0,
+            hold_until: None,
         }
     }
 
@@ -417,8 +418,6 @@ impl NetService for FakeNet {
 
     fn set_transport_counters(&mut self, _counters: &TransportCounters) {}
 
-    fn set_heap_counters(&mut self, _heap: netd::HeapUse) {}
-
     fn set_live_cores(&mut self, _mask: u64) {}
 
     fn counters(&self) -> CoreCounters {
@@ -491,10 +490,6 @@ impl Platform for SimPlatform {
         if let Some(slot) = self.forwards.borrow_mut().get_mut(self.core) {
             *slot = cores.to_vec();
         }
-    }
-
-    fn heap_use(&self) -> netd::HeapUse {
-        netd::HeapUse::default()
     }
 }
 

@@ -438,9 +438,6 @@ mod threads {
         }
         fn print(&mut self, _line: core::fmt::Arguments<'_>) {}
         fn set_wake_forwards(&mut self, _cores: &[usize]) {}
-        fn heap_use(&self) -> netd::HeapUse {
-            netd::HeapUse::default()
-        }
     }
 
     /// What the core threads share to agree they are done.

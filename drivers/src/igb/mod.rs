@@ -347,6 +347,9 @@ fn queue_registers(index: usize, queues: u16, msix_vectors: u16) -> QueueRegiste
         // (igb_setup_tx_offloads: it recomputes the IPv4 and L4 checksums itself).
         tx_checksum_offload: true,
         tx_check_context: false,
+        // §7.2.4 TCP segmentation; QEMU's model honours TSE (and hands the whole packet to
+        // a tap backend with a virtio-net header, or segments it itself).
+        tx_tcp_segmentation: true,
     }
 }
 

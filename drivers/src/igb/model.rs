@@ -342,9 +342,11 @@ mod tests {
     fn transmit_checksum_offload_through_context_descriptors() {
         let (model, _control, mut queues) = bring_up(2, 16);
         crate::model::offload_check::transmit_offload_is_honoured(&model, &mut queues[1]);
+        crate::model::offload_check::transmit_segmentation_is_honoured(&model, &mut queues[1]);
         // UDP, TCP, UDP: the UDP context stays in slot 0 while TCP uses slot 1, so two context
-        // descriptors were written for six frames, then none for the plain frame.
-        assert_eq!(model.peek(regs::tdt(1)), 2 + 6 + 1);
+        // descriptors were written for six frames, then none for the plain frame; then the
+        // segmentation context (TCP's slot, now with an MSS) and the packet's three buffers.
+        assert_eq!(model.peek(regs::tdt(1)), 2 + 6 + 1 + 1 + 3);
     }
 
     #[test]

@@ -11,15 +11,35 @@ extern crate alloc;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-/// Largest request head accepted; longer ones get 431 and the connection closes.
+/// Largest request head accepted (or the connection's receive buffer, if smaller); longer ones
+/// get 431 and the connection closes.
 const MAX_REQUEST: usize = 8192;
 
+/// Responses one connection answers per visit at most (pipelining); the rest wait in its socket.
+const PIPELINE_PER_VISIT: usize = 64;
+
+/// Bytes of responses the server holds beyond what the sockets took, over every connection: a
+/// connection whose next response would pass it waits (is not read) until others drain.
+pub const OUTPUT_BUDGET: usize = 4 << 20;
+
+/// Output kept beyond this capacity is given back to the heap once sent.
+const KEEP_CAPACITY: usize = 4096;
+
+/// One connection's state: the response the socket has not taken yet (at most one: a connection
+/// with output pending is not read, so a client that never reads stops being read).
 #[derive(Default)]
 struct Connection {
-    request: Vec<u8>,
     output: Vec<u8>,
     sent: usize,
     close_after: bool,
+    /// Waiting for the server's output budget.
+    waiting: bool,
+}
+
+impl Connection {
+    fn pending(&self) -> usize {
+        self.output.len() - self.sent
+    }
 }
 
 /// The HTTP server.
@@ -27,8 +47,14 @@ pub struct Http {
     /// The machine's addresses, shown in `/stats`.
     host: NetConfig,
     connections: Vec<Connection>,
+    /// Bytes of responses held over every connection (bounded by [`OUTPUT_BUDGET`]).
+    held: usize,
+    /// Connections waiting for the output budget.
+    waiting: usize,
     /// Requests answered.
     pub requests: u64,
+    /// Times a connection had to wait for the output budget.
+    pub budget_waits: u64,
 }
 
 impl Http {
@@ -38,7 +64,10 @@ impl Http {
         Self {
             host: *host,
             connections: Vec::new(),
+            held: 0,
+            waiting: 0,
             requests: 0,
+            budget_waits: 0,
         }
     }
 
@@ -47,6 +76,20 @@ impl Http {
             self.connections.resize_with(slot + 1, Connection::default);
         }
         &mut self.connections[slot]
+    }
+
+    /// Forgets connection `slot`, giving its output and waiting place back.
+    fn reset(&mut self, slot: usize) {
+        let connection = core::mem::take(self.connection(slot));
+        self.held -= connection.pending();
+        if connection.waiting {
+            self.waiting -= 1;
+        }
+    }
+
+    /// Bytes of responses held now (for tests).
+    pub fn held(&self) -> usize {
+        self.held
     }
 }
 
@@ -163,11 +206,16 @@ impl StreamService for Http {
     }
 
     fn on_open(&mut self, _context: &mut AppContext<'_>, slot: usize) {
-        *self.connection(slot) = Connection::default();
+        self.reset(slot);
     }
 
-    fn on_close(&mut self, _context: &mut AppContext<'_>, slot: usize) {
-        *self.connection(slot) = Connection::default();
+    fn on_close(&mut self, context: &mut AppContext<'_>, slot: usize) {
+        let had = self.connection(slot).pending();
+        self.reset(slot);
+        if had > 0 && self.waiting > 0 {
+            // Budget came back: the connections waiting for it are visited again.
+            *context.run_again = true;
+        }
     }
 
     fn on_data(
@@ -176,27 +224,47 @@ impl StreamService for Http {
         slot: usize,
         socket: &mut tcp::Socket<'static>,
     ) {
-        let mut answered = 0;
         let host = self.host;
-        let connection = self.connection(slot);
-        // Read what the client sent, up to the limit.
-        while socket.can_recv() && connection.request.len() < MAX_REQUEST && !connection.close_after
-        {
-            let room = MAX_REQUEST - connection.request.len();
-            let request = &mut connection.request;
-            let taken = socket.recv(|bytes| {
-                let n = bytes.len().min(room);
-                request.extend_from_slice(&bytes[..n]);
-                (n, n)
-            });
-            if !matches!(taken, Ok(n) if n > 0) {
+        let _ = self.connection(slot);
+        let mut head = [0u8; MAX_REQUEST];
+        let limit = MAX_REQUEST.min(socket.recv_capacity());
+        let mut answered = 0u64;
+        let mut released = false;
+        loop {
+            let Self {
+                connections,
+                held,
+                waiting,
+                budget_waits,
+                ..
+            } = &mut *self;
+            let connection = &mut connections[slot];
+            // Write what is pending; a connection with output left is not read further.
+            if connection.pending() > 0 {
+                if let Ok(n) = socket.send_slice(&connection.output[connection.sent..]) {
+                    connection.sent += n;
+                    *held -= n;
+                    released |= n > 0;
+                }
+                if connection.pending() > 0 {
+                    break;
+                }
+                connection.sent = 0;
+                if connection.output.capacity() > KEEP_CAPACITY {
+                    connection.output = Vec::new();
+                } else {
+                    connection.output.clear();
+                }
+            }
+            if connection.close_after || answered >= PIPELINE_PER_VISIT as u64 {
                 break;
             }
-        }
-        // Answer every complete request head (pipelining keeps order).
-        while !connection.close_after {
-            let Some(end) = find(&connection.request, b"\r\n\r\n") else {
-                if connection.request.len() >= MAX_REQUEST {
+            // The next request head, read in place from the socket (nothing is copied out of it
+            // until a whole head is there).
+            let queued = socket.recv_queue().min(limit);
+            let seen = socket.peek_slice(&mut head[..queued]).unwrap_or(0);
+            let Some(end) = find(&head[..seen], b"\r\n\r\n") else {
+                if seen >= limit {
                     respond(
                         &mut connection.output,
                         "431 Request Header Fields Too Large",
@@ -204,28 +272,52 @@ impl StreamService for Http {
                         b"too large\n",
                         true,
                     );
+                    *held += connection.output.len();
                     connection.close_after = true;
+                    continue;
                 }
                 break;
             };
-            let head: Vec<u8> = connection.request.drain(..end + 4).collect();
+            if *held >= OUTPUT_BUDGET {
+                // Every connection's output together is at its bound: wait (unread) until some
+                // drains.
+                if !connection.waiting {
+                    connection.waiting = true;
+                    *waiting += 1;
+                    *budget_waits += 1;
+                }
+                break;
+            }
+            if connection.waiting {
+                connection.waiting = false;
+                *waiting -= 1;
+            }
+            let mut consumed = 0;
+            while consumed < end + 4 {
+                match socket.recv(|bytes| {
+                    let n = bytes.len().min(end + 4 - consumed);
+                    (n, n)
+                }) {
+                    Ok(n) if n > 0 => consumed += n,
+                    _ => break,
+                }
+            }
+            let before = connection.output.len();
             connection.close_after = answer(context, &host, &head[..end], &mut connection.output);
+            *held += connection.output.len() - before;
             answered += 1;
         }
-        // Write as much as the socket takes.
-        if connection.sent < connection.output.len() && socket.can_send() {
-            if let Ok(n) = socket.send_slice(&connection.output[connection.sent..]) {
-                connection.sent += n;
-            }
+        let connection = &mut self.connections[slot];
+        if connection.pending() == 0
+            && (connection.close_after || (!socket.may_recv() && socket.recv_queue() == 0))
+        {
+            socket.close();
         }
-        if connection.sent == connection.output.len() {
-            connection.output.clear();
-            connection.sent = 0;
-            if connection.close_after || (!socket.may_recv() && connection.request.is_empty()) {
-                socket.close();
-            }
-        }
-        // Otherwise the send buffer is full: the client's acknowledgements wake the path again.
+        // Otherwise the send buffer is full: the client's acknowledgements make the connection
+        // ready again.
         self.requests += answered;
+        if released && self.waiting > 0 {
+            *context.run_again = true;
+        }
     }
 }

@@ -53,10 +53,6 @@ impl Platform for KernelPlatform {
         crate::kprintln!("{}", line);
     }
 
-    fn heap_use(&self) -> netd::HeapUse {
-        super::heap::heap_use()
-    }
-
     fn set_wake_forwards(&mut self, cores: &[usize]) {
         let apic_ids: heapless::Vec<u32, { super::percore::MAX_FORWARDS }> = cores
             .iter()

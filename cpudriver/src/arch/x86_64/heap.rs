@@ -27,10 +27,10 @@ unsafe impl GlobalAlloc for PerCoreAllocator {
             let pointer = heap
                 .allocate_first_fit(layout)
                 .map_or(core::ptr::null_mut(), |p| p.as_ptr());
-            // Relaxed: only this core touches its block (percore's module documentation).
+            // Relaxed: only this core reads or writes its high-water mark.
             block
                 .heap_high_water
-                .fetch_max(heap.used() as u64, Ordering::Relaxed);
+                .fetch_max(heap.used(), Ordering::Relaxed);
             pointer
         })
     }
@@ -77,13 +77,15 @@ pub fn usage() -> (usize, usize) {
     })
 }
 
-/// This core's heap: its size, the bytes in use and the most ever in use at once.
-pub fn heap_use() -> netd::HeapUse {
+/// This core's heap figures for netd's snapshot (`/stats`: `memory`): size, bytes allocated now,
+/// and the most allocated at once since boot.
+pub fn figures() -> netd::HeapUsage {
     let (used, free) = usage();
-    netd::HeapUse {
-        bytes: (used + free) as u64,
+    let high_water =
+        percore::current().map_or(0, |block| block.heap_high_water.load(Ordering::Relaxed));
+    netd::HeapUsage {
+        size: (used + free) as u64,
         used: used as u64,
-        high_water: percore::current()
-            .map_or(0, |block| block.heap_high_water.load(Ordering::Relaxed)),
+        high_water: high_water.max(used) as u64,
     }
 }

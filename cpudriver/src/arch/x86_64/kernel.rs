@@ -21,8 +21,10 @@ use crate::topology::{CoreDescription, MAX_CORES};
 const AP_STACK_SIZE: u64 = 256 * 1024;
 /// Size of each core's fault (IST) stack.
 const FAULT_STACK_SIZE: u64 = 16 * 1024;
-/// Largest per-core heap.
-const MAX_HEAP: u64 = 32 << 20;
+/// Largest per-core heap (half the core's memory slice at most): 128 MiB holds netd's TCP budget
+/// for thousands of connections beside the 32 MiB the applications size themselves by
+/// (`netd::NetConfig::tcp_budget_bytes`).
+const MAX_HEAP: u64 = 128 << 20;
 /// Largest per-core bulk pool (buffers lent by reference to other cores).
 const MAX_BULK: u64 = 8 << 20;
 /// Smallest bulk pool: a 1 MB memcached value with its headers must fit, twice.

@@ -428,6 +428,7 @@ pub fn core_network(
     let applications = netd::app::default_applications(&config);
     let mut net = netd::CoreNet::new(config, applications, cycles, net_instant(now))?;
     net.set_rss_hash(rss_hash);
+    net.set_heap_probe(super::heap::figures);
     // The one flow map starts as the NIC does (group g on queue g mod queues): no change to write.
     let flows = net.flow_map_mut();
     flows.set_owners(drivers::nic::FlowMap::round_robin(handoff.queue_count).owners());

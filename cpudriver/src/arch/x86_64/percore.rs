@@ -5,7 +5,7 @@
 //! themselves on one core.
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use x86_64::registers::model_specific::Msr;
 
@@ -37,8 +37,8 @@ pub struct PerCore {
     pub nic_forward: [AtomicU32; MAX_FORWARDS],
     /// The core's heap (see `heap`).
     pub heap: UnsafeCell<linked_list_allocator::Heap>,
-    /// The most bytes of the heap ever in use at once (updated by each allocation).
-    pub heap_high_water: AtomicU64,
+    /// The most heap bytes allocated at once (the allocator raises it, Relaxed: one core).
+    pub heap_high_water: AtomicUsize,
 }
 
 impl PerCore {
@@ -53,7 +53,7 @@ impl PerCore {
             interrupts: AtomicU64::new(0),
             nic_forward: core::array::from_fn(|_| AtomicU32::new(NO_CORE)),
             heap: UnsafeCell::new(linked_list_allocator::Heap::empty()),
-            heap_high_water: AtomicU64::new(0),
+            heap_high_water: AtomicUsize::new(0),
         };
         block.set_nic_forward(nic_forward);
         block
