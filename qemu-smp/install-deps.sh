@@ -30,6 +30,10 @@ want "/usr/bin/python3 -c 'import pymemcache'" python3 python3-pymemcache
 # command-line clients (memcslap, memccp, memccat, memcflush, memcstat) for tests/tests/memcached.rs.
 want '[ -x /usr/bin/memcached ]' memcached
 want 'command -v memcslap' libmemcached-tools
+# TCP/IP as a host (tests/tests/tcp.rs, qemu-smp bench tcp): nmap sees closed ports, wrk loads
+# HTTP with thousands of connections.
+want 'command -v nmap' nmap
+want 'command -v wrk' wrk
 # Debugging (tests/tests/debug.rs, README "Debugging", docs/debugging.md).
 want 'command -v gdb' gdb
 want 'command -v tshark' tshark

@@ -72,6 +72,7 @@ fn ring_only() {
         missed_packets_counter: None,
         tx_checksum_offload: false,
         tx_check_context: false,
+        tx_tcp_segmentation: false,
     };
     let mut queue = DescriptorQueue::new(
         QueueId(0),

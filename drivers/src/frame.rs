@@ -216,6 +216,54 @@ pub fn apply_tx_checksums(frame: &mut [u8], offload: TxChecksum) -> OffloadAppli
     applied
 }
 
+/// Segment `index` of the Ethernet/IPv4/TCP packet `packet` cut at `mss` payload bytes (TCP
+/// segmentation as a NIC does it: the headers copied, the sequence number advanced, the IPv4
+/// total length and identification (+`index`) set, FIN and PSH kept on the last segment only,
+/// both checksums computed), written into `out`; returns its length, or `None` past the last
+/// segment or when `packet` is not such a packet or `out` is too short.
+pub fn tcp_segment(packet: &[u8], mss: usize, index: usize, out: &mut [u8]) -> Option<usize> {
+    let ip = ipv4_of(packet)?;
+    if ip.next_header() != IpProtocol::Tcp || is_fragment(&ip) || mss == 0 {
+        return None;
+    }
+    let ip_header = usize::from(ip.header_len());
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let tcp_header = usize::from(tcp.header_len());
+    let payload = tcp.payload();
+    let segments = payload.len().div_ceil(mss).max(1);
+    if index >= segments {
+        return None;
+    }
+    let start = index * mss;
+    let chunk = &payload[start..(start + mss).min(payload.len())];
+    let headers = ETHERNET_HEADER + ip_header + tcp_header;
+    let length = headers + chunk.len();
+    let out = out.get_mut(..length)?;
+    out[..headers].copy_from_slice(&packet[..headers]);
+    out[headers..].copy_from_slice(chunk);
+    let last = index + 1 == segments;
+    let (identification, sequence) = (ip.ident(), tcp.seq_number());
+    let mut ip = Ipv4Packet::new_unchecked(&mut out[ETHERNET_HEADER..]);
+    ip.set_total_len((ip_header + tcp_header + chunk.len()) as u16);
+    ip.set_ident(identification.wrapping_add(index as u16));
+    ip.fill_checksum();
+    let (source, destination) = (
+        IpAddress::Ipv4(ip.src_addr()),
+        IpAddress::Ipv4(ip.dst_addr()),
+    );
+    let mut tcp = TcpPacket::new_unchecked(&mut out[ETHERNET_HEADER + ip_header..]);
+    tcp.set_seq_number(sequence + start);
+    if !last {
+        tcp.set_fin(false);
+        tcp.set_psh(false);
+    }
+    tcp.fill_checksum(&source, &destination);
+    Some(length)
+}
+
+/// Bytes of an Ethernet II header.
+const ETHERNET_HEADER: usize = 14;
+
 /// Builds a UDP-over-IPv4 Ethernet frame with correct checksums into `out`; returns its length.
 /// For tests, the simulated NIC's users and the benchmark. `out` must hold 42 + payload bytes.
 pub fn build_udp_ipv4(
@@ -391,5 +439,71 @@ mod tests {
             },
         );
         assert!(!applied.l4);
+    }
+
+    #[test]
+    fn tcp_segments_carry_their_own_headers_and_checksums() {
+        use smoltcp::wire::{TcpControl, TcpRepr, TcpSeqNumber};
+        let payload: std::vec::Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let tcp = TcpRepr {
+            src_port: 7,
+            dst_port: 40000,
+            control: TcpControl::Fin,
+            seq_number: TcpSeqNumber(100),
+            ack_number: Some(TcpSeqNumber(9)),
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &payload,
+        };
+        let (source, destination) = (
+            Ipv4Address::new(10, 0, 2, 15),
+            Ipv4Address::new(10, 0, 2, 2),
+        );
+        let ip = Ipv4Repr {
+            src_addr: source,
+            dst_addr: destination,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut packet = std::vec![0u8; 14 + 20 + tcp.buffer_len()];
+        packet[12..14].copy_from_slice(&[0x08, 0x00]);
+        let checksums = ChecksumCapabilities::default();
+        let mut ipv4 = Ipv4Packet::new_unchecked(&mut packet[14..]);
+        ip.emit(&mut ipv4, &checksums);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(ipv4.payload_mut()),
+            &IpAddress::Ipv4(source),
+            &IpAddress::Ipv4(destination),
+            &checksums,
+        );
+        let mut out = [0u8; 1600];
+        let mut total = 0;
+        for index in 0..3 {
+            let length = tcp_segment(&packet, 1400, index, &mut out).unwrap();
+            let ip = Ipv4Packet::new_checked(&out[14..length]).unwrap();
+            assert!(ip.verify_checksum());
+            assert_eq!(usize::from(ip.total_len()), length - 14);
+            let segment = TcpPacket::new_checked(ip.payload()).unwrap();
+            assert!(segment.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+            assert_eq!(
+                segment.seq_number(),
+                TcpSeqNumber(100 + 1400 * index as i32)
+            );
+            assert_eq!(segment.fin(), index == 2);
+            assert_eq!(
+                segment.payload(),
+                &payload[1400 * index..(1400 * (index + 1)).min(3000)]
+            );
+            total += segment.payload().len();
+        }
+        assert_eq!(total, 3000);
+        assert_eq!(tcp_segment(&packet, 1400, 3, &mut out), None);
+        assert_eq!(tcp_segment(&packet[..30], 1400, 0, &mut out), None);
+        assert_eq!(tcp_segment(&packet, 1400, 0, &mut out[..100]), None);
     }
 }

@@ -96,11 +96,14 @@ pub struct ModelState {
     pub received: Vec<RxOutcome>,
     /// Transmitted frames whose checksums the device computed (transmit offload).
     pub tx_offloaded: u64,
+    /// TCP segments the model cut from packets sent with TSE.
+    pub tx_segmented: u64,
     /// Transmitted frames that asked for offload with a context whose lengths did not match
     /// the frame (the device computed at the wrong offsets; the model counts and skips them).
     pub tx_context_mismatches: u64,
     /// The transmit contexts loaded, per queue and slot.
-    tx_contexts: Vec<[Option<(u32, u32)>; 2]>,
+    /// Per queue, the two context slots: lengths dword, type/command dword, MSS/L4LEN/IDX dword.
+    tx_contexts: Vec<[Option<(u32, u32, u32)>; 2]>,
     /// MAC address loaded at reset.
     pub mac: [u8; 6],
 }
@@ -122,6 +125,7 @@ impl RegisterModel {
             transmitted: Vec::new(),
             received: Vec::new(),
             tx_offloaded: 0,
+            tx_segmented: 0,
             tx_context_mismatches: 0,
             tx_contexts: std::vec![[None; 2]; layout.queues],
             mac,
@@ -439,6 +443,7 @@ impl ModelState {
         let tail = self.reg(tail_register) % count;
         let mut frame_bytes = Vec::new();
         let mut first_offload: Option<u32> = None;
+        let mut first_command: Option<u32> = None;
         while head != tail {
             let pointer = (ring + 16 * u64::from(head)) as *mut AdvancedTxDescriptor;
             // SAFETY: host contract (see `receive_inner`): the TX ring is live host memory and
@@ -450,7 +455,11 @@ impl ModelState {
                 // A context descriptor: remember it (lengths, TUCMD) in the slot IDX names; it
                 // has no buffer and is not written back.
                 let slot = ((descriptor.offload_status >> tx_bits::CONTEXT_IDX_SHIFT) & 1) as usize;
-                self.tx_contexts[queue][slot] = Some((descriptor.buffer_address as u32, command));
+                self.tx_contexts[queue][slot] = Some((
+                    descriptor.buffer_address as u32,
+                    command,
+                    descriptor.offload_status,
+                ));
                 head = (head + 1) % count;
                 continue;
             }
@@ -466,12 +475,31 @@ impl ModelState {
             };
             frame_bytes.extend_from_slice(&data);
             first_offload.get_or_insert(descriptor.offload_status);
+            first_command.get_or_insert(command);
             if command & tx_bits::EOP != 0 {
                 let mut frame = std::mem::take(&mut frame_bytes);
-                if let Some(offload) = first_offload.take() {
-                    self.offload(queue, offload, &mut frame);
+                let offload = first_offload.take();
+                let segmented = first_command.take().is_some_and(|c| c & tx_bits::TSE != 0);
+                let slot = offload.map_or(0, |o| ((o >> tx_bits::IDX_SHIFT) & 1) as usize);
+                let mss = self.tx_contexts[queue][slot].map_or(0, |(_, _, mss_l4len)| {
+                    (mss_l4len >> tx_bits::MSS_SHIFT) as usize
+                });
+                if segmented && mss > 0 {
+                    // TCP segmentation: each segment gets its own headers and checksums.
+                    let mut segment = std::vec![0u8; 1514 + 64];
+                    let mut index = 0;
+                    while let Some(length) = frame::tcp_segment(&frame, mss, index, &mut segment) {
+                        self.transmitted
+                            .push((QueueId(queue as u16), segment[..length].to_vec()));
+                        self.tx_segmented += 1;
+                        index += 1;
+                    }
+                } else {
+                    if let Some(offload) = offload {
+                        self.offload(queue, offload, &mut frame);
+                    }
+                    self.transmitted.push((QueueId(queue as u16), frame));
                 }
-                self.transmitted.push((QueueId(queue as u16), frame));
             }
             if command & tx_bits::RS != 0 {
                 descriptor.offload_status |= tx_bits::DD;
@@ -495,7 +523,7 @@ impl ModelState {
             return;
         }
         let slot = ((offload >> tx_bits::IDX_SHIFT) & 1) as usize;
-        let Some((lengths, command)) = self.tx_contexts[queue][slot] else {
+        let Some((lengths, command, _)) = self.tx_contexts[queue][slot] else {
             return;
         };
         let l3_length = (lengths & 0x1FF) as u8;
@@ -571,11 +599,15 @@ pub(crate) mod offload_check {
     }
 
     fn tcp(port: u16) -> Vec<u8> {
-        let payload = b"offloaded segment";
+        tcp_with(port, b"offloaded segment", TcpControl::Psh)
+    }
+
+    /// A TCP/IPv4 frame to `port` carrying `payload`, with `control`, checksums right.
+    pub(crate) fn tcp_with(port: u16, payload: &[u8], control: TcpControl) -> Vec<u8> {
         let tcp = TcpRepr {
             src_port: 80,
             dst_port: port,
-            control: TcpControl::Psh,
+            control,
             seq_number: TcpSeqNumber(1000),
             ack_number: Some(TcpSeqNumber(2000)),
             window_len: 4096,
@@ -686,5 +718,59 @@ pub(crate) mod offload_check {
         assert_eq!(model.take_transmitted()[0].1, plain);
         assert_eq!(model.state().tx_offloaded, goods.len() as u64);
         assert_eq!(queue.reclaim(&mut pool), 1);
+    }
+
+    /// Sends one TCP packet of 4,000 payload bytes spread over three chained buffers with TCP
+    /// segmentation (MSS 1460) through `queue`: the device model must send three segments with
+    /// their own headers (sequence numbers, lengths, FIN and PSH on the last only) and correct
+    /// checksums, and every buffer must come back once the packet is done.
+    pub(crate) fn transmit_segmentation_is_honoured(
+        model: &RegisterModel,
+        queue: &mut impl QueueDatapath,
+    ) {
+        use crate::nic::TxSegmentation;
+        assert!(queue.capabilities().tx_tcp_segmentation);
+        let mut pool = BufferPool::new_host(32);
+        let payload: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+        let packet = tcp_with(7000, &payload, TcpControl::Fin);
+        let mut frames = Vec::new();
+        for (index, chunk) in packet.chunks(1500).enumerate() {
+            let buffer = pool.alloc().unwrap();
+            pool.bytes_mut(buffer).unwrap()[..chunk.len()].copy_from_slice(chunk);
+            let mut frame = TransmitFrame::new(buffer, chunk.len() as u16);
+            frame.more = (index + 1) * 1500 < packet.len();
+            if index == 0 {
+                frame.checksum = TxChecksum {
+                    ipv4_header: true,
+                    l4: Some(TxL4Checksum::Tcp),
+                    l2_length: 14,
+                    l3_length: 20,
+                };
+                frame.segmentation = Some(TxSegmentation {
+                    mss: 1460,
+                    l4_length: 20,
+                });
+            }
+            frames.push(frame);
+        }
+        assert_eq!(frames.len(), 3);
+        assert_eq!(queue.transmit(&mut pool, &frames), 3);
+        let sent = model.take_transmitted();
+        assert_eq!(sent.len(), 3, "three segments");
+        let mut expected = std::vec![0u8; 1600];
+        for (index, (_, bytes)) in sent.iter().enumerate() {
+            let length = crate::frame::tcp_segment(&packet, 1460, index, &mut expected).unwrap();
+            assert_eq!(bytes[..], expected[..length], "segment {index}");
+            let ethernet = EthernetFrame::new_checked(&bytes[..]).unwrap();
+            let ip = Ipv4Packet::new_checked(ethernet.payload()).unwrap();
+            assert!(ip.verify_checksum());
+            let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+            assert!(tcp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+            assert_eq!(tcp.fin(), index == 2, "FIN on the last segment only");
+            assert_eq!(tcp.seq_number().0 as usize, 1000 + 1460 * index);
+        }
+        assert_eq!(model.state().tx_segmented, 3);
+        assert_eq!(queue.reclaim(&mut pool), 3, "the packet's three buffers");
+        assert_eq!(pool.available(), 32);
     }
 }

@@ -89,16 +89,41 @@ impl TxChecksum {
     }
 }
 
-/// One frame to transmit, already written into a pool buffer.
+/// TCP segmentation offload (TSO) asked for one packet: the device cuts the TCP payload into
+/// segments of at most `mss` bytes, each sent with a copy of the Ethernet, IPv4 and TCP headers
+/// (sequence number, IPv4 total length, identification and checksums, FIN and PSH on the last
+/// segment only, adjusted per segment). Software seeds the TCP checksum field with the
+/// pseudo-header sum without the length and asks for both checksums in the packet's
+/// [`TxChecksum`] (82576 §7.2.4, 82599 §7.2.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxSegmentation {
+    /// Payload bytes per segment.
+    pub mss: u16,
+    /// Bytes of the TCP header, options included (L4LEN).
+    pub l4_length: u8,
+}
+
+/// The longest packet one segmentation request may describe, headers included (the IPv4 total
+/// length is 16 bits).
+pub const MAX_SEGMENTATION_PACKET: usize = 65_000;
+
+/// One frame to transmit, already written into a pool buffer — or one buffer of a packet that
+/// spans several (`more`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TransmitFrame {
     /// The buffer holding the frame; it goes back to the pool on reclaim.
     pub buffer: BufferId,
-    /// Frame length in bytes.
+    /// Bytes in this buffer.
     pub length: u16,
     /// Checksums the device should compute ([`TxChecksum::NONE`]: none). Ask only for what
-    /// [`QueueDatapath::capabilities`] offers.
+    /// [`QueueDatapath::capabilities`] offers. Of a packet spanning buffers, the first's counts.
     pub checksum: TxChecksum,
+    /// The packet goes on in the next frame of the same `transmit` call (its buffers are
+    /// chained, in order; the last has `more: false`). A queue takes a packet whole or not at all.
+    pub more: bool,
+    /// TCP segmentation offload for the packet (its first frame's counts). Ask only when
+    /// [`QueueCapabilities::tx_tcp_segmentation`] says so.
+    pub segmentation: Option<TxSegmentation>,
 }
 
 impl TransmitFrame {
@@ -108,6 +133,8 @@ impl TransmitFrame {
             buffer,
             length,
             checksum: TxChecksum::NONE,
+            more: false,
+            segmentation: None,
         }
     }
 }
@@ -121,6 +148,9 @@ pub struct QueueCapabilities {
     pub tx_checksum_udp: bool,
     /// Transmit: the device computes TCP checksums.
     pub tx_checksum_tcp: bool,
+    /// Transmit: the device segments TCP packets of up to [`MAX_SEGMENTATION_PACKET`] bytes
+    /// spread over chained buffers ([`TxSegmentation`]; implies TCP and IPv4 checksums).
+    pub tx_tcp_segmentation: bool,
 }
 
 /// A bounded batch of received frames.

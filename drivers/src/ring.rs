@@ -21,7 +21,7 @@ use core::ptr::NonNull;
 use crate::dma::{DmaFence, QueueMemory};
 use crate::nic::{
     ChecksumStatus, QueueCapabilities, QueueDatapath, QueueId, QueueStats, ReceiveBatch,
-    ReceivedFrame, TransmitFrame, TxChecksum, TxL4Checksum,
+    ReceivedFrame, TransmitFrame, TxChecksum, TxL4Checksum, TxSegmentation,
 };
 use crate::pool::{BufferId, BufferPool};
 use crate::registers::RegisterAccess;
@@ -104,6 +104,12 @@ pub mod tx_bits {
     pub const TUCMD_L4T_TCP: u32 = 1 << 11;
     /// Context descriptor, last dword: IDX shift (bits 6:4).
     pub const CONTEXT_IDX_SHIFT: u32 = 4;
+    /// Context descriptor, last dword: L4LEN, the TCP header length for segmentation (15:8).
+    pub const L4LEN_SHIFT: u32 = 8;
+    /// Context descriptor, last dword: MSS for segmentation (31:16).
+    pub const MSS_SHIFT: u32 = 16;
+    /// Data descriptor: TCP segmentation enable (DCMD.TSE).
+    pub const TSE: u32 = 1 << 31;
     /// End of packet.
     pub const EOP: u32 = 1 << 24;
     /// Insert FCS.
@@ -156,6 +162,9 @@ pub struct QueueRegisters {
     /// Data descriptors that use a context set CC (the 82599 needs it; the 82576 has no such
     /// bit).
     pub tx_check_context: bool,
+    /// TCP segmentation offload (TSE with the context's MSS and L4LEN) of packets spread over
+    /// chained descriptors.
+    pub tx_tcp_segmentation: bool,
 }
 
 /// Sentinel for an empty bookkeeping slot.
@@ -163,23 +172,33 @@ const EMPTY_SLOT: u64 = u64::MAX;
 /// Sentinel for a TX slot holding a context descriptor (no buffer; done with the data
 /// descriptor that follows it).
 const CONTEXT_SLOT: u64 = u64::MAX - 1;
+/// In a TX data slot: the packet goes on in the next descriptor (only a packet's last descriptor
+/// asks for a status write-back).
+const CONTINUES: u64 = 1 << 48;
 
-/// What a loaded transmit context computes: its L4 type and header lengths.
+/// What a loaded transmit context computes: its L4 type and header lengths, and for TCP
+/// segmentation the MSS and TCP header length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct TxContext {
     ipv4: bool,
     l4: Option<TxL4Checksum>,
     l2_length: u8,
     l3_length: u8,
+    segmentation: Option<TxSegmentation>,
 }
 
 impl TxContext {
-    fn of(checksum: &TxChecksum) -> Self {
+    fn of(checksum: &TxChecksum, segmentation: Option<TxSegmentation>) -> Self {
         Self {
-            ipv4: checksum.ipv4_header || checksum.l4.is_some(),
-            l4: checksum.l4,
+            ipv4: checksum.ipv4_header || checksum.l4.is_some() || segmentation.is_some(),
+            l4: if segmentation.is_some() {
+                Some(TxL4Checksum::Tcp)
+            } else {
+                checksum.l4
+            },
             l2_length: checksum.l2_length,
             l3_length: checksum.l3_length,
+            segmentation,
         }
     }
 
@@ -199,10 +218,15 @@ impl TxContext {
         if self.l4 == Some(TxL4Checksum::Tcp) {
             command |= tx_bits::TUCMD_L4T_TCP;
         }
+        let mut mss_l4len_idx = (slot as u32) << tx_bits::CONTEXT_IDX_SHIFT;
+        if let Some(segmentation) = self.segmentation {
+            mss_l4len_idx |= u32::from(segmentation.l4_length) << tx_bits::L4LEN_SHIFT
+                | u32::from(segmentation.mss) << tx_bits::MSS_SHIFT;
+        }
         AdvancedTxDescriptor {
             buffer_address: lengths,
             command_type_length: command,
-            offload_status: (slot as u32) << tx_bits::CONTEXT_IDX_SHIFT,
+            offload_status: mss_l4len_idx,
         }
     }
 }
@@ -379,6 +403,23 @@ impl<R: RegisterAccess> DescriptorQueue<R> {
         unsafe { self.tx_slots.as_ptr().add(usize::from(index)).read() }
     }
 
+    /// Whether the packet whose first data descriptor is at `index` was sent (its last
+    /// descriptor's DD), and how many descriptors it has; `None` if its descriptors are not all
+    /// in flight (cannot happen: packets are posted whole).
+    fn packet_done(&self, index: u16) -> Option<(bool, u16)> {
+        let mut last = index;
+        let mut descriptors = 1;
+        while self.tx_slot(last) & CONTINUES != 0 && self.tx_slot(last) < CONTEXT_SLOT {
+            last = self.wrap(last);
+            descriptors += 1;
+            if descriptors > self.tx_in_flight {
+                return None;
+            }
+        }
+        let done = self.read_tx(last).offload_status & tx_bits::DD != 0;
+        Some((done, descriptors))
+    }
+
     fn set_tx_slot(&self, index: u16, value: u64) {
         // SAFETY: as in `rx_slot`, for the TX slot array.
         unsafe { self.tx_slots.as_ptr().add(usize::from(index)).write(value) }
@@ -529,20 +570,34 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
 
     fn transmit(&mut self, pool: &mut BufferPool, frames: &[TransmitFrame]) -> usize {
         let mut accepted = 0;
-        for frame in frames {
-            let offload = self.offsets.tx_checksum_offload && frame.checksum.is_requested();
-            let context = offload.then(|| TxContext::of(&frame.checksum));
+        while accepted < frames.len() {
+            // One packet: its frames up to the first without `more` (a packet whose end is not
+            // in this call is not taken).
+            let Some(last) = frames[accepted..].iter().position(|frame| !frame.more) else {
+                break;
+            };
+            let packet = &frames[accepted..=accepted + last];
+            let first = &packet[0];
+            let segmentation = first
+                .segmentation
+                .filter(|_| self.offsets.tx_tcp_segmentation);
+            let offload = (self.offsets.tx_checksum_offload && first.checksum.is_requested())
+                || segmentation.is_some();
+            let context = offload.then(|| TxContext::of(&first.checksum, segmentation));
             let load = context.filter(|context| self.tx_contexts[context.slot()] != Some(*context));
-            let needed = 1 + u16::from(load.is_some());
+            let needed = packet.len() as u16 + u16::from(load.is_some());
             if self.tx_in_flight + needed > self.size - 1 {
                 self.stats.tx_ring_full += (frames.len() - accepted) as u64;
                 break;
             }
-            let Ok(address) = pool.physical_address(frame.buffer) else {
+            if packet
+                .iter()
+                .any(|frame| pool.physical_address(frame.buffer).is_err())
+            {
                 break;
-            };
+            }
             // A context the device does not hold yet goes first, in a descriptor of its own
-            // (no buffer; it is done when the data descriptor after it is).
+            // (no buffer; it is done when the packet after it is).
             if let Some(context) = load {
                 let slot = context.slot();
                 self.write_tx(self.tx_next, context.descriptor(slot));
@@ -551,40 +606,57 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
                 self.tx_in_flight += 1;
                 self.tx_contexts[slot] = Some(context);
             }
-            let length = u32::from(frame.length);
-            let mut offload_status = length << tx_bits::PAYLEN_SHIFT;
+            let total: u32 = packet.iter().map(|frame| u32::from(frame.length)).sum();
+            // PAYLEN: the whole packet, or with segmentation the TCP payload alone.
+            let payload = match (segmentation, context) {
+                (Some(segmentation), Some(context)) => total.saturating_sub(
+                    u32::from(context.l2_length)
+                        + u32::from(context.l3_length)
+                        + u32::from(segmentation.l4_length),
+                ),
+                _ => total,
+            };
+            let mut offload_status = payload << tx_bits::PAYLEN_SHIFT;
             if let Some(context) = context {
                 offload_status |= (context.slot() as u32) << tx_bits::IDX_SHIFT;
                 if self.offsets.tx_check_context {
                     offload_status |= tx_bits::CHECK_CONTEXT;
                 }
-                if frame.checksum.ipv4_header {
+                if first.checksum.ipv4_header || segmentation.is_some() {
                     offload_status |= tx_bits::POPTS_IXSM;
                 }
-                if frame.checksum.l4.is_some() {
+                if first.checksum.l4.is_some() || segmentation.is_some() {
                     offload_status |= tx_bits::POPTS_TXSM;
                 }
             }
-            self.write_tx(
-                self.tx_next,
-                AdvancedTxDescriptor {
-                    buffer_address: address,
-                    command_type_length: length
-                        | tx_bits::DTYP_DATA
-                        | tx_bits::EOP
-                        | tx_bits::IFCS
-                        | tx_bits::RS
-                        | tx_bits::DEXT,
-                    offload_status,
-                },
-            );
-            self.set_tx_slot(
-                self.tx_next,
-                u64::from(frame.buffer.0) | u64::from(frame.length) << 32,
-            );
-            self.tx_next = self.wrap(self.tx_next);
-            self.tx_in_flight += 1;
-            accepted += 1;
+            for (index, frame) in packet.iter().enumerate() {
+                let end = index + 1 == packet.len();
+                let mut command =
+                    u32::from(frame.length) | tx_bits::DTYP_DATA | tx_bits::IFCS | tx_bits::DEXT;
+                if end {
+                    command |= tx_bits::EOP | tx_bits::RS;
+                }
+                if segmentation.is_some() {
+                    command |= tx_bits::TSE;
+                }
+                let address = pool.physical_address(frame.buffer).unwrap_or(0);
+                self.write_tx(
+                    self.tx_next,
+                    AdvancedTxDescriptor {
+                        buffer_address: address,
+                        command_type_length: command,
+                        offload_status,
+                    },
+                );
+                let continues = if end { 0 } else { CONTINUES };
+                self.set_tx_slot(
+                    self.tx_next,
+                    u64::from(frame.buffer.0) | u64::from(frame.length) << 32 | continues,
+                );
+                self.tx_next = self.wrap(self.tx_next);
+                self.tx_in_flight += 1;
+            }
+            accepted += packet.len();
         }
         if accepted > 0 {
             DmaFence::publish();
@@ -597,11 +669,11 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
     fn reclaim(&mut self, pool: &mut BufferPool) -> usize {
         let mut reclaimed = 0;
         while self.tx_in_flight > 0 {
-            // A context descriptor is never written back: it is done once the data descriptor
-            // after it is.
+            // A context descriptor is never written back: it is done once the packet after it
+            // is.
             if self.tx_slot(self.tx_clean) == CONTEXT_SLOT {
                 let data = self.wrap(self.tx_clean);
-                if self.tx_in_flight < 2 || self.read_tx(data).offload_status & tx_bits::DD == 0 {
+                if self.tx_in_flight < 2 || !self.packet_done(data).is_some_and(|(done, _)| done) {
                     break;
                 }
                 self.set_tx_slot(self.tx_clean, EMPTY_SLOT);
@@ -609,19 +681,20 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
                 self.tx_in_flight -= 1;
                 continue;
             }
-            let descriptor = self.read_tx(self.tx_clean);
-            if descriptor.offload_status & tx_bits::DD == 0 {
+            let Some((true, descriptors)) = self.packet_done(self.tx_clean) else {
                 break;
-            }
+            };
             DmaFence::consume();
-            let slot = self.tx_slot(self.tx_clean);
-            self.set_tx_slot(self.tx_clean, EMPTY_SLOT);
-            let _ = pool.free(BufferId(slot as u32));
+            for _ in 0..descriptors {
+                let slot = self.tx_slot(self.tx_clean);
+                self.set_tx_slot(self.tx_clean, EMPTY_SLOT);
+                let _ = pool.free(BufferId(slot as u32));
+                self.stats.tx_bytes += (slot >> 32) & 0xFFFF;
+                self.tx_clean = self.wrap(self.tx_clean);
+                self.tx_in_flight -= 1;
+                reclaimed += 1;
+            }
             self.stats.tx_packets += 1;
-            self.stats.tx_bytes += (slot >> 32) & 0xFFFF;
-            self.tx_clean = self.wrap(self.tx_clean);
-            self.tx_in_flight -= 1;
-            reclaimed += 1;
         }
         reclaimed
     }
@@ -648,6 +721,7 @@ impl<R: RegisterAccess> QueueDatapath for DescriptorQueue<R> {
             tx_checksum_ipv4: offload,
             tx_checksum_udp: offload,
             tx_checksum_tcp: offload,
+            tx_tcp_segmentation: offload && self.offsets.tx_tcp_segmentation,
         }
     }
 
@@ -700,6 +774,7 @@ mod tests {
         missed_packets_counter: None,
         tx_checksum_offload: true,
         tx_check_context: false,
+        tx_tcp_segmentation: true,
     };
 
     fn queue(size: u16) -> DescriptorQueue<Recorder> {

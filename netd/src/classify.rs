@@ -31,6 +31,10 @@ pub enum PathKey {
     Udp(u16),
     /// TCP segments to one local port: its listeners and its established connections.
     Tcp(u16),
+    /// TCP and UDP to ports no path serves: answered with a reset or an ICMP port unreachable.
+    Closed,
+    /// IPv4 fragments addressed to us, reassembled and then classified again.
+    Reassembly,
 }
 
 /// Why the classifier dropped a frame. Counted per core.
@@ -51,11 +55,12 @@ pub enum DropReason {
     BadLength = 5,
     /// A header or payload checksum is wrong (by the NIC's word or our own check).
     BadChecksum = 6,
-    /// An IPv4 fragment: not reassembled (the NIC hashes fragments on addresses only).
+    /// An IPv4 fragment not addressed to our own address (fragments to us are reassembled).
     Fragment = 7,
     /// An IP protocol other than ICMP, UDP and TCP.
     UnsupportedProtocol = 8,
-    /// UDP or TCP to a port no path serves.
+    /// UDP or TCP to a port no path serves, when no reply is due (a broadcast datagram) or the
+    /// core has no closed-port path.
     NoSuchPort = 9,
     /// A misdelivered frame that could not be forwarded (peer channel full).
     ForwardFailed = 10,
@@ -175,6 +180,8 @@ pub struct Classifier {
     core_count: u16,
     arp: Option<PathIndex>,
     icmp: Option<PathIndex>,
+    closed: Option<PathIndex>,
+    reassembly: Option<PathIndex>,
     udp: heapless::Vec<(u16, PathIndex), MAX_PATHS>,
     tcp: heapless::Vec<(u16, PathIndex), MAX_PATHS>,
     flows: FlowTable,
@@ -194,6 +201,8 @@ impl Classifier {
             core_count: core_count.max(1),
             arp: None,
             icmp: None,
+            closed: None,
+            reassembly: None,
             udp: heapless::Vec::new(),
             tcp: heapless::Vec::new(),
             flows: FlowTable::round_robin(core_count),
@@ -206,6 +215,8 @@ impl Classifier {
         match key {
             PathKey::Arp => self.arp = Some(path),
             PathKey::Icmp => self.icmp = Some(path),
+            PathKey::Closed => self.closed = Some(path),
+            PathKey::Reassembly => self.reassembly = Some(path),
             PathKey::Udp(port) => return self.udp.push((port, path)).is_ok(),
             PathKey::Tcp(port) => return self.tcp.push((port, path)).is_ok(),
         }
@@ -225,6 +236,11 @@ impl Classifier {
     /// Uses `hash` to find the owner of TCP/UDP frames the NIC did not hash (RSS hash 0).
     pub fn set_hash_function(&mut self, hash: RssHashFn) {
         self.hash = Some(hash);
+    }
+
+    /// The hash function given to [`Self::set_hash_function`].
+    pub fn hash_function(&self) -> Option<RssHashFn> {
+        self.hash
     }
 
     fn lookup(table: &[(u16, PathIndex)], port: u16) -> Option<PathIndex> {
@@ -336,16 +352,28 @@ impl Classifier {
         {
             return Err(DropReason::BadSource);
         }
+        // Checksums are verified once the destination is known and only if it will take the
+        // frame: a frame for a full path costs no checksum (LRP's early drop).
+        let header_ok = || checksum.ipv4_ok || ip.verify_checksum();
         if ip.more_frags() || ip.frag_offset() != 0 {
-            return Err(DropReason::Fragment);
+            // The NIC hashes fragments on addresses only: they are reassembled where they land,
+            // and the whole datagram is classified (and forwarded to its flow's owner) then.
+            let path = match self.reassembly {
+                Some(path) if destination == self.ip => path,
+                _ => return Err(DropReason::Fragment),
+            };
+            if full.contains(path) {
+                return Ok(Verdict::PathFull(path));
+            }
+            if !header_ok() {
+                return Err(DropReason::BadChecksum);
+            }
+            return Ok(Verdict::Deliver(path));
         }
         let (source_address, destination_address) = (
             IpAddress::Ipv4(ip.src_addr()),
             IpAddress::Ipv4(ip.dst_addr()),
         );
-        // Checksums are verified once the destination is known and only if it will take the
-        // frame: a frame for a full path costs no checksum (LRP's early drop).
-        let header_ok = || checksum.ipv4_ok || ip.verify_checksum();
         let payload = ip.payload();
         match ip.next_header() {
             IpProtocol::Icmp => {
@@ -388,8 +416,12 @@ impl Classifier {
                         Err(DropReason::BadChecksum)
                     };
                 }
-                let path =
-                    Self::lookup(&self.udp, datagram.dst_port()).ok_or(DropReason::NoSuchPort)?;
+                // A closed port gets an ICMP port unreachable, but never for a broadcast.
+                let path = match Self::lookup(&self.udp, datagram.dst_port()) {
+                    Some(path) => path,
+                    None if destination == self.ip => self.closed.ok_or(DropReason::NoSuchPort)?,
+                    None => return Err(DropReason::NoSuchPort),
+                };
                 if full.contains(path) {
                     return Ok(Verdict::PathFull(path));
                 }
@@ -414,22 +446,14 @@ impl Classifier {
                         && (checksum.l4_ok
                             || segment.verify_checksum(&source_address, &destination_address))
                 };
-                if let Some(core) = self.misdelivered(
-                    source,
-                    destination,
-                    segment.src_port(),
-                    segment.dst_port(),
-                    rss_hash,
-                    forwarded,
-                ) {
-                    return if verified() {
-                        Ok(Verdict::Forward(core))
-                    } else {
-                        Err(DropReason::BadChecksum)
-                    };
-                }
-                let path =
-                    Self::lookup(&self.tcp, segment.dst_port()).ok_or(DropReason::NoSuchPort)?;
+                // No flow-owner lookup here: the TCP path knows its connections and hands a
+                // segment of none to the flow's owner itself (a connection stays on the core
+                // that holds it across a flow-group move). A closed port gets a reset from any
+                // core.
+                let path = match Self::lookup(&self.tcp, segment.dst_port()) {
+                    Some(path) => path,
+                    None => self.closed.ok_or(DropReason::NoSuchPort)?,
+                };
                 if full.contains(path) {
                     return Ok(Verdict::PathFull(path));
                 }

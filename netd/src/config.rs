@@ -1,5 +1,6 @@
 //! Per-core network configuration, and the kernel command-line parsers for `ip=`, `gw=`,
-//! `memcached.mem=` and netd's own `netd.*` options (the data-plane discipline and its baselines).
+//! `memcached.mem=` and netd's own `netd.*` options (the data-plane discipline and its baselines,
+//! TCP's limits, budget and timers, the ICMP error rate).
 
 /// Number of flow groups (RSS redirection-table entries), as the NIC API defines them.
 pub const FLOW_GROUPS: usize = drivers::nic::FLOW_GROUPS;
@@ -126,6 +127,51 @@ pub enum UdpPath {
     Socket,
 }
 
+/// TCP's limits, memory and timers (`netd.tcp_*` on the command line), per core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpOptions {
+    /// `netd.tcp_max_conn=N`: most TCP connections on one core, over all its ports (half-open
+    /// ones and those in TIME-WAIT included). A SYN beyond it is refused with a reset; below it
+    /// a SYN is never refused for want of memory (the budget keeps the smallest buffers of every
+    /// connection up to the limit in reserve).
+    pub max_connections: u32,
+    /// `netd.tcp_mem=MB`: the core's budget for TCP socket buffers and connection state
+    /// (`None`: sized from the heap, see [`NetConfig::tcp_budget_bytes`]).
+    pub memory_mb: Option<u32>,
+    /// `netd.tcp_buffer_kb=KB`: the largest receive (and send) buffer of one connection, which
+    /// bounds its window (default 256 KiB: window scaling by 3).
+    pub max_buffer_kb: u32,
+    /// `netd.tcp_backlog=N`: most half-open connections (SYN received, handshake not done) per
+    /// port per core; a SYN beyond it evicts the oldest.
+    pub backlog: u32,
+    /// `netd.tcp_idle_s=S`: a connection that makes no progress (no data received, none of ours
+    /// acknowledged) for S seconds is reset and freed; 0 never.
+    pub idle_seconds: u32,
+    /// `netd.tcp_keepalive_s=S`: an idle connection sends a keep-alive probe every S seconds, and
+    /// one whose peer stays silent for four intervals is dropped; 0 sends none.
+    pub keepalive_seconds: u32,
+    /// `netd.tcp_coalesce_us=N`: a connection whose peer streams full-sized segments holds its
+    /// output (and ACKs) up to N µs, so it leaves in large segments; 0 never holds.
+    pub coalesce_us: u32,
+}
+
+impl Default for TcpOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            memory_mb: None,
+            max_buffer_kb: 256,
+            backlog: 256,
+            idle_seconds: 300,
+            keepalive_seconds: 60,
+            coalesce_us: 500,
+        }
+    }
+}
+
+/// The default of `netd.rx_hold_us`.
+pub const DEFAULT_RX_HOLD_US: u32 = 50;
+
 /// netd's options from the kernel command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetOptions {
@@ -135,6 +181,14 @@ pub struct NetOptions {
     pub udp: UdpPath,
     /// `netd.offload=on|off`: use the NIC's transmit checksum offload when it has one (default on).
     pub tx_offload: bool,
+    /// `netd.icmp_rate=N`: ICMP errors (port unreachable) one core sends per second at most, in
+    /// bursts of up to a twentieth of that (at least 1); 0 sends none. Default 1000.
+    pub icmp_rate: u32,
+    /// `netd.tcp_*`: TCP's limits, budget and timers.
+    pub tcp: TcpOptions,
+    /// `netd.rx_hold_us=N`: receive moderation for bulk TCP (see
+    /// [`crate::PollOutcome::hold_until`]); 0 off.
+    pub rx_hold_us: u32,
 }
 
 impl Default for NetOptions {
@@ -143,6 +197,9 @@ impl Default for NetOptions {
             discipline: Discipline::Lrp,
             udp: UdpPath::Fast,
             tx_offload: true,
+            icmp_rate: 1000,
+            tcp: TcpOptions::default(),
+            rx_hold_us: DEFAULT_RX_HOLD_US,
         }
     }
 }
@@ -182,6 +239,10 @@ impl SchedulerConfig {
     }
 }
 
+/// The heap the applications size themselves by when the heap is large enough to give TCP its
+/// own budget beside it ([`NetConfig::tcp_budget_bytes`]): memcached's item memory is half of it.
+pub const APPLICATION_HEAP: usize = 32 << 20;
+
 /// Configuration of one core's stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetConfig {
@@ -211,6 +272,34 @@ pub struct NetConfig {
 }
 
 impl NetConfig {
+    /// The core's budget for TCP (socket buffers and connection state), in bytes:
+    /// `netd.tcp_mem=MB` if given; else, with a heap of 64 MiB or more, what it holds beyond
+    /// [`APPLICATION_HEAP`]; with a smaller heap a quarter of it; 64 MiB when the heap's size is
+    /// unknown (host tests).
+    pub fn tcp_budget_bytes(&self) -> usize {
+        if let Some(mb) = self.options.tcp.memory_mb {
+            return (mb as usize) << 20;
+        }
+        match self.heap_bytes {
+            0 => 64 << 20,
+            heap if heap >= 2 * APPLICATION_HEAP => heap - APPLICATION_HEAP,
+            heap => heap / 4,
+        }
+    }
+
+    /// The heap the applications size themselves by (memcached's item memory and connection
+    /// budget): the heap less TCP's budget when that leaves at least [`APPLICATION_HEAP`];
+    /// otherwise the whole heap (TCP's budget is then only a bound on what TCP may take, and an
+    /// allocation that fails is refused, never fatal). 0 when the heap's size is unknown.
+    pub fn application_heap_bytes(&self) -> usize {
+        let rest = self.heap_bytes.saturating_sub(self.tcp_budget_bytes());
+        if rest >= APPLICATION_HEAP {
+            rest
+        } else {
+            self.heap_bytes
+        }
+    }
+
     /// A configuration with QEMU user-networking addresses for `core` of `core_count`, the
     /// default discipline, and budgets for a 1 GHz cycle counter (the kernel sets its own).
     pub fn new(mac: [u8; 6], core: CoreId, core_count: u16) -> Self {
@@ -340,13 +429,23 @@ impl core::fmt::Display for OptionError<'_> {
             "netd.mode" => "poll or interrupt",
             "netd.lrp" | "netd.offload" => "on or off",
             "netd.udp" => "fast or smoltcp",
+            "netd.icmp_rate" => "ICMP errors per second, 0 to 1000000",
+            "netd.rx_hold_us" => "microseconds, 0 (off) to 10000",
+            "netd.tcp_max_conn" => "connections per core, 1 to 1000000",
+            "netd.tcp_mem" => "megabytes per core, 1 to 65536",
+            "netd.tcp_buffer_kb" => "kilobytes, 4 to 16384",
+            "netd.tcp_backlog" => "half-open connections per port, 1 to 1000000",
+            "netd.tcp_idle_s" | "netd.tcp_keepalive_s" => "seconds, 0 (off) to 86400",
+            "netd.tcp_coalesce_us" => "microseconds, 0 (off) to 10000",
             _ => "",
         };
         match self.problem {
             OptionProblem::Unknown => write!(
                 f,
-                "unknown option {}={} (netd knows netd.mode, netd.lrp, netd.udp, netd.offload)",
-                self.key, self.value
+                "unknown option {}={} (netd knows {})",
+                self.key,
+                self.value,
+                KNOWN_OPTIONS.join(", ")
             ),
             OptionProblem::BadValue => write!(
                 f,
@@ -355,6 +454,31 @@ impl core::fmt::Display for OptionError<'_> {
             ),
         }
     }
+}
+
+/// The `netd.*` options netd reads.
+pub const KNOWN_OPTIONS: &[&str] = &[
+    "netd.mode",
+    "netd.lrp",
+    "netd.udp",
+    "netd.offload",
+    "netd.icmp_rate",
+    "netd.rx_hold_us",
+    "netd.tcp_max_conn",
+    "netd.tcp_mem",
+    "netd.tcp_buffer_kb",
+    "netd.tcp_backlog",
+    "netd.tcp_idle_s",
+    "netd.tcp_keepalive_s",
+    "netd.tcp_coalesce_us",
+];
+
+/// A decimal number within `range`.
+fn number_in(value: &str, range: core::ops::RangeInclusive<u32>) -> Option<u32> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().filter(|n| range.contains(n))
 }
 
 fn on_off(value: &str) -> Option<bool> {
@@ -367,7 +491,9 @@ fn on_off(value: &str) -> Option<bool> {
 
 /// Reads netd's options from a kernel command line: `netd.mode=poll|interrupt` (default poll),
 /// `netd.lrp=on|off` (default on; off selects the shared-FIFO baseline; ignored under
-/// `netd.mode=interrupt`), `netd.udp=fast|smoltcp` and `netd.offload=on|off`. Other words,
+/// `netd.mode=interrupt`), `netd.udp=fast|smoltcp`, `netd.offload=on|off`, `netd.icmp_rate=N`
+/// and TCP's `netd.tcp_max_conn=N`, `netd.tcp_mem=MB`, `netd.tcp_buffer_kb=KB`,
+/// `netd.tcp_backlog=N`, `netd.tcp_idle_s=S`, `netd.tcp_keepalive_s=S` ([`TcpOptions`]). Other words,
 /// including the kernel's own [`KERNEL_NETD_KEYS`], are ignored. Every unknown `netd.` key or
 /// bad value goes to `report` and leaves the default in force.
 pub fn parse_options<'a>(line: &'a str, mut report: impl FnMut(OptionError<'a>)) -> NetOptions {
@@ -404,6 +530,33 @@ pub fn parse_options<'a>(line: &'a str, mut report: impl FnMut(OptionError<'a>))
                 _ => false,
             },
             "netd.offload" => on_off(value).map(|on| options.tx_offload = on).is_some(),
+            "netd.icmp_rate" => number_in(value, 0..=1_000_000)
+                .map(|n| options.icmp_rate = n)
+                .is_some(),
+            "netd.rx_hold_us" => number_in(value, 0..=10_000)
+                .map(|n| options.rx_hold_us = n)
+                .is_some(),
+            "netd.tcp_max_conn" => number_in(value, 1..=1_000_000)
+                .map(|n| options.tcp.max_connections = n)
+                .is_some(),
+            "netd.tcp_mem" => number_in(value, 1..=65536)
+                .map(|n| options.tcp.memory_mb = Some(n))
+                .is_some(),
+            "netd.tcp_buffer_kb" => number_in(value, 4..=16384)
+                .map(|n| options.tcp.max_buffer_kb = n)
+                .is_some(),
+            "netd.tcp_backlog" => number_in(value, 1..=1_000_000)
+                .map(|n| options.tcp.backlog = n)
+                .is_some(),
+            "netd.tcp_idle_s" => number_in(value, 0..=86400)
+                .map(|n| options.tcp.idle_seconds = n)
+                .is_some(),
+            "netd.tcp_keepalive_s" => number_in(value, 0..=86400)
+                .map(|n| options.tcp.keepalive_seconds = n)
+                .is_some(),
+            "netd.tcp_coalesce_us" => number_in(value, 0..=10_000)
+                .map(|n| options.tcp.coalesce_us = n)
+                .is_some(),
             _ => {
                 report(OptionError {
                     key,
@@ -471,7 +624,8 @@ mod tests {
             NetOptions {
                 discipline: Discipline::SharedFifo,
                 udp: UdpPath::Socket,
-                tx_offload: false
+                tx_offload: false,
+                ..NetOptions::default()
             }
         );
         let mut errors = std::vec::Vec::new();
@@ -499,6 +653,73 @@ mod tests {
         assert!(errors[2]
             .to_string()
             .contains("unknown option netd.colour=red"));
+    }
+
+    #[test]
+    fn tcp_options_parse_and_bad_ones_are_named() {
+        let none = |e: OptionError<'_>| panic!("{e}");
+        let options = parse_options(
+            "netd.tcp_max_conn=5000 netd.tcp_mem=80 netd.tcp_buffer_kb=64 netd.tcp_backlog=32 \
+             netd.tcp_idle_s=0 netd.tcp_keepalive_s=15 netd.icmp_rate=0",
+            none,
+        );
+        assert_eq!(
+            options.tcp,
+            TcpOptions {
+                max_connections: 5000,
+                memory_mb: Some(80),
+                max_buffer_kb: 64,
+                backlog: 32,
+                idle_seconds: 0,
+                keepalive_seconds: 15,
+                coalesce_us: 500,
+            }
+        );
+        assert_eq!(options.icmp_rate, 0);
+        let mut errors = std::vec::Vec::new();
+        let options = parse_options(
+            "netd.tcp_max_conn=0 netd.tcp_mem=-1 netd.tcp_buffer_kb=2 netd.tcp_idle_s=1e3 \
+             netd.tcp_keepalive_s= netd.tcp_maxconn=9",
+            |e| errors.push(e),
+        );
+        assert_eq!(options, NetOptions::default());
+        let named: std::vec::Vec<_> = errors.iter().map(|e| (e.key, e.problem)).collect();
+        assert_eq!(
+            named,
+            [
+                ("netd.tcp_max_conn", OptionProblem::BadValue),
+                ("netd.tcp_mem", OptionProblem::BadValue),
+                ("netd.tcp_buffer_kb", OptionProblem::BadValue),
+                ("netd.tcp_idle_s", OptionProblem::BadValue),
+                ("netd.tcp_keepalive_s", OptionProblem::BadValue),
+                ("netd.tcp_maxconn", OptionProblem::Unknown),
+            ]
+        );
+        extern crate std;
+        use std::string::ToString;
+        assert_eq!(
+            errors[0].to_string(),
+            "bad value for netd.tcp_max_conn: \"0\" (expected connections per core, 1 to 1000000)"
+        );
+        assert!(errors[5].to_string().contains("netd.tcp_keepalive_s"));
+    }
+
+    #[test]
+    fn tcp_budget_comes_from_the_heap_and_leaves_the_applications_theirs() {
+        let mut config = NetConfig::new([2, 0, 0, 0, 0, 1], 0, 1);
+        assert_eq!(config.tcp_budget_bytes(), 64 << 20);
+        assert_eq!(config.application_heap_bytes(), 0);
+        config.heap_bytes = 128 << 20;
+        assert_eq!(config.tcp_budget_bytes(), 96 << 20);
+        assert_eq!(config.application_heap_bytes(), 32 << 20);
+        config.options.tcp.memory_mb = Some(40);
+        assert_eq!(config.tcp_budget_bytes(), 40 << 20);
+        assert_eq!(config.application_heap_bytes(), 88 << 20);
+        config.heap_bytes = 32 << 20;
+        assert_eq!(config.application_heap_bytes(), 32 << 20);
+        config.options.tcp.memory_mb = None;
+        assert_eq!(config.tcp_budget_bytes(), 8 << 20);
+        assert_eq!(config.application_heap_bytes(), 32 << 20);
     }
 
     #[test]

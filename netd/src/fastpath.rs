@@ -144,6 +144,7 @@ mod tests {
         tx_checksum_ipv4: false,
         tx_checksum_udp: false,
         tx_checksum_tcp: false,
+        tx_tcp_segmentation: false,
     };
 
     /// A request in a 2 KiB buffer (as in a pool buffer) and its length.
@@ -218,6 +219,7 @@ mod tests {
             tx_checksum_ipv4: true,
             tx_checksum_udp: true,
             tx_checksum_tcp: true,
+            tx_tcp_segmentation: true,
         };
         let (mut frame, length) = request(b"offloaded");
         let reply =

@@ -19,6 +19,7 @@ pub mod fastpath;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod moves;
 pub mod path;
 pub mod peers;
 pub mod runner;
@@ -34,15 +35,16 @@ pub use app::Service;
 pub use classify::{pick_source_port, DropReason, FlowTable, PathKey, RssHashFn, Verdict};
 pub use config::{
     parse_command_line, parse_memcached_memory, parse_options, Addresses, CoreId, Discipline,
-    Dotted, Ipv4Cidr, MacAddress, NetConfig, NetOptions, OptionError, SchedulerConfig, UdpPath,
-    WallClock,
+    Dotted, Ipv4Cidr, MacAddress, NetConfig, NetOptions, OptionError, SchedulerConfig, TcpOptions,
+    UdpPath, WallClock,
 };
 pub use path::{CycleCounter, PathCounters};
 pub use peers::{
     KvOperation, KvReply, KvRequest, KvStatus, NeighbourEntry, PeerError, PeerMessage, Peers,
     StoreMode, MAX_KV_MESSAGE,
 };
+pub use runner::tcp::TcpCounters;
 pub use smoltcp::time::{Duration, Instant};
-pub use stack::{CoreNet, NetError, PollOutcome};
-pub use stats::{CoreCounters, CoreStats, PathStats, SnapshotError, StatsView};
+pub use stack::{CoreNet, HeapProbe, HeapUsage, NetError, PollOutcome};
+pub use stats::{CoreCounters, CoreStats, MemoryCounters, PathStats, SnapshotError, StatsView};
 pub use transport::{TransportCounters, TransportDrop, TRANSPORT_PEERS};

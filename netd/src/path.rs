@@ -178,6 +178,8 @@ pub struct Path {
     pub(crate) open_connections: usize,
     /// The last turn a frame for the path was received (0: never).
     pub(crate) last_admitted: u64,
+    /// What the path's TCP runs noticed (refusals, timeouts, strays), for `/stats`.
+    pub(crate) tcp_events: crate::runner::tcp::TcpEvents,
 }
 
 impl Path {
@@ -193,6 +195,7 @@ impl Path {
             app_deadline: None,
             open_connections: 0,
             last_admitted: 0,
+            tcp_events: Default::default(),
         }
     }
 
@@ -216,9 +219,12 @@ impl Path {
         self.open_connections
     }
 
-    /// TCP sockets listening now.
-    pub fn listening(&self) -> usize {
-        self.runner.listening()
+    /// A TCP path's counters: its connection table now and what its runs noticed (`None` for
+    /// other kinds).
+    pub fn tcp(&self) -> Option<crate::runner::tcp::TcpCounters> {
+        self.runner
+            .tcp_gauges()
+            .map(|gauges| gauges.with_events(&self.tcp_events))
     }
 
     /// The application's name (`None` for ARP and ICMP).

@@ -20,11 +20,16 @@ use crate::classify::{
 };
 use crate::config::{CoreId, Discipline, NetConfig, UdpPath, FLOW_GROUPS};
 use crate::device::{capabilities, Staging, TxQueue, TX_QUEUE_CAPACITY};
+use crate::moves::{FlowMoves, FlowView};
 use crate::path::{CycleCounter, Path, QueuedFrame, Stage};
 use crate::peers::{KvReply, KvRequest, PeerMessage, Peers};
+use crate::runner::tcp::budget::Budget;
+use crate::runner::tcp::table::CONNECTION_STATE_BYTES;
 use crate::runner::{self, Notes, PathRunner, Progress, Reply, RunContext};
 use crate::schedule::{Meter, Shares};
-use crate::stats::{CoreCounters, CoreStats, CurrentPath, OwnCore, SnapshotError, StatsView};
+use crate::stats::{
+    CoreCounters, CoreStats, CurrentPath, MemoryCounters, OwnCore, SnapshotError, StatsView,
+};
 use crate::transport::TransportCounters;
 use drivers::nic::{
     ChecksumStatus, QueueCapabilities, QueueDatapath, ReceiveBatch, ReceivedFrame, TransmitFrame,
@@ -95,6 +100,12 @@ pub struct PollOutcome {
     pub rx_quota: usize,
     /// Cycles this turn took.
     pub cycles: u64,
+    /// Receive moderation (`netd.rx_hold_us`): the turn carried bulk TCP data, so the kernel
+    /// should keep the queue's interrupt masked and not poll before this instant unless
+    /// something else wakes it; the segments that arrive meanwhile are taken, acknowledged and
+    /// answered together (one larger segment, one doorbell) — what a NIC's interrupt
+    /// throttling does for an interrupt-driven stack. `None`: halt as usual.
+    pub hold_until: Option<Instant>,
 }
 
 /// A smoltcp device with nothing to receive or send (for building the interface).
@@ -166,6 +177,16 @@ struct JobDone {
     handled: bool,
     /// Neighbour entries sent.
     neighbours_sent: u64,
+    /// Frames the runner handed to another core.
+    forwarded_out: u64,
+    /// Frames the runner wanted to hand over that the channel refused.
+    forward_failed: u64,
+    /// ICMP errors the token bucket held back.
+    icmp_limited: u64,
+    /// What the reassembly path did.
+    reassembly: runner::reassembly::ReassemblyEvents,
+    /// Full-sized TCP data segments taken.
+    bulk_segments: u64,
 }
 
 /// What a turn's receive step did.
@@ -220,7 +241,29 @@ pub struct CoreNet {
     live_cores: u64,
     /// A live-cores verdict not yet handed to the applications.
     pending_live: Option<u64>,
+    /// The core's TCP budget, shared by its TCP paths.
+    tcp_budget: Budget,
+    /// The previous owner of each flow group (connections across a move).
+    moves: FlowMoves,
+    /// Reads the kernel's heap figures for the snapshot (none: unknown).
+    heap_probe: Option<HeapProbe>,
+    /// Full-sized TCP data segments taken since the core last went quiet (receive moderation).
+    bulk_segments: u64,
 }
+
+/// The kernel's heap figures of one core, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapUsage {
+    /// The heap's size.
+    pub size: u64,
+    /// Bytes allocated now.
+    pub used: u64,
+    /// The most bytes allocated at once since boot.
+    pub high_water: u64,
+}
+
+/// Reads the current core's heap figures (the kernel's allocator keeps the high-water mark).
+pub type HeapProbe = fn() -> HeapUsage;
 
 impl CoreNet {
     /// Builds the stack of `config.core`, with a path for ARP, one for ICMP and one per service
@@ -239,12 +282,12 @@ impl CoreNet {
         if config.core >= config.core_count {
             return Err(NetError::BadCore);
         }
-        if services.len() + 2 > MAX_PATHS {
+        if services.len() + 4 > MAX_PATHS {
             return Err(NetError::TooManyPaths);
         }
         let mut interface_config = Config::new(HardwareAddress::Ethernet(mac));
-        interface_config.random_seed =
-            config.random_seed ^ u64::from(config.core).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let seed = config.random_seed ^ u64::from(config.core).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        interface_config.random_seed = seed;
         let mut iface = Interface::new(interface_config, &mut NullDevice, now);
         let [a, b, c, d] = config.addresses.ip.address;
         iface.update_ip_addrs(|addresses| {
@@ -283,6 +326,7 @@ impl CoreNet {
             Discipline::Interrupt => UdpPath::Socket,
             _ => config.options.udp,
         };
+        let secret = seed.rotate_left(17) ^ 0x7c15_9e37_79b9_7f4a;
         for service in services {
             let key = service.endpoint();
             if matches!(key, PathKey::Udp(0) | PathKey::Tcp(0)) {
@@ -291,12 +335,30 @@ impl CoreNet {
             if paths.iter().any(|path: &Path| path.key == key) {
                 return Err(NetError::DuplicateEndpoint(key));
             }
-            let (key, runner) = runner::build(service, udp_path);
+            let (key, runner) = runner::build(service, udp_path, &config.options.tcp, secret);
             paths.push(Path::new(key, runner, quantum));
         }
+        paths.push(Path::new(
+            PathKey::Reassembly,
+            Box::new(runner::reassembly::ReassemblyRunner::new()),
+            quantum,
+        ));
+        paths.push(Path::new(
+            PathKey::Closed,
+            Box::new(runner::closed::ClosedRunner::new(config.options.icmp_rate)),
+            quantum,
+        ));
         for (index, path) in paths.iter().enumerate() {
             classifier.add_path(path.key, PathIndex(index as u8));
         }
+        let tcp = &config.options.tcp;
+        let tcp_budget = Budget::new(
+            config.tcp_budget_bytes(),
+            tcp.max_connections as usize,
+            (tcp.max_buffer_kb as usize) << 10,
+            CONNECTION_STATE_BYTES,
+        );
+        let moves = FlowMoves::new(classifier.flows());
         Ok(Self {
             config,
             iface,
@@ -326,7 +388,21 @@ impl CoreNet {
                 (1u64 << config.core_count) - 1
             },
             pending_live: None,
+            tcp_budget,
+            moves,
+            heap_probe: None,
+            bulk_segments: 0,
         })
+    }
+
+    /// Gives the stack the kernel's heap figures for its snapshots (`/stats`: `memory`).
+    pub fn set_heap_probe(&mut self, probe: HeapProbe) {
+        self.heap_probe = Some(probe);
+    }
+
+    /// The core's TCP budget.
+    pub fn tcp_budget(&self) -> &Budget {
+        &self.tcp_budget
     }
 
     /// This core's configuration.
@@ -396,8 +472,14 @@ impl CoreNet {
             current: None,
             after: &[],
             transport: &self.transport,
+            memory: self.memory(),
         }
         .snapshot()
+    }
+
+    /// The heap (from the kernel's probe) and TCP's budget now.
+    pub fn memory(&self) -> MemoryCounters {
+        memory_counters(self.heap_probe, &self.tcp_budget)
     }
 
     /// The latest snapshot of every core, gathered by the monitor; the HTTP `/stats` page serves
@@ -490,6 +572,7 @@ impl CoreNet {
         let mut meter = Meter::start(self.cycles);
         self.counters.polls += 1;
         let offload = self.offload(rx);
+        self.moves.observe(self.classifier.flows());
         if let Some(live) = self.pending_live.take() {
             for index in 0..self.paths.len() {
                 let _ = self.run_job(index, now, pool, peers, offload, Job::LiveCores(live));
@@ -549,6 +632,15 @@ impl CoreNet {
         // frames in the ring.
         more_work |= report.ring_left || self.unserviced != PathSet::EMPTY;
         let next_deadline = self.paths.iter().filter_map(|path| path.deadline).min();
+        // Bulk data since the core last went quiet: hold receive when it goes quiet now.
+        let hold = self.config.options.rx_hold_us;
+        let bulk = self.bulk_segments > 0;
+        let hold_until =
+            (bulk && hold > 0 && !more_work).then(|| now + Duration::from_micros(u64::from(hold)));
+        if !more_work {
+            self.bulk_segments = 0;
+        }
+        self.counters.rx_holds += u64::from(hold_until.is_some());
         PollOutcome {
             received: report.taken,
             transmitted,
@@ -557,6 +649,7 @@ impl CoreNet {
             stats_wanted: core::mem::take(&mut self.stats_wanted),
             rx_quota: report.quota,
             cycles: turn,
+            hold_until,
         }
     }
 
@@ -657,6 +750,8 @@ impl CoreNet {
             let mut shares = Shares::default();
             let mut full = self.full_paths();
             for frame in frames {
+                self.counters.rx_frames += 1;
+                self.counters.rx_bytes += u64::from(frame.length);
                 self.admit(frame, pool, peers, &mut full, &mut shares);
             }
             let cycles = meter.lap();
@@ -740,6 +835,7 @@ impl CoreNet {
             let done = self.run_job(index, now, pool, peers, offload, Job::Queue(frames));
             let cycles = meter.lap();
             used += cycles;
+            self.reinject(index, now, pool, peers, offload, meter);
             let path = &mut self.paths[index];
             path.charge(Stage::Run, cycles);
             path.schedule.charge(cycles, done.frames);
@@ -834,6 +930,7 @@ impl CoreNet {
                 let cycles = meter.lap();
                 used += cycles;
                 self.paths[index].charge(Stage::Run, cycles);
+                self.reinject(index, now, pool, peers, offload, meter);
             }
         }
         used += self.service_paths(now, pool, peers, offload, meter);
@@ -889,6 +986,7 @@ impl CoreNet {
                     self.counters.neighbours_sent += done.neighbours_sent;
                     let cycles = meter.lap();
                     self.paths[index].charge(Stage::Run, cycles);
+                    self.reinject(index, now, pool, peers, offload, meter);
                 }
             }
             // The driver's interrupt handler gives the ring its buffers back as it goes.
@@ -907,6 +1005,61 @@ impl CoreNet {
             taken,
             quota: INTERRUPT_DRAIN_LIMIT,
             ring_left: !drained,
+        }
+    }
+
+    /// Classifies the frames path `index`'s runner made for the classifier (reassembled
+    /// datagrams) as if received now: onto their paths' queues, forwarded once to their flow's
+    /// owner, or dropped with a reason (under the baselines: into the shared FIFO, or processed
+    /// at once). The cycles go to the paths they are for.
+    fn reinject(
+        &mut self,
+        index: usize,
+        now: Instant,
+        pool: &mut BufferPool,
+        peers: &mut impl Peers,
+        offload: QueueCapabilities,
+        meter: &mut Meter,
+    ) {
+        while let Some((buffer, length)) = self.paths[index].runner.take_reinjected() {
+            let frame = ReceivedFrame {
+                buffer,
+                length,
+                rss_hash: 0,
+                checksum: ChecksumStatus::default(),
+            };
+            let mut shares = Shares::default();
+            match self.config.options.discipline {
+                Discipline::Lrp => {
+                    let mut full = self.full_paths();
+                    self.admit(&frame, pool, peers, &mut full, &mut shares);
+                }
+                Discipline::SharedFifo => {
+                    let entry = FifoFrame {
+                        frame,
+                        forwarded: false,
+                    };
+                    if self.shared_fifo.push_back(entry).is_err() {
+                        self.counters.shared_queue_drops += 1;
+                        let _ = pool.free(buffer);
+                    }
+                }
+                Discipline::Interrupt => {
+                    if let Some((target, queued)) =
+                        self.classify_unqueued(&frame, false, pool, peers, &mut shares)
+                    {
+                        let cycles = meter.lap();
+                        self.charge_shares(&shares, cycles, Stage::Receive);
+                        shares = Shares::default();
+                        let _ = self.run_job(target, now, pool, peers, offload, Job::Frame(queued));
+                        self.unserviced.insert(PathIndex(target as u8));
+                        let cycles = meter.lap();
+                        self.paths[target].charge(Stage::Run, cycles);
+                    }
+                }
+            }
+            let cycles = meter.lap();
+            self.charge_shares(&shares, cycles, Stage::Receive);
         }
     }
 
@@ -1019,8 +1172,6 @@ impl CoreNet {
         full: &mut PathSet,
         shares: &mut Shares,
     ) {
-        self.counters.rx_frames += 1;
-        self.counters.rx_bytes += u64::from(frame.length);
         let length = usize::from(frame.length).min(BUFFER_SIZE);
         let verdict = match pool.bytes(frame.buffer) {
             Ok(bytes) => self.classifier.classify_admitting(
@@ -1117,6 +1268,7 @@ impl CoreNet {
     ) -> JobDone {
         let uptime_ms = self.uptime_ms(now);
         let tx_before = self.tx_queue.len();
+        let memory = self.memory();
         let Self {
             config,
             iface,
@@ -1129,6 +1281,11 @@ impl CoreNet {
             stats_wanted,
             tx_reserve,
             transport,
+            tcp_budget,
+            classifier,
+            moves,
+            live_cores,
+            bulk_segments,
             ..
         } = self;
         let config: &NetConfig = config;
@@ -1147,13 +1304,17 @@ impl CoreNet {
                 counters: path_counters,
                 runner,
                 open_connections,
+                tcp_events,
                 ..
             } = &mut *path;
             let current = CurrentPath {
                 key: *key,
                 counters: path_counters,
                 queued: queue.len() as u16,
-                open_connections: *open_connections as u16,
+                open_connections: (*open_connections).min(u16::MAX as usize) as u16,
+                tcp: runner
+                    .tcp_gauges()
+                    .map(|gauges| gauges.with_events(tcp_events)),
             };
             let mut cx = RunContext {
                 now,
@@ -1181,6 +1342,7 @@ impl CoreNet {
                             current: Some(current),
                             after,
                             transport,
+                            memory,
                         },
                     },
                     stats_wanted,
@@ -1188,10 +1350,17 @@ impl CoreNet {
                     wake_at: &mut wake_at,
                 },
                 notes: Notes::default(),
+                budget: tcp_budget,
+                flows: FlowView {
+                    core: config.core,
+                    flows: classifier.flows(),
+                    moves,
+                    hash: classifier.hash_function(),
+                    live: *live_cores,
+                },
             };
             let progress = match job {
                 Job::Queue(frames) => {
-                    runner.prepare(frames);
                     let chunk = runner.frames_per_service().max(1);
                     let mut left = frames;
                     let mut progress = Progress::default();
@@ -1211,7 +1380,6 @@ impl CoreNet {
                     Some(progress)
                 }
                 Job::Frame(frame) => {
-                    runner.prepare(1);
                     ingest(runner.as_mut(), &mut cx, frame, &mut done);
                     None
                 }
@@ -1227,8 +1395,23 @@ impl CoreNet {
             };
             done.neighbours_sent = cx.notes.neighbours_sent;
             done.socket_drops = cx.notes.socket_drops;
+            done.icmp_limited = cx.notes.icmp_limited;
+            done.reassembly = cx.notes.reassembly;
+            done.bulk_segments = cx.notes.tcp.bulk_segments;
+            tcp_events.add(&cx.notes.tcp);
             progress
         };
+        *bulk_segments += done.bulk_segments;
+        counters.forwarded_out += done.forwarded_out;
+        counters.drops[DropReason::ForwardFailed as usize] += done.forward_failed;
+        counters.icmp_limited += done.icmp_limited;
+        let r = &done.reassembly;
+        counters.fragments += r.fragments;
+        counters.reassembled += r.reassembled;
+        counters.reassembly_timeouts += r.timeouts;
+        counters.reassembly_evictions += r.evictions;
+        counters.reassembly_overlaps += r.overlaps;
+        counters.reassembly_too_large += r.too_large;
         path.counters.packets += done.frames as u64;
         path.counters.bytes += done.bytes;
         path.counters.forwarded_in += done.forwarded_in;
@@ -1444,6 +1627,24 @@ impl CoreNet {
     }
 }
 
+/// The memory section of a snapshot: the kernel's heap figures (if it gave a probe) and the TCP
+/// budget.
+fn memory_counters(probe: Option<HeapProbe>, budget: &Budget) -> MemoryCounters {
+    let heap = probe.map(|probe| probe()).unwrap_or_default();
+    MemoryCounters {
+        heap_size: heap.size,
+        heap_used: heap.used,
+        heap_high_water: heap.high_water,
+        tcp_budget: budget.limit() as u64,
+        tcp_used: budget.used() as u64,
+        tcp_high_water: budget.high_water() as u64,
+        tcp_connections: budget.connections() as u64,
+        tcp_most_connections: budget.most_connections() as u64,
+        tcp_max_connections: budget.max_connections() as u64,
+        tcp_state_per_connection: budget.overhead() as u64,
+    }
+}
+
 /// One frame through a path's runner: processed, its reply committed, counted in `done`.
 #[inline]
 fn ingest(
@@ -1456,6 +1657,24 @@ fn ingest(
     done.frames += 1;
     done.bytes += u64::from(frame.length);
     done.forwarded_in += u64::from(frame.forwarded);
+    if let Reply::Forward(core) = reply {
+        let length = usize::from(frame.length).min(BUFFER_SIZE);
+        let sent = match cx.pool.bytes(frame.buffer) {
+            Ok(bytes) => cx
+                .app
+                .peers
+                .send(core, &PeerMessage::Frame(&bytes[..length]))
+                .is_ok(),
+            Err(_) => false,
+        };
+        if sent {
+            done.forwarded_out += 1;
+        } else {
+            done.forward_failed += 1;
+        }
+        let _ = cx.pool.free(frame.buffer);
+        return;
+    }
     if !commit(cx, &frame, reply) {
         done.tx_drops += 1;
     }
@@ -1466,15 +1685,14 @@ fn ingest(
 /// not be queued (no buffer, TX queue full): it is dropped.
 fn commit(cx: &mut RunContext<'_>, frame: &QueuedFrame, reply: Reply) -> bool {
     match reply {
-        Reply::Nothing => {
+        Reply::Nothing | Reply::Forward(_) => {
             let _ = cx.pool.free(frame.buffer);
             true
         }
         Reply::InPlace { length, checksum } => {
             let out = TransmitFrame {
-                buffer: frame.buffer,
-                length,
                 checksum,
+                ..TransmitFrame::new(frame.buffer, length)
             };
             if cx.tx.push(out).is_err() {
                 let _ = cx.pool.free(frame.buffer);
@@ -1488,18 +1706,22 @@ fn commit(cx: &mut RunContext<'_>, frame: &QueuedFrame, reply: Reply) -> bool {
             let Some(buffer) = cx.pool.alloc() else {
                 return false;
             };
-            match cx.pool.bytes_mut(buffer) {
-                Ok(target) => target[..length].copy_from_slice(&cx.staging.bytes[..length]),
+            // smoltcp leaves TCP checksums to the device: finish a reset's or an ACK's here.
+            let checksum = match cx.pool.bytes_mut(buffer) {
+                Ok(target) => {
+                    target[..length].copy_from_slice(&cx.staging.bytes[..length]);
+                    crate::device::finish_tcp_checksum(&mut target[..length], cx.offload)
+                }
                 Err(_) => {
                     let _ = cx.pool.free(buffer);
                     return false;
                 }
-            }
-            if cx
-                .tx
-                .push(TransmitFrame::new(buffer, length as u16))
-                .is_err()
-            {
+            };
+            let frame = TransmitFrame {
+                checksum,
+                ..TransmitFrame::new(buffer, length as u16)
+            };
+            if cx.tx.push(frame).is_err() {
                 let _ = cx.pool.free(buffer);
                 return false;
             }

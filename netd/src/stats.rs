@@ -11,6 +11,7 @@
 use crate::classify::{DropReason, PathKey, MAX_PATHS};
 use crate::config::{CoreId, Dotted, MacAddress, NetConfig};
 use crate::path::{Path, PathCounters};
+use crate::runner::tcp::TcpCounters;
 use crate::transport::TransportCounters;
 use core::fmt::Write;
 
@@ -71,6 +72,84 @@ pub struct CoreCounters {
     pub cycles_total: u64,
     /// The longest turn, in cycles.
     pub longest_turn_cycles: u64,
+    /// ICMP errors (port unreachable) the token bucket held back (`netd.icmp_rate`).
+    pub icmp_limited: u64,
+    /// IPv4 fragments received (they go to the reassembly path).
+    pub fragments: u64,
+    /// Datagrams reassembled from fragments and classified again.
+    pub reassembled: u64,
+    /// Datagrams whose fragments did not all arrive in time (their fragments dropped).
+    pub reassembly_timeouts: u64,
+    /// Datagrams dropped half-assembled to make room (every reassembly slot busy).
+    pub reassembly_evictions: u64,
+    /// Datagrams dropped for overlapping or inconsistent fragments.
+    pub reassembly_overlaps: u64,
+    /// Datagrams dropped for being longer than a reassembled frame may be.
+    pub reassembly_too_large: u64,
+    /// Turns that asked the kernel to hold receive for bulk TCP (`netd.rx_hold_us`).
+    pub rx_holds: u64,
+}
+
+/// One core's memory in a snapshot: the kernel's heap and TCP's budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryCounters {
+    /// The heap's size (0: the kernel gave no figures).
+    pub heap_size: u64,
+    /// Heap bytes allocated when the snapshot was taken.
+    pub heap_used: u64,
+    /// The most heap bytes allocated at once since boot.
+    pub heap_high_water: u64,
+    /// TCP's budget (`netd.tcp_mem`).
+    pub tcp_budget: u64,
+    /// Bytes of it charged now.
+    pub tcp_used: u64,
+    /// The most bytes of it charged at once.
+    pub tcp_high_water: u64,
+    /// TCP connections (every port) now.
+    pub tcp_connections: u64,
+    /// The most TCP connections at once.
+    pub tcp_most_connections: u64,
+    /// The connection limit in force (`netd.tcp_max_conn`, lowered to what the budget holds).
+    pub tcp_max_connections: u64,
+    /// Bytes charged per connection besides its buffers.
+    pub tcp_state_per_connection: u64,
+}
+
+impl MemoryCounters {
+    /// Number of [`Self::scalars`].
+    pub const SCALARS: usize = 10;
+
+    /// The counters in declaration order (the snapshot encoding's order).
+    pub fn scalars(&self) -> [u64; Self::SCALARS] {
+        [
+            self.heap_size,
+            self.heap_used,
+            self.heap_high_water,
+            self.tcp_budget,
+            self.tcp_used,
+            self.tcp_high_water,
+            self.tcp_connections,
+            self.tcp_most_connections,
+            self.tcp_max_connections,
+            self.tcp_state_per_connection,
+        ]
+    }
+
+    /// Sets the counters from numbers in [`Self::scalars`] order.
+    pub fn set_scalars(&mut self, values: &[u64; Self::SCALARS]) {
+        [
+            self.heap_size,
+            self.heap_used,
+            self.heap_high_water,
+            self.tcp_budget,
+            self.tcp_used,
+            self.tcp_high_water,
+            self.tcp_connections,
+            self.tcp_most_connections,
+            self.tcp_max_connections,
+            self.tcp_state_per_connection,
+        ] = *values;
+    }
 }
 
 /// One path's counters in a snapshot.
@@ -84,6 +163,8 @@ pub struct PathStats {
     pub open_connections: u16,
     /// Frames waiting in the path's queue when the snapshot was taken.
     pub queued: u16,
+    /// A TCP path's connection table and events.
+    pub tcp: Option<TcpCounters>,
 }
 
 impl PathStats {
@@ -93,6 +174,7 @@ impl PathStats {
         counters: PathCounters::ZERO,
         open_connections: 0,
         queued: 0,
+        tcp: None,
     };
 
     /// The snapshot entry of `path`.
@@ -100,8 +182,9 @@ impl PathStats {
         Self {
             key: path.key(),
             counters: *path.counters(),
-            open_connections: path.open_connections() as u16,
+            open_connections: path.open_connections().min(u16::MAX as usize) as u16,
             queued: path.queued() as u16,
+            tcp: path.tcp(),
         }
     }
 }
@@ -121,6 +204,8 @@ pub struct CoreStats {
     pub paths: [PathStats; MAX_PATHS],
     /// The kernel's cross-core transport (its mailbox), as last handed over.
     pub transport: TransportCounters,
+    /// The heap and TCP's budget.
+    pub memory: MemoryCounters,
 }
 
 impl CoreStats {
@@ -142,6 +227,8 @@ pub struct CurrentPath<'a> {
     pub queued: u16,
     /// Connections open after its last run.
     pub open_connections: u16,
+    /// A TCP path's counters as the run began.
+    pub tcp: Option<TcpCounters>,
 }
 
 impl CurrentPath<'_> {
@@ -151,6 +238,7 @@ impl CurrentPath<'_> {
             counters: *self.counters,
             open_connections: self.open_connections,
             queued: self.queued,
+            tcp: self.tcp,
         }
     }
 }
@@ -172,6 +260,8 @@ pub struct OwnCore<'a> {
     pub after: &'a [Path],
     /// The kernel's transport counters, as last handed over.
     pub transport: &'a TransportCounters,
+    /// The heap and TCP's budget.
+    pub memory: MemoryCounters,
 }
 
 impl OwnCore<'_> {
@@ -184,6 +274,7 @@ impl OwnCore<'_> {
             path_count: 0,
             paths: [PathStats::EMPTY; MAX_PATHS],
             transport: *self.transport,
+            memory: self.memory,
         };
         let entries = self
             .before
@@ -232,6 +323,8 @@ pub fn path_name(key: PathKey, out: &mut String) {
         PathKey::Icmp => write!(out, "icmp"),
         PathKey::Udp(port) => write!(out, "udp:{port}"),
         PathKey::Tcp(port) => write!(out, "tcp:{port}"),
+        PathKey::Closed => write!(out, "closed"),
+        PathKey::Reassembly => write!(out, "reassembly"),
     };
 }
 
@@ -249,6 +342,8 @@ fn write_core(core: &CoreStats, out: &mut String) {
          \"polls\":{},\"no_buffer\":{},\"peer_unroutable\":{},\"rx_withheld\":{},\"rx_quota_reached\":{},\
          \"cycles_total\":{},\"cycles_idle\":{},\"cycles_unclassified\":{},\"longest_turn_cycles\":{},\
          \"nic\":{{\"rx_no_descriptor\":{},\"rx_missed\":{},\"rx_errors\":{}}},\
+         \"rx_holds\":{},\"icmp_limited\":{},\"reassembly\":{{\"fragments\":{},\"reassembled\":{},\"timeouts\":{},\
+         \"evictions\":{},\"overlaps\":{},\"too_large\":{}}},\
          \"drops\":{{\"shared_queue\":{}",
         core.core,
         core.uptime_ms,
@@ -272,6 +367,14 @@ fn write_core(core: &CoreStats, out: &mut String) {
         c.nic_rx_no_descriptor,
         c.nic_rx_missed,
         c.nic_rx_errors,
+        c.rx_holds,
+        c.icmp_limited,
+        c.fragments,
+        c.reassembled,
+        c.reassembly_timeouts,
+        c.reassembly_evictions,
+        c.reassembly_overlaps,
+        c.reassembly_too_large,
         c.shared_queue_drops,
     );
     for reason in DropReason::ALL.iter() {
@@ -314,8 +417,46 @@ fn write_core(core: &CoreStats, out: &mut String) {
             p.connections,
             path.open_connections,
         );
+        if let Some(t) = &path.tcp {
+            out.pop();
+            let _ = write!(
+                out,
+                ",\"tcp\":{{\"connections\":{},\"half_open\":{},\"most_connections\":{},\"ready\":{},\
+                 \"refused_limit\":{},\"refused_memory\":{},\"backlog_evictions\":{},\
+                 \"half_open_timeouts\":{},\"idle_timeouts\":{},\"stray_segments\":{},\
+                 \"handed_over\":{}}}}}",
+                t.connections,
+                t.half_open,
+                t.most_connections,
+                t.ready,
+                t.refused_limit,
+                t.refused_memory,
+                t.backlog_evictions,
+                t.half_open_timeouts,
+                t.idle_timeouts,
+                t.stray_segments,
+                t.handed_over,
+            );
+        }
     }
     out.push_str("],");
+    let m = &core.memory;
+    let _ = write!(
+        out,
+        "\"memory\":{{\"heap_size\":{},\"heap_used\":{},\"heap_high_water\":{},\"tcp_budget\":{},\
+         \"tcp_used\":{},\"tcp_high_water\":{},\"tcp_connections\":{},\"tcp_most_connections\":{},\
+         \"tcp_max_connections\":{},\"tcp_state_per_connection\":{}}},",
+        m.heap_size,
+        m.heap_used,
+        m.heap_high_water,
+        m.tcp_budget,
+        m.tcp_used,
+        m.tcp_high_water,
+        m.tcp_connections,
+        m.tcp_most_connections,
+        m.tcp_max_connections,
+        m.tcp_state_per_connection,
+    );
     core.transport.write_json(out);
     out.push('}');
 }
@@ -343,9 +484,9 @@ pub fn write_json(host: &NetConfig, view: &StatsView<'_>, out: &mut String) {
 
 impl CoreCounters {
     /// Number of [`Self::scalars`].
-    pub const SCALARS: usize = 21;
+    pub const SCALARS: usize = 29;
 
-    /// The core-wide (drops by reason apart) counters as numbers, in declaration order (rx_frames, rx_bytes, tx_frames, tx_bytes, forwarded_out, forwarded_in, neighbours_sent, neighbours_installed, polls, no_buffer, shared_queue_drops, peer_unroutable, rx_withheld, rx_quota_reached, nic_rx_no_descriptor, nic_rx_missed, nic_rx_errors, cycles_unclassified, cycles_idle, cycles_total, longest_turn_cycles): the order
+    /// The core-wide (drops by reason apart) counters as numbers, in declaration order (rx_frames, rx_bytes, tx_frames, tx_bytes, forwarded_out, forwarded_in, neighbours_sent, neighbours_installed, polls, no_buffer, shared_queue_drops, peer_unroutable, rx_withheld, rx_quota_reached, nic_rx_no_descriptor, nic_rx_missed, nic_rx_errors, cycles_unclassified, cycles_idle, cycles_total, longest_turn_cycles, icmp_limited, fragments, reassembled, reassembly_timeouts, reassembly_evictions, reassembly_overlaps, reassembly_too_large, rx_holds): the order
     /// of the snapshot encoding. A counter added to the struct is added at the end here.
     pub fn scalars(&self) -> [u64; Self::SCALARS] {
         [
@@ -370,6 +511,14 @@ impl CoreCounters {
             self.cycles_idle,
             self.cycles_total,
             self.longest_turn_cycles,
+            self.icmp_limited,
+            self.fragments,
+            self.reassembled,
+            self.reassembly_timeouts,
+            self.reassembly_evictions,
+            self.reassembly_overlaps,
+            self.reassembly_too_large,
+            self.rx_holds,
         ]
     }
 
@@ -397,6 +546,14 @@ impl CoreCounters {
             self.cycles_idle,
             self.cycles_total,
             self.longest_turn_cycles,
+            self.icmp_limited,
+            self.fragments,
+            self.reassembled,
+            self.reassembly_timeouts,
+            self.reassembly_evictions,
+            self.reassembly_overlaps,
+            self.reassembly_too_large,
+            self.rx_holds,
         ] = *values;
     }
 }
@@ -475,6 +632,8 @@ mod section {
     pub(super) const TRANSPORT: u8 = 4;
     pub(super) const TRANSPORT_DROPS: u8 = 5;
     pub(super) const PEER_DROPS: u8 = 6;
+    pub(super) const MEMORY: u8 = 7;
+    pub(super) const PATH_TCP: u8 = 8;
 }
 
 fn push_section(out: &mut Vec<u8>, tag: u8, body: impl FnOnce(&mut Vec<u8>)) {
@@ -517,16 +676,19 @@ impl CoreStats {
             path_count: 0,
             paths: [PathStats::EMPTY; MAX_PATHS],
             transport: TransportCounters::default(),
+            memory: MemoryCounters::default(),
         }
     }
 
     /// The snapshot as bytes, to carry to another core: version (u16), core (u16) and uptime
     /// (u64), then sections of `tag (u8), length (u16), body`, every number little-endian.
     /// Sections: 1 core counters (u64s, [`CoreCounters::scalars`] order), 2 drops by reason
-    /// (u64s), 3 one per path (kind u8: 0 ARP, 1 ICMP, 2 UDP, 3 TCP; port u16; open connections
+    /// (u64s), 3 one per path (kind u8: 0 ARP, 1 ICMP, 2 UDP, 3 TCP, 4 closed ports, 5 reassembly; port u16; open connections
     /// u16; queued u16; then the path's u64s in [`PathCounters::scalars`] order), 4 transport
     /// (u64s, `TransportCounters::scalars` order), 5 transport refusals by reason (u64s), 6 one
-    /// per peer with refusals (peer u8, then u32s by reason). A reader skips sections it does not
+    /// per peer with refusals (peer u8, then u32s by reason), 7 memory (u64s,
+    /// [`MemoryCounters::scalars`] order), 8 one per TCP path (its index among the paths, u8, then
+    /// u64s in [`TcpCounters::scalars`] order). A reader skips sections it does not
     /// know and takes missing trailing numbers as 0, so counters are added at the end of a section
     /// (or in a new section) without a version change.
     pub fn encode(&self) -> Vec<u8> {
@@ -546,6 +708,8 @@ impl CoreStats {
                     PathKey::Icmp => (1, 0),
                     PathKey::Udp(port) => (2, port),
                     PathKey::Tcp(port) => (3, port),
+                    PathKey::Closed => (4, 0),
+                    PathKey::Reassembly => (5, 0),
                 };
                 out.push(kind);
                 out.extend_from_slice(&port.to_le_bytes());
@@ -568,6 +732,17 @@ impl CoreStats {
                     for count in drops {
                         out.extend_from_slice(&count.to_le_bytes());
                     }
+                });
+            }
+        }
+        push_section(&mut out, section::MEMORY, |out| {
+            push_u64s(out, &self.memory.scalars())
+        });
+        for (index, path) in self.paths().iter().enumerate() {
+            if let Some(tcp) = &path.tcp {
+                push_section(&mut out, section::PATH_TCP, |out| {
+                    out.push(index as u8);
+                    push_u64s(out, &tcp.scalars());
                 });
             }
         }
@@ -613,6 +788,8 @@ impl CoreStats {
                         1 => PathKey::Icmp,
                         2 => PathKey::Udp(port),
                         3 => PathKey::Tcp(port),
+                        4 => PathKey::Closed,
+                        5 => PathKey::Reassembly,
                         _ => return Err(SnapshotError::BadSection(tag)),
                     };
                     let mut values = [0u64; PathCounters::SCALARS];
@@ -624,6 +801,7 @@ impl CoreStats {
                         counters,
                         open_connections: u16::from_le_bytes([body[3], body[4]]),
                         queued: u16::from_le_bytes([body[5], body[6]]),
+                        tcp: None,
                     };
                     stats.path_count += 1;
                 }
@@ -644,6 +822,23 @@ impl CoreStats {
                     for (count, word) in slot.iter_mut().zip(counts.chunks_exact(4)) {
                         *count = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
                     }
+                }
+                section::MEMORY => {
+                    let mut values = [0u64; MemoryCounters::SCALARS];
+                    fill(&mut values, body);
+                    stats.memory.set_scalars(&values);
+                }
+                section::PATH_TCP => {
+                    let (&index, counters) =
+                        body.split_first().ok_or(SnapshotError::BadSection(tag))?;
+                    if index >= stats.path_count {
+                        return Err(SnapshotError::BadSection(tag));
+                    }
+                    let mut values = [0u64; TcpCounters::SCALARS];
+                    fill(&mut values, counters);
+                    let mut tcp = TcpCounters::default();
+                    tcp.set_scalars(&values);
+                    stats.paths[usize::from(index)].tcp = Some(tcp);
                 }
                 _ => {} // A section of a later version: skipped.
             }
@@ -686,9 +881,18 @@ mod snapshot_tests {
                 },
                 open_connections: index as u16,
                 queued: 3 * index as u16,
+                tcp: (key == PathKey::Tcp(11211)).then_some(TcpCounters {
+                    connections: 9000,
+                    refused_limit: 2,
+                    handed_over: 5,
+                    ..TcpCounters::default()
+                }),
             };
         }
         stats.path_count = 4;
+        stats.memory.heap_high_water = 77 << 20;
+        stats.memory.tcp_connections = 2500;
+        stats.counters.reassembled = 3;
         stats.transport.sent = 55;
         stats.transport.outbox_high_water = 9;
         stats.transport.drops[TransportDrop::PeerFenced as usize] = 4;
@@ -710,6 +914,9 @@ mod snapshot_tests {
             "{json}"
         );
         assert!(json.contains("\"63\":{\"outbox_full\":0,\"peer_fenced\":0,\"bulk_exhausted\":1"));
+        assert!(json.contains("\"tcp\":{\"connections\":9000,"), "{json}");
+        assert!(json.contains("\"heap_high_water\":80740352,"), "{json}");
+        assert!(json.contains("\"reassembled\":3,"), "{json}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod bench_echo;
 pub mod bench_kv;
+pub mod bench_tcp;
 pub mod build;
 pub mod debug;
 pub mod deps;

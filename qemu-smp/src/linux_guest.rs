@@ -8,8 +8,9 @@
 //! uncompressed `vmlinux` (an xz stream inside Debian's bzImage) has a PVH note, so QEMU's
 //! `-kernel` starts it directly, skipping ~4 s of firmware and decompressor under TCG. The
 //! initramfs (`cpio -H newc`, gzip) holds busybox, the igb module and the modules it depends on
-//! (read from each module's `.modinfo`), `echod` (a static C echo server built here with
-//! `gcc -static`, `linux-guest/echod.c`), memcached with the libraries `ldd` lists, and an
+//! (read from each module's `.modinfo`), `echod` (a static C echo server on port 7 that also
+//! answers HTTP on port 80 with a fixed page, built here with `gcc -static`,
+//! `linux-guest/echod.c`), memcached with the libraries `ldd` lists, and an
 //! `/init` that brings up the NIC at the guest address, starts both servers and prints
 //! [`READY_LINE`]. Everything is rebuilt when the package versions or the embedded sources
 //! change. The tools it needs (`apt-get`, `dpkg-deb`, `gcc`, `cpio`, `gzip`, `xz`) are installed
@@ -198,6 +199,8 @@ ip link set "$nic" up
 ip addr add {GUEST_ADDRESS}/{PREFIX} dev "$nic"
 ip route add default via {HOST_ADDRESS}
 cpus=$(grep -c ^processor /proc/cpuinfo)
+# Thousands of connections (bench tcp): the default limit of 1024 files would refuse them.
+ulimit -n 65536
 /sbin/echod &
 /usr/bin/memcached -u root -l 0.0.0.0 -p 11211 -U 11211 -t "$cpus" -c 4096 -m 256 &
 echo "{READY_LINE} cpus=$cpus nic=$nic kernel=$(uname -r)"

@@ -139,6 +139,35 @@ enum Bench {
         #[arg(long, default_value = "")]
         cmdline: String,
     },
+    /// TCP as a host: bulk echo MB/s on 1 and 16 connections, connection setup rate, and wrk on
+    /// HTTP at 32, 1,000 and 10,000 connections, next to a Linux 6.1 guest on the same QEMU, NIC
+    /// and cores, over a tap device (root).
+    Tcp {
+        /// Number of cores.
+        #[arg(long, default_value_t = 4)]
+        cores: u32,
+        /// Rounds of every figure per system.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// MiB echoed per bulk run.
+        #[arg(long, default_value_t = 20)]
+        bulk_mb: usize,
+        /// wrk connection counts, comma-separated (empty: no HTTP runs).
+        #[arg(long, default_value = "32,1000,10000")]
+        wrk: String,
+        /// Seconds per wrk run.
+        #[arg(long, default_value_t = 8)]
+        wrk_seconds: u64,
+        /// Seconds of the connection-setup run (0: none).
+        #[arg(long, default_value_t = 5)]
+        setup_seconds: u64,
+        /// Skip the Linux guest.
+        #[arg(long)]
+        no_linux: bool,
+        /// Extra kernel command-line options for Flotilla (e.g. "netd.tcp_buffer_kb=64").
+        #[arg(long, default_value = "")]
+        cmdline: String,
+    },
     /// memcached get round trips on one connection, local key vs remote key, and the IPI
     /// wake-up (URPC round trip with the peer halted vs polling), over a tap device (root).
     Kv {
@@ -622,6 +651,38 @@ fn main() -> ExitCode {
             let mut settings = qemu_smp::bench_echo::Settings::new(cores);
             settings.cmdline = cmdline;
             match qemu_smp::bench_echo::run_with(settings) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        Commands::Bench {
+            which:
+                Bench::Tcp {
+                    cores,
+                    rounds,
+                    bulk_mb,
+                    wrk,
+                    wrk_seconds,
+                    setup_seconds,
+                    no_linux,
+                    cmdline,
+                },
+        } => {
+            let mut settings = qemu_smp::bench_tcp::Settings::new(cores);
+            settings.rounds = rounds;
+            settings.bulk = bulk_mb << 20;
+            settings.wrk_connections = wrk
+                .split(',')
+                .filter_map(|count| count.trim().parse().ok())
+                .collect();
+            settings.wrk_time = std::time::Duration::from_secs(wrk_seconds);
+            settings.setup_time = std::time::Duration::from_secs(setup_seconds);
+            settings.linux = !no_linux;
+            settings.cmdline = cmdline;
+            match qemu_smp::bench_tcp::run(settings) {
                 Ok(report) => {
                     println!("{report}");
                     ExitCode::SUCCESS

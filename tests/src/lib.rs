@@ -2,6 +2,9 @@
 //! the machine-readable console lines.
 #![forbid(unsafe_code)]
 
+pub mod clients;
+pub mod wire;
+
 use drivers::nic::QueueId;
 use drivers::rss::{self, FlowTuple, RedirectionTable, DEFAULT_KEY};
 use std::io::Read;

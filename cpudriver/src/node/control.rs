@@ -4,9 +4,10 @@
 //! The monitor is a pure state machine (`monitor` crate); the node feeds it the monitor letters
 //! that arrive, calls `tick` at its deadlines, and applies its events:
 //! `MachineComplete` (core 0 opens TCP port 80 everywhere by agreement), `ChangeCommitted`
-//! (a flow-group move: the flow map changes, core 0 rewrites the NIC's table from it),
+//! (a flow-group move: the flow map changes, the NIC's home rewrites the NIC's table from it),
 //! `CoreFailed` (the failed core's flow groups are reassigned by the same rule on every core, its
-//! mailbox links fenced, the network told the live cores), `Fenced` (this core stops),
+//! mailbox links fenced, the network told the live cores, and the NIC's control and queue 0 taken
+//! over if the failed core was the NIC's home: `takeover.rs`), `Fenced` (this core stops),
 //! `StatsReady` (the gathered counters fill in `/stats` for cores whose snapshot did not arrive),
 //! `BindingReady` (both ends claim the channel in the region the client lent and the mailbox
 //! adds it as a link).
@@ -155,6 +156,7 @@ impl<N: NetService> Node<N> {
         let Some(from) = CoreId::new(peer as u8) else {
             return;
         };
+        self.takeover.heard(peer);
         let mut outbox = MonitorOutbox {
             mailbox: &mut self.mailbox,
         };
@@ -278,12 +280,24 @@ impl<N: NetService> Node<N> {
                 if let Some(net) = self.net.as_mut() {
                     net.set_live_cores(live.bits());
                 }
-                let moved = self.reassign_flow_groups(live, platform);
-                if core == 0 {
+                let mut moved_to = [0usize; monitor::MAX_CORES];
+                let moved = self.reassign_flow_groups(live, &mut moved_to);
+                self.take_over(now, failed.index(), live, platform);
+                self.sync_flows(platform);
+                // The machine-wide line comes from the leader (with a NIC, the NIC's home).
+                if self.control.monitor.leader().index() == core {
+                    let mut to = alloc::string::String::new();
+                    for (target, count) in moved_to.iter().enumerate().filter(|(_, n)| **n > 0) {
+                        let _ = core::fmt::Write::write_fmt(
+                            &mut to,
+                            format_args!(", {count} to core {target}"),
+                        );
+                    }
                     platform.print(format_args!(
-                        "monitor: {} flow groups of core {} moved to the live cores",
+                        "monitor: {} flow groups of core {} moved to the live cores{}",
                         moved,
-                        failed.index()
+                        failed.index(),
+                        to
                     ));
                 }
                 if reclaimed > 0 {
@@ -311,7 +325,7 @@ impl<N: NetService> Node<N> {
                 }
                 if let Change::MoveFlowGroup { group, to, .. } = change {
                     self.move_flow_group(group, to, platform);
-                    if core == 0 {
+                    if self.control.monitor.leader().index() == core {
                         platform.print(format_args!(
                             "monitor: flow group {} now on core {}",
                             group,

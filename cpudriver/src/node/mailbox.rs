@@ -101,6 +101,8 @@ pub struct Mailbox {
     counters: TransportCounters,
     /// Letters that decoded badly or made no sense (bad returns).
     anomalies: u64,
+    /// Monitor letters that went to fenced peers.
+    verdicts_to_fenced: u64,
 }
 
 impl Mailbox {
@@ -133,6 +135,7 @@ impl Mailbox {
             pool,
             counters,
             anomalies: 0,
+            verdicts_to_fenced: 0,
         }
     }
 
@@ -178,6 +181,11 @@ impl Mailbox {
     /// Letters that did not decode, or returns of buffers never lent.
     pub fn anomalies(&self) -> u64 {
         self.anomalies
+    }
+
+    /// Monitor letters that went to fenced peers (the verdict they must hear: `send_verdict`).
+    pub fn verdicts_to_fenced(&self) -> u64 {
+        self.verdicts_to_fenced
     }
 
     /// Letters waiting in outboxes.
@@ -246,6 +254,10 @@ impl Mailbox {
     /// `Ok` means it is in the peer's ring or, behind older letters or a full ring, in the
     /// outbox; it will be delivered unless the peer is fenced first.
     pub fn send(&mut self, link: LinkId, letter: &Letter) -> Result<(), Refusal> {
+        if letter.family == Family::Monitor && self.peer_of(link).is_some_and(|p| self.is_fenced(p))
+        {
+            return self.send_verdict(link, letter);
+        }
         let peer = self.admit(link)?;
         if matches!(letter.body, Body::Bulk { .. }) {
             return Err(self.refuse(peer, Refusal::TooLarge));
@@ -397,6 +409,14 @@ impl Mailbox {
         let mut waiting = false;
         for link in self.links.iter_mut().flatten() {
             if self.fenced.get(link.peer).copied().unwrap_or(false) {
+                // Only a verdict letter may have gone in (`send_verdict`): wake the peer for it.
+                if core::mem::take(&mut link.touched) {
+                    let peer = link.peer;
+                    link.endpoint.sender.notify_if_sleeping(&mut Wake {
+                        wake: &mut *wake,
+                        peer,
+                    });
+                }
                 continue;
             }
             while let Some(front) = link.outbox.front() {
@@ -429,6 +449,26 @@ impl Mailbox {
             }
         }
         waiting
+    }
+
+    /// A monitor letter to a fenced peer: straight into its ring if there is room, never queued.
+    /// A core the monitors declared failed while it still runs (slow, descheduled) must hear the
+    /// verdict to stop (the heartbeats carry it); nothing else reaches a fenced peer.
+    fn send_verdict(&mut self, link: LinkId, letter: &Letter) -> Result<(), Refusal> {
+        let Some(Some(entry)) = self.links.get_mut(link.0) else {
+            return Err(self.refuse(link.0, Refusal::NoChannel));
+        };
+        let peer = entry.peer;
+        let mut payload = [0u8; urpc::PAYLOAD_SIZE];
+        letter.encode(&mut payload);
+        if entry.endpoint.sender.try_send(&payload).is_ok() {
+            entry.touched = true;
+            self.counters.sent += 1;
+            self.verdicts_to_fenced += 1;
+            Ok(())
+        } else {
+            Err(self.refuse(peer, Refusal::PeerFenced))
+        }
     }
 
     /// The monitors declared `peer` failed: drops its outboxes, takes back every buffer lent to

@@ -22,9 +22,10 @@
 //! arrives later raises an interrupt (MSI-X, wake-up IPI, the one-shot timer) that ends the halt.
 //!
 //! The node is driven through small traits: [`Platform`] (clock, wake-up of another core,
-//! console), [`net::NetService`] (the network), [`flows::FlowSteering`] (the NIC's redirection
-//! table, on the NIC's home core) and [`hook::Hook`] (the scenarios). `arch/x86_64` keeps the
-//! mechanisms: `hlt`, IPIs, the TSC, MMIO and the APIC timer.
+//! console), [`net::NetService`] (the network), [`flows::NicHome`] (the NIC's redirection table
+//! and MSI-X routing, on the NIC's home core), [`flows::NicSource`] (how a core takes the NIC over
+//! when it becomes the home: [`takeover`]) and [`hook::Hook`] (the scenarios). `arch/x86_64` keeps
+//! the mechanisms: `hlt`, IPIs, the TSC, MMIO and the APIC timer.
 
 pub mod bulk;
 pub mod control;
@@ -33,6 +34,7 @@ pub mod framing;
 pub mod hook;
 pub mod mailbox;
 pub mod net;
+pub mod takeover;
 pub mod wake;
 
 #[cfg(test)]
@@ -61,6 +63,9 @@ pub trait Platform {
     fn wake(&mut self, core: usize);
     /// Prints one console line.
     fn print(&mut self, line: core::fmt::Arguments<'_>);
+    /// The cores this core wakes by IPI when a NIC queue interrupt reaches it (the holders of
+    /// the other queues on its vectors: `wake::forward_targets`), after a core failed.
+    fn set_wake_forwards(&mut self, cores: &[usize]);
 }
 
 /// Why a core stops for good.
@@ -152,11 +157,15 @@ pub struct Node<N: NetService> {
     pub(crate) net: Option<N>,
     /// The flow map when there is no network (with one, netd's classifier owns it).
     pub(crate) standalone_flows: Option<FlowMap>,
-    pub(crate) steering: Option<Box<dyn flows::FlowSteering>>,
+    pub(crate) steering: Option<Box<dyn flows::NicHome>>,
+    pub(crate) takeover: takeover::Takeover,
     pub(crate) control: control::Control,
     pub(crate) hook: Option<Box<dyn hook::Hook>>,
     pub(crate) online_at: Instant,
     poll_until: Instant,
+    /// Receive moderation: the queue's interrupt stays masked and the network is not polled
+    /// before this (netd's `PollOutcome::hold_until`).
+    hold_until: Option<Instant>,
     next_tick: Option<Instant>,
     next_transport_push: Instant,
     pub(crate) counters: NodeCounters,
@@ -165,14 +174,15 @@ pub struct Node<N: NetService> {
 
 impl<N: NetService> Node<N> {
     /// A node for `config.core`. `monitor` is the core's monitor; `net` its network (none without
-    /// a NIC); `steering` the NIC's redirection table (the NIC's home core only).
+    /// a NIC); `steering` the NIC's shared side (the NIC's home at boot, core 0, only; any core
+    /// with a NIC also gets [`Self::with_nic`] to take it over).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: NodeConfig,
         mailbox: Mailbox,
         regions: bulk::BulkRegions,
         net: Option<N>,
-        steering: Option<Box<dyn flows::FlowSteering>>,
+        steering: Option<Box<dyn flows::NicHome>>,
         monitor: monitor::Monitor<control::KernelHooks>,
         hook: Option<Box<dyn hook::Hook>>,
         now: Instant,
@@ -187,10 +197,12 @@ impl<N: NetService> Node<N> {
             net,
             standalone_flows,
             steering,
+            takeover: takeover::Takeover::new(usize::from(config.queues.max(1))),
             control: control::Control::new(monitor, config.stats_period_ns),
             hook,
             online_at: now,
             poll_until: now,
+            hold_until: None,
             next_tick: config.tick_ns.map(|period| now.after(period)),
             next_transport_push: now,
             counters: NodeCounters::default(),
@@ -250,8 +262,13 @@ impl<N: NetService> Node<N> {
             return Next::Stop(stop);
         }
         self.counters.turns += 1;
+        self.check_pause(now, platform);
         let mut next = self.drain(now, platform);
         self.flush(platform);
+        // A core that learnt it was declared failed stops here, before it touches the NIC.
+        if let Some(stop) = self.stopped {
+            return Next::Stop(stop);
+        }
         next = next.and(self.poll_network(now, platform));
         self.flush(platform);
         next = next.and(self.timers(now, platform));
@@ -406,6 +423,15 @@ impl<N: NetService> Node<N> {
 
     /// Phase 2: one bounded network turn.
     fn poll_network(&mut self, now: Instant, platform: &mut dyn Platform) -> Next {
+        if self.net.is_none() {
+            return Next::IDLE;
+        }
+        if self.takeover.suspended() {
+            // The NIC's home after a pause: not a frame until every peer was heard (takeover.rs).
+            self.takeover.suspended_turns += 1;
+            return Next::IDLE;
+        }
+        self.sync_flows(platform);
         let Some(net) = self.net.as_mut() else {
             return Next::IDLE;
         };
@@ -427,12 +453,16 @@ impl<N: NetService> Node<N> {
         {
             self.poll_until = now.after(self.config.poll_after_traffic_ns);
         }
+        self.hold_until = outcome.hold_until.map(node_instant);
         if outcome.more_work || now < self.poll_until {
             Next::Run
         } else {
             Next::Halt {
                 until: outcome.next_deadline.map(node_instant),
             }
+            .and(Next::Halt {
+                until: self.hold_until,
+            })
         }
     }
 
@@ -506,8 +536,13 @@ impl<N: NetService> Node<N> {
     /// interrupt and looks at its ring, announces sleep on every link, and checks that `until`
     /// has not passed. Call [`Self::woke`] afterwards whatever it returned.
     pub fn may_halt(&mut self, now: Instant, until: Option<Instant>) -> bool {
+        // A suspended home leaves its queues masked: a letter (IPI) ends the suspension.
+        let suspended = self.takeover.suspended();
+        // While receive moderation holds, the queue's interrupt stays masked: the frames that
+        // arrive meanwhile wait for the hold's timer and are taken together.
+        let holding = self.hold_until.is_some_and(|at| at > now);
         let may = until.is_none_or(|at| at > now)
-            && !self.net.as_mut().is_some_and(|net| net.arm_and_check())
+            && (suspended || holding || !self.net.as_mut().is_some_and(|net| net.arm_and_check()))
             && self.mailbox.prepare_to_sleep();
         if may {
             self.counters.halts += 1;

@@ -8,6 +8,11 @@
 //! (the simulated interrupt), or when its deadline comes (a *timer event*: the clock only jumps to
 //! a deadline when no core can run). With `check_halts`, every halt is verified: a turn run right
 //! after the decision must find nothing to do (no letter, no frame, no network work).
+//!
+//! The NIC is simulated as far as the takeover needs it ([`NicLog`]): which core's ring each
+//! queue's frames reach (a queue adopted by another core reaches the adopter's new ring), and
+//! every act on the NIC's shared side (control taken, redirection table written, vectors routed)
+//! with its time and core. Core 0 starts as the NIC's home; every core can take the NIC over.
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
@@ -20,11 +25,128 @@ use std::rc::Rc;
 use drivers::nic::{FlowMap, QueueStats};
 use netd::{CoreCounters, PeerMessage, Peers, PollOutcome, SnapshotError, TransportCounters};
 
+use drivers::nic::{GroupSet, NicError, FLOW_GROUPS};
+
 use super::bulk::{BulkPool, BulkRegions};
 use super::control::KernelHooks;
+use super::flows::{NicHome, NicSource, Vector};
 use super::mailbox::Mailbox;
 use super::net::{MailboxPeers, NetService};
+use super::takeover::AdoptError;
 use super::{Instant, Next, Node, NodeConfig, Platform, Stop};
+
+/// MSI-X vectors of the simulated NIC (QEMU's igb: 10).
+pub const SIM_VECTORS: usize = 10;
+
+/// An act on the simulated NIC's shared side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NicAct {
+    /// The core built its control handle.
+    TookControl,
+    /// The core wrote this many groups of the redirection table.
+    WroteTable(usize),
+    /// The core pointed a vector at a core.
+    Routed(Vector, usize),
+    /// The core adopted a queue (its ring re-initialised for the core).
+    Adopted(u16),
+}
+
+/// The simulated NIC, shared by every core.
+#[derive(Debug)]
+pub struct NicLog {
+    /// Which core's ring each queue's frames reach.
+    pub ring_of: Vec<usize>,
+    /// The redirection table as written (group → core).
+    pub table: [u16; FLOW_GROUPS],
+    /// Every act on the shared side: (time, core, act).
+    pub acts: Vec<(Instant, usize, NicAct)>,
+    /// Where each vector points.
+    pub routes: Vec<Option<usize>>,
+}
+
+impl NicLog {
+    fn new(queues: usize) -> Self {
+        Self {
+            ring_of: (0..queues).collect(),
+            table: *FlowMap::round_robin(queues as u16).owners(),
+            acts: Vec::new(),
+            routes: (0..SIM_VECTORS)
+                .map(|vector| (vector < queues.min(SIM_VECTORS - 1)).then_some(vector))
+                .collect(),
+        }
+    }
+}
+
+/// The time the simulated NIC's log stamps acts with (the simulation's clock).
+type Clock = Rc<RefCell<Instant>>;
+
+/// One core's handle on the simulated NIC's shared side.
+struct SimNicHome {
+    core: usize,
+    nic: Rc<RefCell<NicLog>>,
+    clock: Clock,
+}
+
+impl NicHome for SimNicHome {
+    fn write_flow_map(&mut self, map: &FlowMap, changed: GroupSet) -> Result<usize, NicError> {
+        let mut nic = self.nic.borrow_mut();
+        for group in changed.iter() {
+            nic.table[usize::from(group)] = map.owner(group);
+        }
+        let at = *self.clock.borrow();
+        nic.acts
+            .push((at, self.core, NicAct::WroteTable(changed.len())));
+        Ok(changed.len().div_ceil(4))
+    }
+
+    fn route_vector(&mut self, vector: Vector, core: usize) -> Result<(), NicError> {
+        let mut nic = self.nic.borrow_mut();
+        if let Vector::Queue(index) = vector {
+            if let Some(route) = nic.routes.get_mut(index) {
+                *route = Some(core);
+            }
+        }
+        let at = *self.clock.borrow();
+        nic.acts.push((at, self.core, NicAct::Routed(vector, core)));
+        Ok(())
+    }
+
+    fn vectors(&self) -> usize {
+        SIM_VECTORS
+    }
+}
+
+/// How a simulated core takes the NIC over.
+struct SimNicSource {
+    core: usize,
+    nic: Rc<RefCell<NicLog>>,
+    clock: Clock,
+}
+
+impl SimNicSource {
+    fn home(&self) -> SimNicHome {
+        SimNicHome {
+            core: self.core,
+            nic: self.nic.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+impl NicSource for SimNicSource {
+    fn take_control(&mut self) -> Result<Box<dyn NicHome>, NicError> {
+        let at = *self.clock.borrow();
+        self.nic
+            .borrow_mut()
+            .acts
+            .push((at, self.core, NicAct::TookControl));
+        Ok(Box::new(self.home()))
+    }
+
+    fn vectors(&self) -> usize {
+        SIM_VECTORS
+    }
+}
 
 /// A message the fake network sends: `Frame` bytes = origin (u16), sequence (u64), then filler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,6 +206,13 @@ pub struct FakeNet {
     core: u16,
     /// Work waiting in the "RX ring".
     pub rx: VecDeque<Work>,
+    /// Work waiting in the ring of a queue this core adopted, and that queue.
+    pub adopted_rx: VecDeque<Work>,
+    /// The queue this core adopted, if any.
+    pub adopted: Option<u16>,
+    nic: Option<(Rc<RefCell<NicLog>>, Clock)>,
+    /// When this core last polled its queues.
+    pub last_poll: Option<Instant>,
     /// Frames produced and not yet "transmitted" (one per turn leaves).
     pub tx_backlog: usize,
     /// A smoltcp-like deadline, if any.
@@ -94,7 +223,8 @@ pub struct FakeNet {
     pub batch: usize,
     next_sequence: u64,
     next_ticket: u32,
-    flows: FlowMap,
+    /// The core's flow map.
+    pub flows: FlowMap,
     /// The shared log.
     pub log: Rc<RefCell<NetLog>>,
     /// Polls run.
@@ -109,6 +239,10 @@ impl FakeNet {
         Self {
             core,
             rx: VecDeque::new(),
+            adopted_rx: VecDeque::new(),
+            adopted: None,
+            nic: None,
+            last_poll: None,
             tx_backlog: 0,
             deadline: None,
             armed: false,
@@ -146,9 +280,10 @@ fn value_byte(ticket: u32, index: usize) -> u8 {
 impl NetService for FakeNet {
     fn poll(&mut self, now: Instant, peers: &mut MailboxPeers<'_>) -> PollOutcome {
         self.polls += 1;
+        self.last_poll = Some(now);
         let mut received = 0;
         for _ in 0..self.batch {
-            let Some(work) = self.rx.pop_front() else {
+            let Some(work) = self.rx.pop_front().or_else(|| self.adopted_rx.pop_front()) else {
                 break;
             };
             received += 1;
@@ -199,11 +334,12 @@ impl NetService for FakeNet {
         PollOutcome {
             received,
             transmitted,
-            more_work: !self.rx.is_empty() || self.tx_backlog > 0,
+            more_work: !self.rx.is_empty() || !self.adopted_rx.is_empty() || self.tx_backlog > 0,
             next_deadline: self.deadline.map(super::net::net_instant),
             stats_wanted: false,
             rx_quota: self.batch,
             cycles: 0,
+            hold_until: None,
         }
     }
 
@@ -265,7 +401,7 @@ impl NetService for FakeNet {
 
     fn arm_and_check(&mut self) -> bool {
         self.armed = true;
-        !self.rx.is_empty()
+        !self.rx.is_empty() || !self.adopted_rx.is_empty()
     }
 
     fn flow_map_mut(&mut self) -> &mut FlowMap {
@@ -291,14 +427,39 @@ impl NetService for FakeNet {
     fn queue_stats(&self) -> QueueStats {
         QueueStats::default()
     }
+
+    fn adopt_queue(&mut self, queue: u16) -> Result<(), AdoptError> {
+        if queue == self.core {
+            return Err(AdoptError::AlreadyHeld(queue));
+        }
+        if let Some(held) = self.adopted {
+            return Err(AdoptError::AlreadyAdopting(held));
+        }
+        let (nic, clock) = self.nic.as_ref().ok_or(AdoptError::Unsupported)?;
+        let mut nic = nic.borrow_mut();
+        let slot = nic
+            .ring_of
+            .get_mut(usize::from(queue))
+            .ok_or(AdoptError::NoSuchQueue(queue))?;
+        // The ring is re-initialised: what waited in the failed core's ring is lost.
+        *slot = usize::from(self.core);
+        let at = *clock.borrow();
+        nic.acts
+            .push((at, usize::from(self.core), NicAct::Adopted(queue)));
+        self.adopted = Some(queue);
+        self.adopted_rx.clear();
+        Ok(())
+    }
 }
 
 /// The machine as the simulated cores see it: the shared clock, IPIs, the console.
 struct SimPlatform {
     now: Instant,
+    core: usize,
     wakes: Rc<RefCell<Vec<bool>>>,
     console: Rc<RefCell<Vec<String>>>,
     ipis: Rc<RefCell<u64>>,
+    forwards: Rc<RefCell<Vec<Vec<usize>>>>,
 }
 
 impl Platform for SimPlatform {
@@ -323,6 +484,12 @@ impl Platform for SimPlatform {
 
     fn print(&mut self, line: core::fmt::Arguments<'_>) {
         self.console.borrow_mut().push(std::format!("{line}"));
+    }
+
+    fn set_wake_forwards(&mut self, cores: &[usize]) {
+        if let Some(slot) = self.forwards.borrow_mut().get_mut(self.core) {
+            *slot = cores.to_vec();
+        }
     }
 }
 
@@ -396,6 +563,11 @@ pub struct Sim {
     pub console: Rc<RefCell<Vec<String>>>,
     /// IPIs sent.
     pub ipis: Rc<RefCell<u64>>,
+    /// The simulated NIC.
+    pub nic: Rc<RefCell<NicLog>>,
+    /// Whom each core wakes on a shared vector (what it last told its platform).
+    pub forwards: Rc<RefCell<Vec<Vec<usize>>>>,
+    clock: Clock,
     rng: u64,
 }
 
@@ -432,6 +604,8 @@ impl Sim {
         // the others only while lent.
         let regions = unsafe { BulkRegions::new(&pools) };
         let now = Instant::from_nanos(1_000_000);
+        let nic = Rc::new(RefCell::new(NicLog::new(cores)));
+        let clock: Clock = Rc::new(RefCell::new(now));
         let mut nodes = Vec::new();
         let mut logs = Vec::new();
         for (core, ends) in endpoints.into_iter().enumerate() {
@@ -454,8 +628,16 @@ impl Sim {
                 counters: [0; monitor::COUNTERS],
             };
             let monitor = monitor::Monitor::new(monitor_config, info, hooks, now).expect("valid");
-            let net = FakeNet::new(core as u16, cores as u16);
+            let mut net = FakeNet::new(core as u16, cores as u16);
+            net.nic = Some((nic.clone(), clock.clone()));
             logs.push(net.log.clone());
+            let source = SimNicSource {
+                core,
+                nic: nic.clone(),
+                clock: clock.clone(),
+            };
+            // Core 0 is the NIC's home at boot: it holds the control from the start.
+            let steering = (core == 0).then(|| Box::new(source.home()) as Box<dyn NicHome>);
             let node_config = NodeConfig {
                 core,
                 cores,
@@ -464,16 +646,19 @@ impl Sim {
                 tick_ns: None,
                 stats_period_ns: 10 * config.heartbeat_ns,
             };
-            nodes.push(Node::new(
-                node_config,
-                mailbox,
-                regions.clone(),
-                Some(net),
-                None,
-                monitor,
-                None,
-                now,
-            ));
+            nodes.push(
+                Node::new(
+                    node_config,
+                    mailbox,
+                    regions.clone(),
+                    Some(net),
+                    steering,
+                    monitor,
+                    None,
+                    now,
+                )
+                .with_nic(Box::new(source)),
+            );
         }
         Self {
             nodes,
@@ -487,6 +672,9 @@ impl Sim {
             wakes: Rc::new(RefCell::new(vec![false; cores])),
             console: Rc::new(RefCell::new(Vec::new())),
             ipis: Rc::new(RefCell::new(0)),
+            nic,
+            forwards: Rc::new(RefCell::new(vec![Vec::new(); cores])),
+            clock,
             rng: config.seed | 1,
         }
     }
@@ -498,12 +686,40 @@ impl Sim {
         self.rng
     }
 
-    fn platform(&self) -> SimPlatform {
+    fn platform(&self, core: usize) -> SimPlatform {
+        *self.clock.borrow_mut() = self.now;
         SimPlatform {
             now: self.now,
+            core,
             wakes: self.wakes.clone(),
             console: self.console.clone(),
             ipis: self.ipis.clone(),
+            forwards: self.forwards.clone(),
+        }
+    }
+
+    /// Offers a work item to NIC queue `queue`: it reaches the ring of whichever core holds the
+    /// queue now (its own core, or the core that adopted it); an armed queue interrupts a halted
+    /// core.
+    pub fn inject_queue(&mut self, queue: u16, work: Work) {
+        let core = self.nic.borrow().ring_of[usize::from(queue)];
+        let Some(net) = self.nodes[core].net_mut() else {
+            return;
+        };
+        if net.adopted == Some(queue) {
+            net.adopted_rx.push_back(work);
+        } else {
+            net.rx.push_back(work);
+        }
+        if core::mem::take(&mut net.armed) {
+            self.wakes.borrow_mut()[core] = true;
+        }
+    }
+
+    /// Lets a frozen core run again (a vCPU the host descheduled, rescheduled).
+    pub fn thaw(&mut self, core: usize) {
+        if self.states[core] == CoreState::Frozen {
+            self.states[core] = CoreState::Running;
         }
     }
 
@@ -577,7 +793,7 @@ impl Sim {
         if let Some(net) = self.nodes[core].net_mut() {
             net.armed = false; // running: the interrupt auto-masked or was never needed
         }
-        let mut platform = self.platform();
+        let mut platform = self.platform(core);
         let next = self.nodes[core].turn(self.now, &mut platform);
         self.now = self.now.after(self.config.turn_ns);
         self.states[core] = match next {
@@ -605,12 +821,17 @@ impl Sim {
             until.is_none_or(|at| at > self.now),
             "halted past its deadline"
         );
-        let mut platform = self.platform();
+        let mut platform = self.platform(core);
         let node = &mut self.nodes[core];
         node.woke();
         let received = node.mailbox.counters().received;
         let handled = node.net().map_or(0, |net| net.handled);
-        let backlog = node.net().map_or(0, |net| net.rx.len() + net.tx_backlog);
+        // A home suspended after a pause leaves its rings alone until it heard every peer.
+        let backlog = match node.net() {
+            Some(_) if node.takeover.suspended() => 0,
+            Some(net) => net.rx.len() + net.adopted_rx.len() + net.tx_backlog,
+            None => 0,
+        };
         let next = node.turn(self.now, &mut platform);
         let received_after = node.mailbox.counters().received;
         let handled_after = node.net().map_or(0, |net| net.handled);

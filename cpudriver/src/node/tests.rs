@@ -437,6 +437,7 @@ mod threads {
             }
         }
         fn print(&mut self, _line: core::fmt::Arguments<'_>) {}
+        fn set_wake_forwards(&mut self, _cores: &[usize]) {}
     }
 
     /// What the core threads share to agree they are done.

@@ -258,36 +258,7 @@ where
         r.write32(regs::MTA + 4 * index, 0);
     }
     for (index, region) in regions.iter().enumerate() {
-        let base = region.rx_ring_physical();
-        r.write32(regs::rxdctl(index), 0);
-        r.write32(regs::rdbal(index), base as u32);
-        r.write32(regs::rdbah(index), (base >> 32) as u32);
-        r.write32(regs::rdlen(index), 16 * u32::from(config.ring_size));
-        r.write32(
-            regs::srrctl(index),
-            RX_BUFFER_KIB << regs::SRRCTL_BSIZEPACKET_SHIFT
-                | regs::SRRCTL_DESCTYPE_ADVANCED_ONE_BUFFER
-                | regs::SRRCTL_DROP_EN,
-        );
-        r.write32(regs::rdh(index), 0);
-        r.write32(regs::rdt(index), 0);
-        let _ = r.read32(regs::rqdpc(index)); // clear the drop counter (clear on read)
-                                              // Prefetch/host/write-back thresholds 8/8/4 (bits 4:0, 12:8, 20:16), then enable.
-        r.write32(
-            regs::rxdctl(index),
-            regs::QUEUE_ENABLE | 8 | 8 << 8 | 4 << 16,
-        );
-        if !poll(
-            r,
-            delay,
-            regs::rxdctl(index),
-            regs::QUEUE_ENABLE,
-            regs::QUEUE_ENABLE,
-            100,
-            10,
-        ) {
-            return Err(IgbError::QueueEnableTimeout(QueueId(index as u16)));
-        }
+        program_rx_ring(r, delay, config, index, region)?;
     }
     // §7.1.2.8 RSS: key, redirection table, hash types; RXCSUM.PCSD so the descriptor carries the
     // hash (and QEMU's model enables RSS at all).
@@ -310,28 +281,7 @@ where
 
     // §4.5.9 transmit initialization.
     for (index, region) in regions.iter().enumerate() {
-        let base = region.tx_ring_physical();
-        r.write32(regs::txdctl(index), 0);
-        r.write32(regs::tdbal(index), base as u32);
-        r.write32(regs::tdbah(index), (base >> 32) as u32);
-        r.write32(regs::tdlen(index), 16 * u32::from(config.ring_size));
-        r.write32(regs::tdh(index), 0);
-        r.write32(regs::tdt(index), 0);
-        r.write32(
-            regs::txdctl(index),
-            regs::QUEUE_ENABLE | 8 | 1 << 8 | 1 << 16,
-        );
-        if !poll(
-            r,
-            delay,
-            regs::txdctl(index),
-            regs::QUEUE_ENABLE,
-            regs::QUEUE_ENABLE,
-            100,
-            10,
-        ) {
-            return Err(IgbError::QueueEnableTimeout(QueueId(index as u16)));
-        }
+        program_tx_ring(r, delay, config, index, region)?;
     }
     r.write32(
         regs::TCTL,
@@ -374,25 +324,177 @@ where
 
     let mut queue_list = heapless::Vec::new();
     for (index, region) in regions.into_iter().enumerate() {
-        let offsets = QueueRegisters {
-            rx_tail: regs::rdt(index),
-            tx_tail: regs::tdt(index),
-            rx_drop_counter: Some(regs::rqdpc(index)),
-            interrupt_mask_set: regs::EIMS,
-            interrupt_mask_clear: regs::EIMC,
-            interrupt_bit: queue_vector(index as u16, queues, config.msix_vectors).map(u32::from),
-            // MPC is global and clear on read: queue 0's owner is its only reader.
-            missed_packets_counter: (index == 0).then_some(regs::MPC),
-            // §7.2.2.2 advanced context descriptors; QEMU's model honours POPTS.IXSM/TXSM
-            // (igb_setup_tx_offloads: it recomputes the IPv4 and L4 checksums itself).
-            tx_checksum_offload: true,
-            tx_check_context: false,
-        };
+        let offsets = queue_registers(index, queues, config.msix_vectors);
         let queue = DescriptorQueue::new(QueueId(index as u16), registers.clone(), offsets, region);
         // Cannot fail: at most 16 regions.
         let _ = queue_list.push(queue);
     }
     Ok((control, queue_list))
+}
+
+/// The registers queue `index` (of `queues`, under `msix_vectors` vectors) drives alone.
+fn queue_registers(index: usize, queues: u16, msix_vectors: u16) -> QueueRegisters {
+    QueueRegisters {
+        rx_tail: regs::rdt(index),
+        tx_tail: regs::tdt(index),
+        rx_drop_counter: Some(regs::rqdpc(index)),
+        interrupt_mask_set: regs::EIMS,
+        interrupt_mask_clear: regs::EIMC,
+        interrupt_bit: queue_vector(index as u16, queues, msix_vectors).map(u32::from),
+        // MPC is global and clear on read: queue 0's holder is its only reader.
+        missed_packets_counter: (index == 0).then_some(regs::MPC),
+        // §7.2.2.2 advanced context descriptors; QEMU's model honours POPTS.IXSM/TXSM
+        // (igb_setup_tx_offloads: it recomputes the IPv4 and L4 checksums itself).
+        tx_checksum_offload: true,
+        tx_check_context: false,
+        // §7.2.4 TCP segmentation; QEMU's model honours TSE (and hands the whole packet to
+        // a tap backend with a virtio-net header, or segments it itself).
+        tx_tcp_segmentation: true,
+    }
+}
+
+/// §4.5.8: one RX ring over `region` (queue disabled while its registers change, then enabled).
+fn program_rx_ring<R: RegisterAccess, D: Delay>(
+    r: &R,
+    delay: &mut D,
+    config: &IgbConfig,
+    index: usize,
+    region: &QueueMemory,
+) -> Result<(), IgbError> {
+    let base = region.rx_ring_physical();
+    r.write32(regs::rxdctl(index), 0);
+    // §4.5.8 / §7.1.4: a queue being disabled finishes what it was doing first; wait until
+    // ENABLE reads back clear before its ring changes under it.
+    if !poll(
+        r,
+        delay,
+        regs::rxdctl(index),
+        regs::QUEUE_ENABLE,
+        0,
+        100,
+        10,
+    ) {
+        return Err(IgbError::QueueEnableTimeout(QueueId(index as u16)));
+    }
+    r.write32(regs::rdbal(index), base as u32);
+    r.write32(regs::rdbah(index), (base >> 32) as u32);
+    r.write32(regs::rdlen(index), 16 * u32::from(config.ring_size));
+    r.write32(
+        regs::srrctl(index),
+        RX_BUFFER_KIB << regs::SRRCTL_BSIZEPACKET_SHIFT
+            | regs::SRRCTL_DESCTYPE_ADVANCED_ONE_BUFFER
+            | regs::SRRCTL_DROP_EN,
+    );
+    r.write32(regs::rdh(index), 0);
+    r.write32(regs::rdt(index), 0);
+    let _ = r.read32(regs::rqdpc(index)); // clear the drop counter (clear on read)
+                                          // Prefetch/host/write-back thresholds 8/8/4 (bits 4:0, 12:8, 20:16), then enable.
+    r.write32(
+        regs::rxdctl(index),
+        regs::QUEUE_ENABLE | 8 | 8 << 8 | 4 << 16,
+    );
+    if poll(
+        r,
+        delay,
+        regs::rxdctl(index),
+        regs::QUEUE_ENABLE,
+        regs::QUEUE_ENABLE,
+        100,
+        10,
+    ) {
+        Ok(())
+    } else {
+        Err(IgbError::QueueEnableTimeout(QueueId(index as u16)))
+    }
+}
+
+/// §4.5.9: one TX ring over `region` (queue disabled while its registers change, then enabled).
+fn program_tx_ring<R: RegisterAccess, D: Delay>(
+    r: &R,
+    delay: &mut D,
+    config: &IgbConfig,
+    index: usize,
+    region: &QueueMemory,
+) -> Result<(), IgbError> {
+    let base = region.tx_ring_physical();
+    r.write32(regs::txdctl(index), 0);
+    if !poll(
+        r,
+        delay,
+        regs::txdctl(index),
+        regs::QUEUE_ENABLE,
+        0,
+        100,
+        10,
+    ) {
+        return Err(IgbError::QueueEnableTimeout(QueueId(index as u16)));
+    }
+    r.write32(regs::tdbal(index), base as u32);
+    r.write32(regs::tdbah(index), (base >> 32) as u32);
+    r.write32(regs::tdlen(index), 16 * u32::from(config.ring_size));
+    r.write32(regs::tdh(index), 0);
+    r.write32(regs::tdt(index), 0);
+    r.write32(
+        regs::txdctl(index),
+        regs::QUEUE_ENABLE | 8 | 1 << 8 | 1 << 16,
+    );
+    if poll(
+        r,
+        delay,
+        regs::txdctl(index),
+        regs::QUEUE_ENABLE,
+        regs::QUEUE_ENABLE,
+        100,
+        10,
+    ) {
+        Ok(())
+    } else {
+        Err(IgbError::QueueEnableTimeout(QueueId(index as u16)))
+    }
+}
+
+/// The control side of an 82576 that [`init`] already brought up, built over the same register
+/// window by another core: when the core holding the NIC's control fails, the new monitor leader
+/// builds its own handle with this (the old holder is fenced, so two handles never act at once;
+/// `docs/drivers.md`). Nothing is written: the device keeps its key, table and hash types.
+pub fn attach_control<R: RegisterAccess>(registers: R, config: &IgbConfig) -> IgbControl<R> {
+    let low = registers.read32(regs::RAL0).to_le_bytes();
+    let high = registers.read32(regs::RAH0).to_le_bytes();
+    IgbControl {
+        rss: RssControl::new(config.queues, config.hash_types, mrqc_value, RSS_LAYOUT),
+        mac: [low[0], low[1], low[2], low[3], high[0], high[1]],
+        eeprom_ready: true,
+        msix_vectors: config.msix_vectors,
+        registers,
+    }
+}
+
+/// Takes queue `queue` of a device [`init`] brought up over again, on `memory`: the RX and TX
+/// rings are disabled, pointed at `memory` and re-enabled, empty (the caller refills the RX ring
+/// from its own pool). This is how a live core adopts the queue of a failed core (queue 0 takes
+/// the frames RSS cannot steer: ARP and every non-IP frame): what was posted in the old rings —
+/// buffers of the failed core's pool — is forgotten, and the device writes only into the new
+/// ring from then on. The queue keeps its MSI-X vector (route that vector's table entry to the
+/// adopting core) and, for queue 0, the missed-packets counter. Only the queue's own registers
+/// are written.
+pub fn restart_queue<R: RegisterAccess, D: Delay>(
+    registers: R,
+    delay: &mut D,
+    config: &IgbConfig,
+    queue: QueueId,
+    memory: QueueMemory,
+) -> Result<IgbQueue<R>, IgbError> {
+    if queue.0 >= config.queues {
+        return Err(IgbError::BadQueueCount(queue.0));
+    }
+    if memory.ring_size() != config.ring_size {
+        return Err(IgbError::RingSizeMismatch(queue));
+    }
+    let index = usize::from(queue.0);
+    program_rx_ring(&registers, delay, config, index, &memory)?;
+    program_tx_ring(&registers, delay, config, index, &memory)?;
+    let offsets = queue_registers(index, config.queues, config.msix_vectors);
+    Ok(DescriptorQueue::new(queue, registers, offsets, memory))
 }
 
 /// The control side of an 82576: RSS key, hash types, redirection table, link.

@@ -61,7 +61,7 @@ mod tests {
     use super::*;
     use crate::dma::QueueMemory;
     use crate::frame::build_udp_ipv4;
-    use crate::igb::{init, mrqc_value, IgbConfig, IgbError};
+    use crate::igb::{init, mrqc_value, restart_queue, IgbConfig, IgbError};
     use crate::model::RxOutcome;
     use crate::nic::{
         FlowGroup, HashTypes, NicControl, NicError, QueueDatapath, QueueId, ReceiveBatch,
@@ -342,9 +342,11 @@ mod tests {
     fn transmit_checksum_offload_through_context_descriptors() {
         let (model, _control, mut queues) = bring_up(2, 16);
         crate::model::offload_check::transmit_offload_is_honoured(&model, &mut queues[1]);
+        crate::model::offload_check::transmit_segmentation_is_honoured(&model, &mut queues[1]);
         // UDP, TCP, UDP: the UDP context stays in slot 0 while TCP uses slot 1, so two context
-        // descriptors were written for six frames, then none for the plain frame.
-        assert_eq!(model.peek(regs::tdt(1)), 2 + 6 + 1);
+        // descriptors were written for six frames, then none for the plain frame; then the
+        // segmentation context (TCP's slot, now with an MSS) and the packet's three buffers.
+        assert_eq!(model.peek(regs::tdt(1)), 2 + 6 + 1 + 1 + 3);
     }
 
     #[test]
@@ -427,6 +429,175 @@ mod tests {
             writes[writes.len() - 2..],
             [(regs::EIMS, 4), (regs::EIMC, 4)]
         );
+    }
+
+    /// An ARP request (not hashed: the 82576 and QEMU's igb put it on queue 0).
+    fn arp() -> Vec<u8> {
+        let mut frame = std::vec![0u8; 60];
+        frame[0..6].copy_from_slice(&[0xFF; 6]);
+        frame[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn an_adopted_queue_receives_into_its_new_ring_and_the_old_ring_gets_nothing() {
+        let (model, _control, mut queues) = bring_up(4, 16);
+        let mut failed_pool = BufferPool::new_host(32);
+        queues[0].refill(&mut failed_pool);
+        assert!(matches!(
+            model.receive(&arp()),
+            RxOutcome::Delivered {
+                queue: QueueId(0),
+                ..
+            }
+        ));
+        let before = model.state().writes.len();
+        // Another core adopts queue 0: new ring memory, its own pool.
+        let config = IgbConfig {
+            ring_size: 16,
+            ..IgbConfig::new(4)
+        };
+        let memory = QueueMemory::new_host(16).unwrap();
+        let mut adopted =
+            restart_queue(model.clone(), &mut no_delay, &config, QueueId(0), memory).unwrap();
+        let mut pool = BufferPool::new_host(32);
+        assert_eq!(adopted.refill(&mut pool), 15);
+        adopted.set_interrupt(true);
+        for _ in 0..3 {
+            assert!(matches!(
+                model.receive(&arp()),
+                RxOutcome::Delivered {
+                    queue: QueueId(0),
+                    ..
+                }
+            ));
+        }
+        let mut batch = ReceiveBatch::new();
+        assert_eq!(adopted.receive(&mut pool, &mut batch), 3);
+        for frame in batch.iter() {
+            assert_eq!(&pool.bytes(frame.buffer).unwrap()[..60], &arp()[..]);
+        }
+        let mut old = ReceiveBatch::new();
+        assert_eq!(
+            queues[0].receive(&mut failed_pool, &mut old),
+            1,
+            "only the frame from before the adoption"
+        );
+        // Only queue 0's own registers (and its interrupt bit) were written, the queue disabled
+        // before its ring moved, and nothing device-wide: no reset, no RSS, no RCTL.
+        let state = model.state();
+        let writes = &state.writes[before..];
+        let own: Vec<usize> = [
+            regs::rxdctl(0),
+            regs::rdbal(0),
+            regs::rdbah(0),
+            regs::rdlen(0),
+            regs::srrctl(0),
+            regs::rdh(0),
+            regs::rdt(0),
+            regs::txdctl(0),
+            regs::tdbal(0),
+            regs::tdbah(0),
+            regs::tdlen(0),
+            regs::tdh(0),
+            regs::tdt(0),
+            regs::EIMS,
+        ]
+        .to_vec();
+        assert!(
+            writes.iter().all(|(offset, _)| own.contains(offset)),
+            "{writes:x?}"
+        );
+        let disabled = writes
+            .iter()
+            .position(|&w| w == (regs::rxdctl(0), 0))
+            .unwrap();
+        let moved = writes
+            .iter()
+            .position(|&(offset, _)| offset == regs::rdbal(0))
+            .unwrap();
+        assert!(disabled < moved);
+        assert_eq!(writes.last(), Some(&(regs::EIMS, 1)));
+        drop(state);
+        // A queue the device does not have, or memory of another ring size, is refused.
+        assert_eq!(
+            restart_queue(
+                model.clone(),
+                &mut no_delay,
+                &config,
+                QueueId(4),
+                QueueMemory::new_host(16).unwrap()
+            )
+            .err(),
+            Some(IgbError::BadQueueCount(4))
+        );
+        assert_eq!(
+            restart_queue(
+                model.clone(),
+                &mut no_delay,
+                &config,
+                QueueId(1),
+                QueueMemory::new_host(32).unwrap()
+            )
+            .err(),
+            Some(IgbError::RingSizeMismatch(QueueId(1)))
+        );
+    }
+
+    #[test]
+    fn an_attached_control_sees_and_changes_the_same_device_without_resetting_it() {
+        let (model, control, _queues) = bring_up(4, 16);
+        let before = model.state().writes.len();
+        let mut attached = crate::igb::attach_control(model.clone(), &IgbConfig::new(4));
+        assert_eq!(
+            model.state().writes.len(),
+            before,
+            "attaching writes nothing"
+        );
+        assert_eq!(attached.mac_address(), MODEL_MAC);
+        assert_eq!(attached.redirection_table(), control.redirection_table());
+        assert_eq!(
+            attached.queue_vector(QueueId(3)),
+            control.queue_vector(QueueId(3))
+        );
+        assert_eq!(attached.other_vector(), control.other_vector());
+        // The new holder moves every group of queue 0 to the others, by difference of a map.
+        let mut map = crate::nic::FlowMap::round_robin(4);
+        map.take_changes();
+        for group in map.groups_of(0).iter().collect::<Vec<_>>() {
+            map.set_owner(group, 1 + u16::from(group) % 3);
+        }
+        let changed = map.take_changes();
+        assert_eq!(attached.write_flow_map(&map, changed), Ok(32));
+        let table = attached.redirection_table();
+        assert!(table.iter().all(|&queue| queue != 0));
+        assert_eq!(table, control.redirection_table());
+        let port = rss::source_port_for_queue(
+            &rss::DEFAULT_KEY,
+            &rss::default_table(4),
+            FLOW,
+            QueueId(0),
+            1024..=65535,
+        )
+        .unwrap();
+        let outcome = model.receive(&udp(port));
+        assert!(
+            !matches!(
+                outcome,
+                RxOutcome::Delivered {
+                    queue: QueueId(0),
+                    ..
+                } | RxOutcome::NoDescriptor(QueueId(0))
+            ),
+            "{outcome:?}"
+        );
+        let resets = model
+            .state()
+            .writes
+            .iter()
+            .filter(|&&(offset, value)| offset == regs::CTRL && value & regs::CTRL_RST != 0)
+            .count();
+        assert_eq!(resets, 1, "only init reset the device");
     }
 
     #[test]

@@ -317,6 +317,8 @@ where
             // §7.2.3.2.3 advanced context descriptors; data descriptors set CC (§7.2.3.2.4).
             tx_checksum_offload: true,
             tx_check_context: true,
+            // §7.2.4 TCP segmentation (TSE, the context's MSS and L4LEN).
+            tx_tcp_segmentation: true,
         };
         let _ = list.push(DescriptorQueue::new(
             QueueId(index as u16),

@@ -105,6 +105,7 @@ mod tests {
         // The 82599 model uses a context only when the data descriptor sets CC: the driver must.
         let (model, _control, mut queues) = bring_up(2);
         crate::model::offload_check::transmit_offload_is_honoured(&model, &mut queues[1]);
+        crate::model::offload_check::transmit_segmentation_is_honoured(&model, &mut queues[1]);
     }
 
     #[test]

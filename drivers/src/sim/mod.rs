@@ -203,6 +203,7 @@ pub fn sim_nic(config: SimConfig) -> (SimWire, SimControl, Vec<SimQueue>) {
                 tx_checksum_ipv4: config.tx_checksum_offload,
                 tx_checksum_udp: config.tx_checksum_offload,
                 tx_checksum_tcp: config.tx_checksum_offload,
+                tx_tcp_segmentation: config.tx_checksum_offload,
             },
             posted: VecDeque::new(),
             in_flight: VecDeque::new(),
@@ -580,31 +581,67 @@ impl QueueDatapath for SimQueue {
     fn transmit(&mut self, pool: &mut BufferPool, frames: &[TransmitFrame]) -> usize {
         let mut accepted = 0;
         let mut device = lock(&self.shared);
-        for frame in frames {
-            if self.in_flight.len() >= usize::from(self.tx_ring_size) - 1 {
+        while accepted < frames.len() {
+            // One packet: its buffers up to the first frame without `more`.
+            let Some(last) = frames[accepted..].iter().position(|frame| !frame.more) else {
+                break;
+            };
+            let packet = &frames[accepted..=accepted + last];
+            if self.in_flight.len() + packet.len() > usize::from(self.tx_ring_size) - 1 {
                 self.stats.tx_ring_full += (frames.len() - accepted) as u64;
                 break;
             }
-            let Ok(bytes) = pool.bytes(frame.buffer) else {
-                break;
-            };
-            let mut data = bytes[..usize::from(frame.length).min(BUFFER_SIZE)].to_vec();
-            if frame.checksum.is_requested() {
-                if device.tx_checksum_offload {
-                    let applied = frame::apply_tx_checksums(&mut data, frame.checksum);
-                    device.stats.offloaded += u64::from(applied.ipv4_header || applied.l4);
-                } else {
-                    device.stats.offload_refused += 1;
+            let mut data = Vec::new();
+            for frame in packet {
+                let Ok(bytes) = pool.bytes(frame.buffer) else {
+                    return accepted;
+                };
+                data.extend_from_slice(&bytes[..usize::from(frame.length).min(BUFFER_SIZE)]);
+            }
+            let first = packet[0];
+            let mut wire: Vec<Vec<u8>> = Vec::new();
+            match first.segmentation {
+                Some(segmentation) if device.tx_checksum_offload => {
+                    // TSO: the device cuts the payload into MSS segments, headers and checksums
+                    // per segment.
+                    let mut segment = std::vec![0u8; 1514 + 64];
+                    let mut index = 0;
+                    while let Some(length) = frame::tcp_segment(
+                        &data,
+                        usize::from(segmentation.mss),
+                        index,
+                        &mut segment,
+                    ) {
+                        wire.push(segment[..length].to_vec());
+                        index += 1;
+                    }
+                    device.stats.offloaded += 1;
+                }
+                Some(_) => device.stats.offload_refused += 1,
+                None => {
+                    if first.checksum.is_requested() {
+                        if device.tx_checksum_offload {
+                            let applied = frame::apply_tx_checksums(&mut data, first.checksum);
+                            device.stats.offloaded += u64::from(applied.ipv4_header || applied.l4);
+                        } else {
+                            device.stats.offload_refused += 1;
+                        }
+                    }
+                    wire.push(data);
                 }
             }
             let time = device.time_us;
-            if let Some(capture) = device.capture.as_mut() {
-                capture.record(time, &data);
+            for frame in wire {
+                if let Some(capture) = device.capture.as_mut() {
+                    capture.record(time, &frame);
+                }
+                device.transmitted.push((self.id, frame));
+                device.stats.transmitted += 1;
             }
-            device.transmitted.push((self.id, data));
-            device.stats.transmitted += 1;
-            self.in_flight.push_back((frame.buffer, frame.length));
-            accepted += 1;
+            for frame in packet {
+                self.in_flight.push_back((frame.buffer, frame.length));
+            }
+            accepted += packet.len();
         }
         accepted
     }

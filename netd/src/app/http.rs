@@ -11,61 +11,69 @@ extern crate alloc;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-/// Largest request head accepted; longer ones get 431 and the connection closes.
+/// Largest request head accepted (or the connection's receive buffer, if smaller); longer ones
+/// get 431 and the connection closes.
 const MAX_REQUEST: usize = 8192;
 
+/// Responses one connection answers per visit at most (pipelining); the rest wait in its socket.
+const PIPELINE_PER_VISIT: usize = 64;
+
+/// Bytes of responses the server holds beyond what the sockets took, over every connection: a
+/// connection whose next response would pass it waits (is not read) until others drain.
+pub const OUTPUT_BUDGET: usize = 4 << 20;
+
+/// Output kept beyond this capacity is given back to the heap once sent.
+const KEEP_CAPACITY: usize = 4096;
+
+/// One connection's state: the response the socket has not taken yet (at most one: a connection
+/// with output pending is not read, so a client that never reads stops being read).
 #[derive(Default)]
 struct Connection {
-    request: Vec<u8>,
     output: Vec<u8>,
     sent: usize,
     close_after: bool,
+    /// Waiting for the server's output budget.
+    waiting: bool,
 }
 
 impl Connection {
-    /// Request bytes the connection takes now (up to the limit; none once it closes).
-    fn room(&self) -> usize {
-        if self.close_after {
-            0
-        } else {
-            MAX_REQUEST.saturating_sub(self.request.len())
-        }
-    }
-
-    /// Takes what [`Self::room`] allows of `bytes`; returns how many.
-    fn take(&mut self, bytes: &[u8]) -> usize {
-        let n = bytes.len().min(self.room());
-        self.request.extend_from_slice(&bytes[..n]);
-        n
-    }
-
-    /// Answers every complete request head (pipelining keeps order); returns how many.
-    fn answer_complete(&mut self, context: &mut AppContext<'_>, host: &NetConfig) -> u64 {
-        let mut answered = 0;
-        while !self.close_after {
-            let Some(end) = find(&self.request, b"\r\n\r\n") else {
-                if self.request.len() >= MAX_REQUEST {
-                    respond(
-                        &mut self.output,
-                        "431 Request Header Fields Too Large",
-                        "text/plain",
-                        b"too large\n",
-                        true,
-                    );
-                    self.close_after = true;
-                }
-                break;
-            };
-            let head: Vec<u8> = self.request.drain(..end + 4).collect();
-            self.close_after = answer(context, host, &head[..end], &mut self.output);
-            answered += 1;
-        }
-        answered
+    fn pending(&self) -> usize {
+        self.output.len() - self.sent
     }
 }
 
-/// The fuzz target's entry (`docs/fuzzing.md`): `chunks` arriving on one connection, each taken
-/// and answered as [`Http`] does with what its socket holds; returns everything answered.
+/// What the start of a connection's unread bytes holds, `limit` being the most a request head
+/// may take: the one rule the server and the fuzz target share.
+enum Head {
+    /// A whole head: its length without the blank line that ends it (`len + 4` bytes consumed).
+    Complete(usize),
+    /// No end within `limit` bytes: answered 431, and the connection closes.
+    TooLarge,
+    /// Not all there yet.
+    Partial,
+}
+
+fn next_head(unread: &[u8], limit: usize) -> Head {
+    let window = &unread[..unread.len().min(limit)];
+    match find(window, b"\r\n\r\n") {
+        Some(end) => Head::Complete(end),
+        None if window.len() >= limit => Head::TooLarge,
+        None => Head::Partial,
+    }
+}
+
+fn too_large(output: &mut Vec<u8>) {
+    respond(
+        output,
+        "431 Request Header Fields Too Large",
+        "text/plain",
+        b"too large\n",
+        true,
+    );
+}
+
+/// The fuzz target's entry (`docs/fuzzing.md`): `chunks` arriving on one connection, each head
+/// found and answered by the rules [`Http`] uses on its socket; returns everything answered.
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub fn fuzz_connection(
@@ -73,16 +81,27 @@ pub fn fuzz_connection(
     host: &NetConfig,
     chunks: &[&[u8]],
 ) -> Vec<u8> {
-    let mut connection = Connection::default();
+    let mut unread = Vec::new();
+    let mut output = Vec::new();
     for chunk in chunks {
-        let mut rest = *chunk;
-        while !rest.is_empty() && connection.room() > 0 {
-            let n = connection.take(rest);
-            rest = &rest[n..];
-            connection.answer_complete(context, host);
+        unread.extend_from_slice(chunk);
+        loop {
+            match next_head(&unread, MAX_REQUEST) {
+                Head::Complete(end) => {
+                    let head: Vec<u8> = unread.drain(..end + 4).collect();
+                    if answer(context, host, &head[..end], &mut output) {
+                        return output;
+                    }
+                }
+                Head::TooLarge => {
+                    too_large(&mut output);
+                    return output;
+                }
+                Head::Partial => break,
+            }
         }
     }
-    connection.output
+    output
 }
 
 /// The HTTP server.
@@ -90,8 +109,14 @@ pub struct Http {
     /// The machine's addresses, shown in `/stats`.
     host: NetConfig,
     connections: Vec<Connection>,
+    /// Bytes of responses held over every connection (bounded by [`OUTPUT_BUDGET`]).
+    held: usize,
+    /// Connections waiting for the output budget.
+    waiting: usize,
     /// Requests answered.
     pub requests: u64,
+    /// Times a connection had to wait for the output budget.
+    pub budget_waits: u64,
 }
 
 impl Http {
@@ -101,7 +126,10 @@ impl Http {
         Self {
             host: *host,
             connections: Vec::new(),
+            held: 0,
+            waiting: 0,
             requests: 0,
+            budget_waits: 0,
         }
     }
 
@@ -110,6 +138,20 @@ impl Http {
             self.connections.resize_with(slot + 1, Connection::default);
         }
         &mut self.connections[slot]
+    }
+
+    /// Forgets connection `slot`, giving its output and waiting place back.
+    fn reset(&mut self, slot: usize) {
+        let connection = core::mem::take(self.connection(slot));
+        self.held -= connection.pending();
+        if connection.waiting {
+            self.waiting -= 1;
+        }
+    }
+
+    /// Bytes of responses held now (for tests).
+    pub fn held(&self) -> usize {
+        self.held
     }
 }
 
@@ -226,11 +268,16 @@ impl StreamService for Http {
     }
 
     fn on_open(&mut self, _context: &mut AppContext<'_>, slot: usize) {
-        *self.connection(slot) = Connection::default();
+        self.reset(slot);
     }
 
-    fn on_close(&mut self, _context: &mut AppContext<'_>, slot: usize) {
-        *self.connection(slot) = Connection::default();
+    fn on_close(&mut self, context: &mut AppContext<'_>, slot: usize) {
+        let had = self.connection(slot).pending();
+        self.reset(slot);
+        if had > 0 && self.waiting > 0 {
+            // Budget came back: the connections waiting for it are visited again.
+            *context.run_again = true;
+        }
     }
 
     fn on_data(
@@ -240,32 +287,94 @@ impl StreamService for Http {
         socket: &mut tcp::Socket<'static>,
     ) {
         let host = self.host;
-        let connection = self.connection(slot);
-        // Read what the client sent, up to the limit.
-        while socket.can_recv() && connection.room() > 0 {
-            let taken = socket.recv(|bytes| {
-                let n = connection.take(bytes);
-                (n, n)
-            });
-            if !matches!(taken, Ok(n) if n > 0) {
+        let _ = self.connection(slot);
+        let mut head = [0u8; MAX_REQUEST];
+        let limit = MAX_REQUEST.min(socket.recv_capacity());
+        let mut answered = 0u64;
+        let mut released = false;
+        loop {
+            let Self {
+                connections,
+                held,
+                waiting,
+                budget_waits,
+                ..
+            } = &mut *self;
+            let connection = &mut connections[slot];
+            // Write what is pending; a connection with output left is not read further.
+            if connection.pending() > 0 {
+                if let Ok(n) = socket.send_slice(&connection.output[connection.sent..]) {
+                    connection.sent += n;
+                    *held -= n;
+                    released |= n > 0;
+                }
+                if connection.pending() > 0 {
+                    break;
+                }
+                connection.sent = 0;
+                if connection.output.capacity() > KEEP_CAPACITY {
+                    connection.output = Vec::new();
+                } else {
+                    connection.output.clear();
+                }
+            }
+            if connection.close_after || answered >= PIPELINE_PER_VISIT as u64 {
                 break;
             }
-        }
-        let answered = connection.answer_complete(context, &host);
-        // Write as much as the socket takes.
-        if connection.sent < connection.output.len() && socket.can_send() {
-            if let Ok(n) = socket.send_slice(&connection.output[connection.sent..]) {
-                connection.sent += n;
+            // The next request head, read in place from the socket (nothing is copied out of it
+            // until a whole head is there).
+            let queued = socket.recv_queue().min(limit);
+            let seen = socket.peek_slice(&mut head[..queued]).unwrap_or(0);
+            let end = match next_head(&head[..seen], limit) {
+                Head::Complete(end) => end,
+                Head::TooLarge => {
+                    too_large(&mut connection.output);
+                    *held += connection.output.len();
+                    connection.close_after = true;
+                    continue;
+                }
+                Head::Partial => break,
+            };
+            if *held >= OUTPUT_BUDGET {
+                // Every connection's output together is at its bound: wait (unread) until some
+                // drains.
+                if !connection.waiting {
+                    connection.waiting = true;
+                    *waiting += 1;
+                    *budget_waits += 1;
+                }
+                break;
             }
-        }
-        if connection.sent == connection.output.len() {
-            connection.output.clear();
-            connection.sent = 0;
-            if connection.close_after || (!socket.may_recv() && connection.request.is_empty()) {
-                socket.close();
+            if connection.waiting {
+                connection.waiting = false;
+                *waiting -= 1;
             }
+            let mut consumed = 0;
+            while consumed < end + 4 {
+                match socket.recv(|bytes| {
+                    let n = bytes.len().min(end + 4 - consumed);
+                    (n, n)
+                }) {
+                    Ok(n) if n > 0 => consumed += n,
+                    _ => break,
+                }
+            }
+            let before = connection.output.len();
+            connection.close_after = answer(context, &host, &head[..end], &mut connection.output);
+            *held += connection.output.len() - before;
+            answered += 1;
         }
-        // Otherwise the send buffer is full: the client's acknowledgements wake the path again.
+        let connection = &mut self.connections[slot];
+        if connection.pending() == 0
+            && (connection.close_after || (!socket.may_recv() && socket.recv_queue() == 0))
+        {
+            socket.close();
+        }
+        // Otherwise the send buffer is full: the client's acknowledgements make the connection
+        // ready again.
         self.requests += answered;
+        if released && self.waiting > 0 {
+            *context.run_again = true;
+        }
     }
 }

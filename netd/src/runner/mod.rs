@@ -5,9 +5,11 @@
 //! |---|---|---|---|
 //! | ARP | `arp.rs` | smoltcp answers requests; the sender becomes every core's neighbour | — |
 //! | ICMP | `icmp.rs` | smoltcp's echo reply | — |
+//! | IPv4 fragments | `reassembly.rs` | the fragment joins its datagram (bounded slots, timeout); a whole datagram goes back to the core to be classified | expiry |
+//! | closed ports | `closed.rs` | smoltcp answers with a reset (TCP) or an ICMP port unreachable (UDP, rate limited) | — |
 //! | UDP fast path | `udp_fast.rs` | the datagram service answers in place; the reply leaves from the request's buffer | — |
 //! | UDP through smoltcp | `udp_socket.rs` | smoltcp puts the datagram in the path's socket | the datagram service drains the socket; egress |
-//! | TCP | `tcp.rs` | smoltcp: handshakes, segments into the connection's socket | the stream (or peer) service on each open connection; listeners re-armed; egress |
+//! | TCP | `tcp.rs` | the connection's own socket (one hash lookup; a SYN makes a connection within the limit and budget; a stray segment gets a reset or goes to the core owning its flow) | the stream (or peer) service on the connections with work; egress |
 //!
 //! Ingress returns the reply as a value ([`Reply`]: none, the request's own buffer rewritten in
 //! place, or a frame smoltcp wrote into the staging area); the core commits it to its TX queue and
@@ -16,8 +18,10 @@
 
 use crate::app::{AppContext, Service};
 use crate::classify::PathKey;
+use crate::config::CoreId;
 use crate::config::{NetConfig, UdpPath};
 use crate::device::{PathDevice, Staging, TxQueue, TxSink};
+use crate::moves::FlowView;
 use crate::path::QueuedFrame;
 use crate::peers::PeerMessage;
 use drivers::nic::{QueueCapabilities, TxChecksum};
@@ -29,7 +33,9 @@ extern crate alloc;
 use alloc::boxed::Box;
 
 pub mod arp;
+pub mod closed;
 pub mod icmp;
+pub mod reassembly;
 pub mod tcp;
 pub mod udp_fast;
 pub mod udp_socket;
@@ -60,6 +66,10 @@ pub(crate) struct RunContext<'a> {
     pub(crate) app: AppContext<'a>,
     /// What the run noticed besides its replies.
     pub(crate) notes: Notes,
+    /// The core's TCP budget (buffers and connections, shared by its TCP paths).
+    pub(crate) budget: &'a mut tcp::budget::Budget,
+    /// Flow ownership (which core a flow belongs to, where a moved group was before).
+    pub(crate) flows: FlowView<'a>,
 }
 
 /// What becomes of a frame's buffer after ingress.
@@ -81,6 +91,10 @@ pub(crate) enum Reply {
         /// Reply length.
         length: u16,
     },
+    /// The frame belongs to another core (TCP: a flow of no connection here whose group that
+    /// core owns, or owned before it moved here): the core sends it there once, counted as
+    /// forwarded.
+    Forward(CoreId),
 }
 
 /// What runs noticed besides their replies, for the core to count.
@@ -91,6 +105,12 @@ pub(crate) struct Notes {
     /// Frames that went through protocol processing and were then dropped because their socket
     /// was full.
     pub(crate) socket_drops: u64,
+    /// What a TCP path noticed (refusals, timeouts, strays).
+    pub(crate) tcp: tcp::TcpEvents,
+    /// ICMP errors the token bucket held back (the closed-port path).
+    pub(crate) icmp_limited: u64,
+    /// What the reassembly path did.
+    pub(crate) reassembly: reassembly::ReassemblyEvents,
 }
 
 /// The outcome of a service call.
@@ -115,10 +135,6 @@ pub(crate) trait PathRunner {
     fn service(&mut self, _cx: &mut RunContext<'_>) -> Progress {
         Progress::default()
     }
-
-    /// Called before a run takes up to `frames` frames (TCP arms enough listeners that every
-    /// queued SYN finds one).
-    fn prepare(&mut self, _frames: usize) {}
 
     /// Most frames a run ingests before its service runs (then ingest resumes): what the
     /// path's sockets hold, so protocol work is never done on a frame only for its socket to
@@ -145,9 +161,15 @@ pub(crate) trait PathRunner {
         0
     }
 
-    /// TCP sockets listening now.
-    fn listening(&self) -> usize {
-        0
+    /// A TCP path's table gauges (`None` for other kinds).
+    fn tcp_gauges(&self) -> Option<tcp::TcpCounters> {
+        None
+    }
+
+    /// A frame the runner made for the classifier (a reassembled datagram), taken by the core
+    /// after the run: `(buffer, length)` in the core's pool.
+    fn take_reinjected(&mut self) -> Option<(drivers::pool::BufferId, u16)> {
+        None
     }
 
     /// The application's name, if the path has one.
@@ -157,18 +179,32 @@ pub(crate) trait PathRunner {
 }
 
 /// The runner for a registered service: datagram services on the fast path (or through a smoltcp
-/// socket with `udp_path = Socket`), stream and peer services on TCP.
-pub(crate) fn build(service: Service, udp_path: UdpPath) -> (PathKey, Box<dyn PathRunner>) {
+/// socket with `udp_path = Socket`), stream and peer services on TCP (with the core's TCP
+/// options and a secret for its connection table's hash).
+pub(crate) fn build(
+    service: Service,
+    udp_path: UdpPath,
+    tcp_options: &crate::config::TcpOptions,
+    secret: u64,
+) -> (PathKey, Box<dyn PathRunner>) {
     let key = service.endpoint();
     let runner: Box<dyn PathRunner> = match service {
         Service::Datagram { app, .. } if udp_path == UdpPath::Fast => {
             Box::new(udp_fast::UdpFastRunner::new(app))
         }
         Service::Datagram { port, app } => Box::new(udp_socket::UdpSocketRunner::new(port, app)),
-        Service::Stream { port, app } => {
-            Box::new(tcp::TcpRunner::new(port, tcp::TcpApp::Stream(app)))
-        }
-        Service::Peer { port, app } => Box::new(tcp::TcpRunner::new(port, tcp::TcpApp::Peer(app))),
+        Service::Stream { port, app } => Box::new(tcp::TcpRunner::new(
+            port,
+            tcp::TcpApp::Stream(app),
+            tcp_options,
+            secret,
+        )),
+        Service::Peer { port, app } => Box::new(tcp::TcpRunner::new(
+            port,
+            tcp::TcpApp::Peer(app),
+            tcp_options,
+            secret,
+        )),
     };
     (key, runner)
 }
@@ -212,6 +248,8 @@ pub(crate) fn smoltcp_egress(cx: &mut RunContext<'_>, sockets: &mut SocketSet<'s
                 pool: cx.pool,
                 queue: cx.tx,
                 reserve: cx.tx_reserve,
+                offload: cx.offload,
+                scratch: &mut cx.staging.large,
             },
         };
         let _ = cx.iface.poll_egress(cx.now, &mut device, sockets);

@@ -85,7 +85,10 @@ impl PathRunner for UdpSocketRunner {
             let Ok((length, metadata)) = socket.recv_slice(&mut scratch) else {
                 break;
             };
-            let IpAddress::Ipv4(address) = metadata.endpoint.addr;
+            // IPv4 only: the classifier drops IPv6 before smoltcp sees it.
+            let IpAddress::Ipv4(address) = metadata.endpoint.addr else {
+                continue;
+            };
             let from = Peer {
                 address: address.octets(),
                 port: metadata.endpoint.port,

@@ -262,6 +262,8 @@ pub(crate) struct Cluster {
     pub(crate) peer_messages: usize,
     /// Cores that stopped (bit per core): they no longer poll, and messages to them are lost.
     pub(crate) stopped: u64,
+    /// The simulated NIC's control side (its redirection table).
+    pub(crate) control: drivers::sim::SimControl,
 }
 
 pub(crate) fn config(core: CoreId, core_count: u16) -> NetConfig {
@@ -283,7 +285,7 @@ impl Cluster {
     pub(crate) fn with(setup: ClusterConfig) -> Self {
         reset_clocks();
         let now = Instant::from_millis(1_000);
-        let (wire, _control, queues) = sim_nic(setup.nic);
+        let (wire, control, queues) = sim_nic(setup.nic);
         let core_count = setup.cores;
         let cores = queues
             .into_iter()
@@ -324,7 +326,20 @@ impl Cluster {
             wire: Vec::new(),
             peer_messages: 0,
             stopped: 0,
+            control,
         }
+    }
+
+    /// Moves flow group `group` to `core` everywhere: every core's flow map (as the monitors'
+    /// commit does) and the NIC's redirection table.
+    pub(crate) fn move_flow_group(&mut self, group: u8, core: CoreId) {
+        use drivers::nic::{FlowGroup, NicControl, QueueId};
+        for stack in self.cores.iter_mut() {
+            stack.net.set_flow_owner(group, core);
+        }
+        self.control
+            .set_flow_group(FlowGroup(group), QueueId(core))
+            .unwrap();
     }
 
     /// The core the NIC steers `frame` to.
@@ -491,6 +506,105 @@ pub(crate) fn tcp_syn(source_port: u16, destination_port: u16) -> Vec<u8> {
     )
 }
 
+/// A TCP segment from the client's `source_port` to our `destination_port` with `flags`
+/// (FIN 0x01, SYN 0x02, RST 0x04, PSH 0x08, ACK 0x10).
+pub(crate) fn tcp_segment(
+    source_port: u16,
+    destination_port: u16,
+    sequence: u32,
+    acknowledgement: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut segment = Vec::new();
+    segment.extend_from_slice(&source_port.to_be_bytes());
+    segment.extend_from_slice(&destination_port.to_be_bytes());
+    segment.extend_from_slice(&sequence.to_be_bytes());
+    segment.extend_from_slice(&acknowledgement.to_be_bytes());
+    segment.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    segment.extend_from_slice(payload);
+    let checksum = l4_checksum(CLIENT_IP, STACK_IP, 6, &segment);
+    segment[16..18].copy_from_slice(&checksum.to_be_bytes());
+    ethernet(
+        STACK_MAC,
+        CLIENT_MAC,
+        0x0800,
+        &ipv4(CLIENT_IP, STACK_IP, 6, &segment),
+    )
+}
+
+/// What a test reads of a TCP segment the stack sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SeenSegment {
+    pub(crate) source_port: u16,
+    pub(crate) destination_port: u16,
+    pub(crate) sequence: u32,
+    pub(crate) acknowledgement: Option<u32>,
+    pub(crate) syn: bool,
+    pub(crate) rst: bool,
+    pub(crate) fin: bool,
+    pub(crate) window_scale: Option<u8>,
+    pub(crate) payload: usize,
+}
+
+/// Reads a TCP segment out of an Ethernet frame (checksums ignored).
+pub(crate) fn seen_segment(frame: &[u8]) -> Option<SeenSegment> {
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{EthernetFrame, TcpControl, TcpPacket, TcpRepr};
+    let ethernet = EthernetFrame::new_checked(frame).ok()?;
+    let ip = Ipv4Packet::new_checked(ethernet.payload()).ok()?;
+    if ip.next_header() != IpProtocol::Tcp {
+        return None;
+    }
+    let packet = TcpPacket::new_checked(ip.payload()).ok()?;
+    let repr = TcpRepr::parse(
+        &packet,
+        &IpAddress::Ipv4(ip.src_addr()),
+        &IpAddress::Ipv4(ip.dst_addr()),
+        &ChecksumCapabilities::ignored(),
+    )
+    .ok()?;
+    Some(SeenSegment {
+        source_port: repr.src_port,
+        destination_port: repr.dst_port,
+        sequence: repr.seq_number.0 as u32,
+        acknowledgement: repr.ack_number.map(|ack| ack.0 as u32),
+        syn: repr.control == TcpControl::Syn,
+        rst: repr.control == TcpControl::Rst,
+        fin: repr.control == TcpControl::Fin,
+        window_scale: repr.window_scale,
+        payload: repr.payload.len(),
+    })
+}
+
+/// Splits the UDP datagram `payload` from `source_port` to `destination_port` (identification
+/// `identification`) into IPv4 fragments carrying at most `per_fragment` payload bytes each (a
+/// multiple of 8), as Ethernet frames in order.
+pub(crate) fn udp_fragments(
+    source_port: u16,
+    destination_port: u16,
+    identification: u16,
+    payload: &[u8],
+    per_fragment: usize,
+) -> Vec<Vec<u8>> {
+    let whole = udp_frame(source_port, destination_port, payload);
+    let datagram = &whole[14 + 20..];
+    datagram
+        .chunks(per_fragment)
+        .enumerate()
+        .map(|(index, chunk)| {
+            let offset = index * per_fragment;
+            let more = offset + chunk.len() < datagram.len();
+            let mut packet = ipv4(CLIENT_IP, STACK_IP, 17, chunk);
+            packet[4..6].copy_from_slice(&identification.to_be_bytes());
+            let flags = (u16::from(more) << 13) | (offset / 8) as u16;
+            packet[6..8].copy_from_slice(&flags.to_be_bytes());
+            Ipv4Packet::new_unchecked(&mut packet[..]).fill_checksum();
+            ethernet(STACK_MAC, CLIENT_MAC, 0x0800, &packet)
+        })
+        .collect()
+}
+
 pub(crate) fn icmp_echo(identifier: u16, sequence: u16, data: &[u8]) -> Vec<u8> {
     let mut message = vec![8, 0, 0, 0];
     message.extend_from_slice(&identifier.to_be_bytes());
@@ -601,9 +715,18 @@ impl Client {
     }
 
     pub(crate) fn tcp_socket(&mut self) -> smoltcp::iface::SocketHandle {
+        self.tcp_socket_with(65536, 65536)
+    }
+
+    /// A client socket with buffers of `receive` and `send` bytes.
+    pub(crate) fn tcp_socket_with(
+        &mut self,
+        receive: usize,
+        send: usize,
+    ) -> smoltcp::iface::SocketHandle {
         let socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; 65536]),
-            tcp::SocketBuffer::new(vec![0; 65536]),
+            tcp::SocketBuffer::new(vec![0; receive]),
+            tcp::SocketBuffer::new(vec![0; send]),
         );
         self.sockets.add(socket)
     }

@@ -52,6 +52,19 @@ impl Platform for KernelPlatform {
     fn print(&mut self, line: core::fmt::Arguments<'_>) {
         crate::kprintln!("{}", line);
     }
+
+    fn set_wake_forwards(&mut self, cores: &[usize]) {
+        let apic_ids: heapless::Vec<u32, { super::percore::MAX_FORWARDS }> = cores
+            .iter()
+            .filter_map(|&core| self.apic_ids.get(core).copied())
+            .collect();
+        if let Some(block) = super::percore::current() {
+            // Interrupts off: this core's NIC interrupt handler reads the list.
+            x86_64::instructions::interrupts::without_interrupts(|| {
+                block.set_nic_forward(&apic_ids)
+            });
+        }
+    }
 }
 
 /// One core after set-up: its node, the machine interface, its timer.

@@ -7,6 +7,7 @@
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::NonNull;
+use core::sync::atomic::Ordering;
 
 use super::percore;
 
@@ -23,8 +24,14 @@ unsafe impl GlobalAlloc for PerCoreAllocator {
         x86_64::instructions::interrupts::without_interrupts(|| {
             // SAFETY: only this core uses its heap, and interrupts are off (see the impl's note).
             let heap = unsafe { &mut *block.heap.get() };
-            heap.allocate_first_fit(layout)
-                .map_or(core::ptr::null_mut(), |p| p.as_ptr())
+            let pointer = heap
+                .allocate_first_fit(layout)
+                .map_or(core::ptr::null_mut(), |p| p.as_ptr());
+            // Relaxed: only this core reads or writes its high-water mark.
+            block
+                .heap_high_water
+                .fetch_max(heap.used(), Ordering::Relaxed);
+            pointer
         })
     }
 
@@ -68,4 +75,17 @@ pub fn usage() -> (usize, usize) {
             (heap.used(), heap.free())
         })
     })
+}
+
+/// This core's heap figures for netd's snapshot (`/stats`: `memory`): size, bytes allocated now,
+/// and the most allocated at once since boot.
+pub fn figures() -> netd::HeapUsage {
+    let (used, free) = usage();
+    let high_water =
+        percore::current().map_or(0, |block| block.heap_high_water.load(Ordering::Relaxed));
+    netd::HeapUsage {
+        size: (used + free) as u64,
+        used: used as u64,
+        high_water: high_water.max(used) as u64,
+    }
 }

@@ -268,7 +268,7 @@ extern "C" fn flotilla_interrupt_dispatch(frame: &mut InterruptFrame) {
             if let Some(block) = block {
                 block.interrupts.fetch_add(1, Ordering::Relaxed);
                 // A vector shared by several queues: wake their cores too (node::wake).
-                for &apic_id in block.nic_forward.iter() {
+                for apic_id in block.nic_forwards() {
                     apic::send_ipi(apic_id, WAKE_VECTOR);
                 }
             }

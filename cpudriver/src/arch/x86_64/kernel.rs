@@ -21,8 +21,10 @@ use crate::topology::{CoreDescription, MAX_CORES};
 const AP_STACK_SIZE: u64 = 256 * 1024;
 /// Size of each core's fault (IST) stack.
 const FAULT_STACK_SIZE: u64 = 16 * 1024;
-/// Largest per-core heap.
-const MAX_HEAP: u64 = 32 << 20;
+/// Largest per-core heap (half the core's memory slice at most): 128 MiB holds netd's TCP budget
+/// for thousands of connections beside the 32 MiB the applications size themselves by
+/// (`netd::NetConfig::tcp_budget_bytes`).
+const MAX_HEAP: u64 = 128 << 20;
 /// Largest per-core bulk pool (buffers lent by reference to other cores).
 const MAX_BULK: u64 = 8 << 20;
 /// Smallest bulk pool: a 1 MB memcached value with its headers must fit, twice.
@@ -421,20 +423,17 @@ fn set_up_core(
         .allocate(FAULT_STACK_SIZE, 4096)
         .unwrap_or_else(|error| fatal(format_args!("fault stack: {error:?}")));
     // The queues sharing this core's MSI-X vector (node::wake): their cores' APIC ids.
-    let mut nic_forward = heapless::Vec::new();
+    let mut nic_forward: heapless::Vec<u32, { percore::MAX_FORWARDS }> = heapless::Vec::new();
     if let Some(nic) = shared.nic.as_ref() {
-        for core in node::wake::forward_targets(
-            index,
-            usize::from(nic.queue_count),
-            usize::from(nic.vectors),
-        ) {
+        let holders = node::wake::QueueHolders::boot(usize::from(nic.queue_count));
+        for core in node::wake::forward_targets(index, usize::from(nic.vectors), &holders) {
             let _ = nic_forward.push(shared.cores[core].apic_id);
         }
     }
     let block = allocate_static(
         &mut frames,
         CoreBlock {
-            percore: percore::PerCore::new(index as u32, apic_id, nic_forward),
+            percore: percore::PerCore::new(index as u32, apic_id, &nic_forward),
             tables: gdt::CoreTables::new(fault_stack + FAULT_STACK_SIZE),
             interrupts: interrupts::InterruptTable::new(0),
         },
@@ -532,13 +531,23 @@ fn set_up_core(
     let hook = crate::scenarios::Scenarios::from_options(&options, index, cores).map(|scenarios| {
         alloc::boxed::Box::new(scenarios) as alloc::boxed::Box<dyn node::hook::Hook>
     });
-    // Boxed only now: core 0 has no heap before `heap::init` above.
-    let steering = nic_control.map(|control| {
-        alloc::boxed::Box::new(control) as alloc::boxed::Box<dyn node::flows::FlowSteering>
+    // Boxed only now: core 0 has no heap before `heap::init` above. Core 0 is the NIC's home at
+    // boot; every core with a NIC can take the NIC over should it become the home.
+    let source = shared.nic.as_ref().map(|handoff| net::KernelNicSource {
+        handoff,
+        apic_ids: shared.cores.iter().map(|c| c.apic_id).collect(),
     });
-    let node = node::Node::new(
+    let steering = match (nic_control, source.as_ref()) {
+        (Some(control), Some(source)) => Some(alloc::boxed::Box::new(source.home(control))
+            as alloc::boxed::Box<dyn node::flows::NicHome>),
+        _ => None,
+    };
+    let mut node = node::Node::new(
         config, mailbox, regions, network, steering, monitor, hook, now,
     );
+    if let Some(source) = source {
+        node = node.with_nic(alloc::boxed::Box::new(source));
+    }
     let _ = frames;
     // Release: this core's set-up happens-before core 0 reads ONLINE.
     shared.online[index].store(ONLINE, Ordering::Release);
@@ -598,6 +607,10 @@ fn set_up_network(
         shared.tsc_per_ms,
     ) {
         Ok(network) => {
+            let network = network.with_adoption(alloc::boxed::Box::new(net::KernelQueueAdoption {
+                handoff,
+                tsc_per_ms: shared.tsc_per_ms,
+            }));
             let addresses = network.net.config().addresses;
             crate::kprintln!(
                 "netd: core {} up ip={} queue={} buffers={}",

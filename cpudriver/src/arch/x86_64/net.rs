@@ -7,14 +7,21 @@
 //! starts, see docs/cpudriver.md). From then on a core drives its queue alone: its own buffer
 //! pool and its own smoltcp instance (`netd::CoreNet`), assembled here into the node's
 //! `CoreNetwork`; the node's mailbox carries what RSS cannot steer to the other cores.
+//!
+//! The NIC's shared side (RSS key, redirection table, MSI-X routing) is held by its home, core 0
+//! at boot. The boot record names the register window and the MSI-X table, so whichever core
+//! becomes the home when the home fails builds its own handle ([`KernelNicSource`], without a
+//! reset) and adopts queue 0 ([`KernelQueueAdoption`]: the ring restarted in its own memory).
+//! Why two holders never act at once: `node::takeover`.
 
 use alloc::boxed::Box;
 use alloc::vec;
+use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 
 use drivers::dma::QueueMemory;
 use drivers::igb::{self, IgbConfig, IgbControl, IgbQueue};
-use drivers::nic::{QueueDatapath, QueueId};
+use drivers::nic::{FlowMap, GroupSet, NicError, QueueDatapath, QueueId};
 use drivers::pci::ecam::Ecam;
 use drivers::pci::msix::{MsiMessage, MsixCapability};
 use drivers::pci::port::LegacyPorts;
@@ -24,7 +31,10 @@ use drivers::registers::Mmio;
 
 use super::interrupts::NIC_VECTOR;
 use super::{acpi::Platform, tsc};
-use crate::node::net::{net_instant, CoreNetwork};
+use crate::node::flows::{NicHome, NicSource, Vector};
+use crate::node::net::{net_instant, CoreNetwork, QueueAdoption};
+use crate::node::takeover::AdoptError;
+use crate::node::wake::QueueHolders;
 use crate::node::Instant;
 use crate::topology::{CoreDescription, MAX_CORES};
 /// Descriptors per ring.
@@ -67,6 +77,122 @@ pub struct NicHandoff {
     pub vectors: u16,
     /// One slot per core.
     pub queues: [QueueSlot; MAX_CORES],
+    /// The device's register window (BAR0), for the core that becomes the NIC's home.
+    pub registers: Mmio,
+    /// The window holding the MSI-X table (its BAR), and the capability that locates it.
+    pub msix_table: Mmio,
+    /// The MSI-X capability.
+    pub msix: MsixCapability,
+    /// How the device was brought up (queues, ring size, key, hash types, vectors).
+    pub config: IgbConfig,
+}
+
+/// The NIC's shared side on its home: the igb control handle and the MSI-X table.
+pub struct KernelNicHome {
+    control: IgbControl<Mmio>,
+    msix: MsixCapability,
+    table: Mmio,
+    apic_ids: Vec<u32>,
+}
+
+impl NicHome for KernelNicHome {
+    fn write_flow_map(&mut self, map: &FlowMap, changed: GroupSet) -> Result<usize, NicError> {
+        self.control.write_flow_map(map, changed)
+    }
+
+    fn route_vector(&mut self, vector: Vector, core: usize) -> Result<(), NicError> {
+        let (entry, interrupt) = match vector {
+            Vector::Queue(index) => (index as u16, NIC_VECTOR),
+            Vector::Link => (self.control.other_vector(), NIC_VECTOR + 1),
+        };
+        let apic_id = *self.apic_ids.get(core).ok_or(NicError::Unsupported)?;
+        let message = MsiMessage::to_apic(apic_id, interrupt).map_err(|_| NicError::Unsupported)?;
+        self.msix
+            .program(&self.table, entry, message)
+            .map_err(|_| NicError::Unsupported)
+    }
+
+    fn vectors(&self) -> usize {
+        usize::from(self.msix.table_size)
+    }
+}
+
+/// How any core with a NIC takes the NIC's shared side over: a control handle over the register
+/// window the boot record names ([`igb::attach_control`]: nothing is reset or rewritten; the new
+/// home then rewrites the redirection table from its flow map and routes the vectors).
+pub struct KernelNicSource {
+    /// The boot record's NIC facts.
+    pub handoff: &'static NicHandoff,
+    /// Each core's APIC id, by core.
+    pub apic_ids: Vec<u32>,
+}
+
+impl KernelNicSource {
+    /// The home's handle around `control` (core 0's from `igb::init`, or one attached later).
+    pub fn home(&self, control: IgbControl<Mmio>) -> KernelNicHome {
+        KernelNicHome {
+            control,
+            msix: self.handoff.msix,
+            table: self.handoff.msix_table,
+            apic_ids: self.apic_ids.clone(),
+        }
+    }
+}
+
+impl NicSource for KernelNicSource {
+    fn take_control(&mut self) -> Result<Box<dyn NicHome>, NicError> {
+        let control = igb::attach_control(self.handoff.registers, &self.handoff.config);
+        Ok(Box::new(self.home(control)))
+    }
+
+    fn vectors(&self) -> usize {
+        usize::from(self.handoff.vectors)
+    }
+}
+
+/// How a core adopts a failed core's queue: new ring memory from this core's heap (identity
+/// mapped, so its address is its physical address), then [`igb::restart_queue`] over it.
+pub struct KernelQueueAdoption {
+    /// The boot record's NIC facts.
+    pub handoff: &'static NicHandoff,
+    /// TSC ticks per millisecond (the driver's bounded waits).
+    pub tsc_per_ms: u64,
+}
+
+impl QueueAdoption<IgbQueue<Mmio>> for KernelQueueAdoption {
+    fn adopt(&mut self, queue: u16) -> Result<IgbQueue<Mmio>, AdoptError> {
+        if queue >= self.handoff.queue_count {
+            return Err(AdoptError::NoSuchQueue(queue));
+        }
+        let bytes = QueueMemory::bytes_needed(RING_SIZE);
+        let layout = core::alloc::Layout::from_size_align(bytes, 4096)
+            .map_err(|_| AdoptError::OutOfMemory)?;
+        // SAFETY: the layout has a non-zero size; the memory is zeroed, so no descriptor in the
+        // new rings holds a stale buffer address.
+        let base = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        if base.is_null() {
+            return Err(AdoptError::OutOfMemory);
+        }
+        // SAFETY: fresh heap memory of `bytes` bytes, this core's, never freed (the queue owns it
+        // for the rest of the run: a leak by design, one ring per adoption, at most one per core).
+        let memory = unsafe { core::slice::from_raw_parts_mut(base, bytes) };
+        let physical = base.expose_provenance() as u64;
+        let memory =
+            QueueMemory::new(memory, physical, RING_SIZE).map_err(|_| AdoptError::OutOfMemory)?;
+        let tsc_per_ms = self.tsc_per_ms;
+        let mut delay = |microseconds: u32| tsc::delay_us(u64::from(microseconds), tsc_per_ms);
+        igb::restart_queue(
+            self.handoff.registers,
+            &mut delay,
+            &self.handoff.config,
+            QueueId(queue),
+            memory,
+        )
+        .map_err(|error| match error {
+            igb::IgbError::BadQueueCount(queue) => AdoptError::NoSuchQueue(queue),
+            _ => AdoptError::DeviceTimeout,
+        })
+    }
 }
 
 fn identity_mapped(address: u64, size: u64) -> bool {
@@ -131,6 +257,7 @@ fn bring_up_with<C: ConfigAccess>(
     // SAFETY: BAR0 is the device's register window, identity-mapped (checked), used only as
     // device registers from now on.
     let registers = unsafe { Mmio::new(registers_base as usize, registers_size as usize) }.ok()?;
+    let registers_copy = registers;
     let msix = match MsixCapability::find(ecam, function.address) {
         Ok(msix) => msix,
         Err(error) => {
@@ -140,9 +267,16 @@ fn bring_up_with<C: ConfigAccess>(
     };
     let table = match pci::read_bar(ecam, function.address, msix.table_bar) {
         Ok(Bar::Memory { address, size, .. }) if identity_mapped(address, size) => {
-            let start = address + u64::from(msix.table_offset);
-            // SAFETY: the MSI-X table lies inside that BAR (the capability says so), identity-mapped.
-            unsafe { Mmio::new(start as usize, usize::from(msix.table_size) * 16) }.ok()?
+            // `MsixCapability::program` takes offsets from the BAR's start (it adds the table's
+            // offset itself), so the window starts at the BAR and ends with the table.
+            let length = u64::from(msix.table_offset) + u64::from(msix.table_size) * 16;
+            if length > size {
+                log::error!("igb MSI-X table beyond its BAR: networking off");
+                return None;
+            }
+            // SAFETY: the MSI-X table lies inside that BAR (the capability says so, checked
+            // above), identity-mapped; only table entries are written through this window.
+            unsafe { Mmio::new(address as usize, length as usize) }.ok()?
         }
         other => {
             log::error!("igb MSI-X table BAR unusable ({other:?}): networking off");
@@ -172,14 +306,15 @@ fn bring_up_with<C: ConfigAccess>(
     };
     // Each queue vector goes to the core of its lowest queue; that core wakes the other queues'
     // cores on a shared vector by IPI (node::wake).
+    let holders = QueueHolders::boot(usize::from(queue_count));
     for (index, core) in cores.iter().enumerate().take(queue_count as usize) {
         let Some(vector) = control.queue_vector(QueueId(index as u16)) else {
             continue;
         };
         let routed = crate::node::wake::vector_core(
             usize::from(vector),
-            usize::from(queue_count),
             usize::from(msix.table_size),
+            &holders,
         );
         if routed != Some(index) {
             continue;
@@ -203,6 +338,10 @@ fn bring_up_with<C: ConfigAccess>(
         queue_count,
         vectors: msix.table_size,
         queues: core::array::from_fn(|_| QueueSlot::empty()),
+        registers: registers_copy,
+        msix_table: table,
+        msix,
+        config,
     };
     for (slot, queue) in handoff.queues.iter().zip(queues) {
         // SAFETY: no other core runs yet; core 0 is the only one touching the slots.
@@ -289,6 +428,7 @@ pub fn core_network(
     let applications = netd::app::default_applications(&config);
     let mut net = netd::CoreNet::new(config, applications, cycles, net_instant(now))?;
     net.set_rss_hash(rss_hash);
+    net.set_heap_probe(super::heap::figures);
     // The one flow map starts as the NIC does (group g on queue g mod queues): no change to write.
     let flows = net.flow_map_mut();
     flows.set_owners(drivers::nic::FlowMap::round_robin(handoff.queue_count).owners());
@@ -296,5 +436,5 @@ pub fn core_network(
     let mut queue = queue;
     queue.refill(&mut pool);
     queue.set_interrupt(true);
-    Ok(CoreNetwork { net, queue, pool })
+    Ok(CoreNetwork::new(net, queue, pool))
 }

@@ -63,11 +63,12 @@ pub struct Memcached {
 }
 
 impl Memcached {
-    /// The server on `port` for `config.core`, its memory split from `config.heap_bytes` (or
+    /// The server on `port` for `config.core`, its memory split from the application heap
+    /// ([`NetConfig::application_heap_bytes`]: the heap less TCP's budget) (or
     /// `config.memcached_memory_mb` over all cores), its clock from `config.wall_clock`.
     pub fn new(port: u16, config: &NetConfig) -> Self {
         let limits = MemoryLimits::from_heap(
-            config.heap_bytes,
+            config.application_heap_bytes(),
             config.memcached_memory_mb,
             config.core_count,
         );
