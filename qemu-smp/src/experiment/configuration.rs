@@ -49,6 +49,20 @@ pub struct Target {
     pub guest: Option<Guest>,
 }
 
+/// Flotilla and Linux, each in its default mode (`mode=default`).
+pub const DEFAULTS: [Configuration; 2] = [
+    Configuration {
+        system: System::Flotilla,
+        mode: "default",
+        cmdline: "",
+    },
+    Configuration {
+        system: System::Linux,
+        mode: "default",
+        cmdline: "",
+    },
+];
+
 /// The monitors' heartbeat period the experiments keep (the kernel's default).
 pub const HEARTBEAT_MS: u32 = 100;
 /// Heartbeats a core may miss before it is declared failed, uncapped (the kernel's default).

@@ -127,7 +127,7 @@ pub struct Guest {
     pub boot_to_serving: Duration,
     caps: Option<CpuCaps>,
     machine: Machine,
-    _namespace: TapNamespace,
+    namespace: TapNamespace,
 }
 
 fn unique_name(what: &str) -> String {
@@ -204,7 +204,7 @@ impl Guest {
             boot_to_serving,
             caps: None,
             machine,
-            _namespace: namespace,
+            namespace,
         })
     }
 
@@ -234,6 +234,15 @@ impl Guest {
             .into_iter()
             .filter(|line| line.contains("unknown option") || line.contains("bad value"))
             .collect()
+    }
+
+    /// A counter of the host's tap device (`/sys/class/net/tap0/statistics/NAME`, read inside
+    /// the guest's namespace): `tx_dropped` counts frames for the guest that QEMU did not take
+    /// (its igb model stops reading the tap while every receive ring is full).
+    pub fn tap_counter(&self, name: &str) -> Option<u64> {
+        let path = format!("/sys/class/net/{}/statistics/{name}", self.namespace.tap);
+        let output = self.namespace.exec(&["cat", &path]).ok()?;
+        String::from_utf8_lossy(&output.stdout).trim().parse().ok()
     }
 
     /// The monitors' failure verdicts the console printed (`monitor: core A saw core B fail at

@@ -206,6 +206,16 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
                 rate_text(p99s.last().map_or(0.0, |p| p.0)),
                 losses.last().map_or(0.0, |l| l.1)
             ));
+            if let Some(guest) = target.guest.as_ref().filter(|g| g.system == System::Flotilla) {
+                // Where the frames went, cumulative since boot.
+                let drops = sweep::flotilla_drops(&target.endpoint, &["udp:7", "udp:9", "icmp"])
+                    .unwrap_or_else(|e| e.to_string());
+                let tap = guest.tap_counter("tx_dropped").map_or("?".into(), |n| n.to_string());
+                context.record_list(
+                    "guest_counters",
+                    format!("{} after the {} sweep: tap tx_dropped={tap} | {drops}", run.label(), flood.name),
+                );
+            }
             let label = format!("{} {}", run.system, run.mode);
             latency_series.push(Series::new(label.clone(), index, p99s));
             loss_series.push(Series::new(label, index, losses));

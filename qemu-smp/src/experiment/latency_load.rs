@@ -7,7 +7,7 @@
 //! server answers less than 80% of them); the sweep then offers fixed fractions of it, so both
 //! systems are swept from light load to past saturation.
 
-use super::configuration::Configuration;
+use super::configuration::DEFAULTS;
 use super::csv::{Cell, Table};
 use super::guest::System;
 use super::plot::{self, Panel, Series};
@@ -32,18 +32,6 @@ const FLOWS: usize = 16;
 /// The latency bound for "throughput at p99 ≤ bound" in the summary (issue 13's benchmark).
 const P99_BOUND_US: f64 = 500.0;
 
-const CONFIGURATIONS: [Configuration; 2] = [
-    Configuration {
-        system: System::Flotilla,
-        mode: "default",
-        cmdline: "",
-    },
-    Configuration {
-        system: System::Linux,
-        mode: "default",
-        cmdline: "",
-    },
-];
 
 fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
     let fractions: Vec<f64> = context.pick(
@@ -64,7 +52,7 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
         "capacity_probe_rps",
         "errors",
     ]);
-    let runs = context.runs(&CONFIGURATIONS);
+    let runs = context.runs(&DEFAULTS);
     context.steps((runs.len() * (2 * fractions.len() + 3)) as u64);
     let mut echo_series = Vec::new();
     let mut memcached_series = Vec::new();

@@ -5,9 +5,9 @@
 //! with the same share of a host core (the `vcpu_share` column): N vCPUs are then worth N times
 //! one, and the host keeps room for QEMU's I/O thread and the generator.
 
-use super::configuration::Configuration;
+use super::configuration::DEFAULTS;
 use super::csv::{Cell, Table};
-use super::guest::{Endpoint, System};
+use super::guest::Endpoint;
 use super::plot::{self, Panel, Series};
 use super::sweep::{self, rate_text};
 use super::{Context, Experiment, ExperimentError, Figure};
@@ -28,18 +28,6 @@ const FLOWS: usize = 32;
 /// Requests outstanding per flow.
 const WINDOW: u32 = 4;
 
-const CONFIGURATIONS: [Configuration; 2] = [
-    Configuration {
-        system: System::Flotilla,
-        mode: "default",
-        cmdline: "",
-    },
-    Configuration {
-        system: System::Linux,
-        mode: "default",
-        cmdline: "",
-    },
-];
 
 /// COST of a series: the fewest cores whose throughput reaches `best_single`.
 pub fn cost(series: &[(u32, f64)], best_single: f64) -> Option<u32> {
@@ -89,7 +77,7 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
         }
         None => {
             context.steps((2 * core_counts.len() * (1 + repeats)) as u64);
-            for run in context.runs(&CONFIGURATIONS) {
+            for run in context.runs(&DEFAULTS) {
                 let mut series = Vec::new();
                 for cores in &core_counts {
                     let target = context.reach(&run, *cores, VCPU_SHARE)?;

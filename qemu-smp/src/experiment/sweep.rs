@@ -86,39 +86,82 @@ pub fn closed_echo(
 /// Sends one `stats` command (`stats`, `stats flotilla`) to the memcached at `endpoint` on a
 /// connection of its own and returns the counters that are not zero as `name=value` words.
 pub fn memcached_stats(endpoint: &Endpoint, command: &str) -> Result<String, ExperimentError> {
-    let target = endpoint.at(MEMCACHED_PORT);
-    let netns = endpoint.netns.clone();
-    let command = format!("{command}\r\n");
-    let reply = std::thread::spawn(move || -> std::io::Result<String> {
-        if let Some(path) = &netns {
-            loadgen::sys::join_network_namespace(path)?;
-        }
-        let mut stream = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3))?;
-        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-        stream.write_all(command.as_bytes())?;
-        let mut reply = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !reply.ends_with(b"END\r\n") {
-            let n = stream.read(&mut chunk)?;
-            if n == 0 {
-                break;
-            }
-            reply.extend_from_slice(&chunk[..n]);
-        }
-        Ok(String::from_utf8_lossy(&reply).into_owned())
-    })
-    .join()
-    .map_err(|_| ExperimentError::Setup("the stats thread panicked".into()))?
-    .map_err(|e| ExperimentError::Guest(format!("memcached at {target}: {e}")))?;
-    Ok(nonzero_stats(&reply))
+    let reply = exchange(
+        endpoint,
+        MEMCACHED_PORT,
+        format!("{command}\r\n"),
+        |reply| reply.ends_with(b"END\r\n"),
+    )?;
+    Ok(nonzero_stats(&String::from_utf8_lossy(&reply)))
 }
 
 /// `GET path` from the guest's HTTP server (port 80) on a connection of its own: the body.
 pub fn http_get(endpoint: &Endpoint, path: &str) -> Result<String, ExperimentError> {
-    let target = endpoint.at(HTTP_PORT);
-    let netns = endpoint.netns.clone();
     let request = format!("GET {path} HTTP/1.1\r\nHost: guest\r\nConnection: close\r\n\r\n");
-    let reply = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+    let reply = exchange(endpoint, HTTP_PORT, request, |_| false)?;
+    let text = String::from_utf8_lossy(&reply);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(ExperimentError::Guest(format!(
+            "GET {}{path}: {}",
+            endpoint.at(HTTP_PORT),
+            text.lines().next().unwrap_or("no reply")
+        ))),
+    }
+}
+
+/// Where a Flotilla guest dropped frames so far, from its `/stats`: per core the turns that
+/// withheld receive or left frames in the ring at the quota, the shared FIFO's drops (the
+/// `netd.lrp=off` baseline), and for each path of `paths` its packets and its drops at its
+/// queue, its socket and on transmit (cumulative since boot).
+pub fn flotilla_drops(endpoint: &Endpoint, paths: &[&str]) -> Result<String, ExperimentError> {
+    let body = http_get(endpoint, "/stats")?;
+    let stats: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| ExperimentError::Guest(format!("/stats is not JSON: {e}")))?;
+    let number = |value: &serde_json::Value, path: &[&str]| -> u64 {
+        path.iter()
+            .try_fold(value, |v, key| v.get(key))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let mut out = Vec::new();
+    for core in stats["cores"].as_array().into_iter().flatten() {
+        let mut text = format!(
+            "core {}: rx_withheld={} rx_quota_reached={} shared_queue_drops={}",
+            number(core, &["core"]),
+            number(core, &["rx_withheld"]),
+            number(core, &["rx_quota_reached"]),
+            number(core, &["drops", "shared_queue"])
+        );
+        for path in core["paths"].as_array().into_iter().flatten() {
+            let name = path["path"].as_str().unwrap_or("");
+            if paths.contains(&name) {
+                text += &format!(
+                    "; {name} packets={} drops queue={} socket={} transmit={}",
+                    number(path, &["packets"]),
+                    number(path, &["drops", "queue"]),
+                    number(path, &["drops", "socket"]),
+                    number(path, &["drops", "transmit"])
+                );
+            }
+        }
+        out.push(text);
+    }
+    Ok(out.join(" | "))
+}
+
+/// Sends `request` to `endpoint:port` on a TCP connection of its own (from the endpoint's
+/// namespace) and reads until `complete` says so or the server closes (3 s connect, 5 s read
+/// limits).
+fn exchange(
+    endpoint: &Endpoint,
+    port: u16,
+    request: String,
+    complete: fn(&[u8]) -> bool,
+) -> Result<Vec<u8>, ExperimentError> {
+    let target = endpoint.at(port);
+    let netns = endpoint.netns.clone();
+    std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
         if let Some(path) = &netns {
             loadgen::sys::join_network_namespace(path)?;
         }
@@ -126,20 +169,19 @@ pub fn http_get(endpoint: &Endpoint, path: &str) -> Result<String, ExperimentErr
         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         stream.write_all(request.as_bytes())?;
         let mut reply = Vec::new();
-        stream.read_to_end(&mut reply)?;
+        let mut chunk = [0u8; 4096];
+        while !complete(&reply) {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            reply.extend_from_slice(&chunk[..n]);
+        }
         Ok(reply)
     })
     .join()
-    .map_err(|_| ExperimentError::Setup("the HTTP thread panicked".into()))?
-    .map_err(|e| ExperimentError::Guest(format!("GET {target}{path}: {e}")))?;
-    let text = String::from_utf8_lossy(&reply);
-    match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
-        _ => Err(ExperimentError::Guest(format!(
-            "GET {target}{path}: {}",
-            text.lines().next().unwrap_or("no reply")
-        ))),
-    }
+    .map_err(|_| ExperimentError::Setup("the connection thread panicked".into()))?
+    .map_err(|e| ExperimentError::Guest(format!("{target}: {e}")))
 }
 
 /// `STAT name value` lines whose value is not 0, as `name=value` words.
