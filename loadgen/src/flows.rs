@@ -58,6 +58,17 @@ pub fn queue_of_flow(
     queue_of(&default_table(queues), flow.hash(&DEFAULT_KEY))
 }
 
+/// The queue a packet with no ports (ICMP) from `source` to `destination` lands on among
+/// `queues` queues: the NIC hashes such packets on the addresses alone.
+pub fn queue_of_addresses(source: Ipv4Addr, destination: Ipv4Addr, queues: u16) -> QueueId {
+    let flow = FlowTuple::V4 {
+        source: source.octets(),
+        destination: destination.octets(),
+        ports: None,
+    };
+    queue_of(&default_table(queues), flow.hash(&DEFAULT_KEY))
+}
+
 /// The first source port in `range` whose flow to `destination:port` lands on `queue`.
 pub fn port_on_queue(
     source: Ipv4Addr,
@@ -94,5 +105,31 @@ mod tests {
         }
         let port = port_on_queue(host, guest, 9, QueueId(3), 4, 40_000..50_000).unwrap();
         assert_eq!(queue_of_flow(host, port, guest, 9, 4), QueueId(3));
+    }
+
+    #[test]
+    fn a_packet_without_ports_is_steered_by_its_addresses() {
+        let host = Ipv4Addr::new(10, 0, 2, 2);
+        let guest = Ipv4Addr::new(10, 0, 2, 15);
+        let table = default_table(16);
+        let mut queues = std::collections::BTreeSet::new();
+        for last in 1..=40u8 {
+            let source = Ipv4Addr::new(10, 0, 2, last);
+            let hash = FlowTuple::V4 {
+                source: source.octets(),
+                destination: guest.octets(),
+                ports: None,
+            }
+            .hash(&DEFAULT_KEY);
+            let queue = queue_of_addresses(source, guest, 16);
+            assert_eq!(queue, queue_of(&table, hash));
+            queues.insert(queue.0);
+        }
+        // Different source addresses reach different queues; one pair always the same one.
+        assert!(queues.len() > 4, "{queues:?}");
+        assert_eq!(
+            queue_of_addresses(host, guest, 2),
+            queue_of_addresses(host, guest, 2)
+        );
     }
 }

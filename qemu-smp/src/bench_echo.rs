@@ -24,14 +24,13 @@ use std::sync::mpsc;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use crate::experiment::guest::{guest_namespace, wait_for_echo};
 use crate::machine::{
     is_failure_line, parse_ready_line, Machine, MachineConfig, MachineError, Network,
 };
-use crate::tap::{TapError, TapNamespace, GUEST_ADDRESS, HOST_ADDRESS};
+use crate::tap::{TapError, GUEST_ADDRESS, HOST_ADDRESS};
 use crate::{BuildError, DependencyError};
 
-/// The guest's MAC address (as `MachineConfig::qemu_args` gives it).
-const GUEST_MAC: &str = "52:54:00:12:34:56";
 /// The echo port.
 const ECHO_PORT: u16 = 7;
 
@@ -277,21 +276,7 @@ fn measure(
     system: &str,
 ) -> Result<Figures, BenchError> {
     let name = format!("flotilla-bench-{}-{system}", std::process::id());
-    let namespace = TapNamespace::create(&name).map_err(BenchError::Namespace)?;
-    namespace
-        .exec(&[
-            "ip",
-            "neigh",
-            "replace",
-            GUEST_ADDRESS,
-            "lladdr",
-            GUEST_MAC,
-            "dev",
-            &namespace.tap,
-            "nud",
-            "permanent",
-        ])
-        .map_err(BenchError::Namespace)?;
+    let namespace = guest_namespace(&name).map_err(BenchError::Namespace)?;
     config.network = Network::Tap {
         namespace: namespace.name.clone(),
         tap: namespace.tap.clone(),
@@ -364,7 +349,12 @@ fn client_main(
     probe: &UdpSocket,
     started: Instant,
 ) -> Result<ClientResults, BenchError> {
-    let boot_to_serving = wait_until_serving(probe, started, Duration::from_secs(180))?;
+    let limit = Duration::from_secs(180);
+    let boot_to_serving =
+        wait_for_echo(probe, started, limit, || None).map_err(|_| BenchError::NeverServed {
+            waited: limit,
+            console: String::new(),
+        })?;
     eprintln!(
         "bench echo: serving {:.2} s after QEMU started",
         boot_to_serving.as_secs_f64()
@@ -413,32 +403,6 @@ fn payload(sequence: u64, length: usize) -> Vec<u8> {
 
 fn sequence_of(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
-}
-
-/// Probes every 2 ms from QEMU's start until the first echo; returns the time since the start.
-fn wait_until_serving(
-    probe: &UdpSocket,
-    started: Instant,
-    limit: Duration,
-) -> Result<Duration, BenchError> {
-    probe
-        .set_read_timeout(Some(Duration::from_millis(2)))
-        .map_err(io("setting the probe timeout"))?;
-    let mut buffer = [0u8; 2048];
-    let mut sequence = 0u64;
-    while started.elapsed() < limit {
-        sequence += 1;
-        // Sends fail while the tap has no carrier (QEMU not yet attached): keep probing.
-        let _ = probe.send(&payload(sequence, 64));
-        match probe.recv(&mut buffer) {
-            Ok(n) if sequence_of(&buffer[..n]).is_some() => return Ok(started.elapsed()),
-            _ => {}
-        }
-    }
-    Err(BenchError::NeverServed {
-        waited: limit,
-        console: String::new(),
-    })
 }
 
 /// Sends `count` requests one after the other on `socket` and times each answer (200 ms

@@ -215,24 +215,53 @@ fn isolation() {
     .map(|(s, m)| (s.to_string(), m.to_string()))
     .collect();
     assert_eq!(pairs(&rows, "system", "mode"), want);
-    for (system, mode) in &want {
-        let series: Vec<_> = rows
+    // Every configuration meets both floods, each under one CPU limit for every system.
+    let floods: BTreeSet<String> = rows.iter().map(|r| r["flood"].clone()).collect();
+    let want_floods: BTreeSet<String> = ["udp-discard", "icmp-echo"]
+        .iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert_eq!(floods, want_floods);
+    for flood in &floods {
+        let limits: BTreeSet<&String> = rows
             .iter()
-            .filter(|r| &r["system"] == system && &r["mode"] == mode)
+            .filter(|r| &r["flood"] == flood)
+            .map(|r| &r["guest_cpu_limit"])
             .collect();
-        assert!(
-            series.len() >= 3,
-            "{system}/{mode}: {} points",
-            series.len()
-        );
         assert_eq!(
-            number(series[0], "flood_pps"),
-            0.0,
-            "{system}/{mode}: the sweep starts without flood"
+            limits.len(),
+            1,
+            "{flood}: one CPU limit for every system: {limits:?}"
         );
-        for row in &series {
-            let loss = number(row, "victim_loss");
-            assert!((0.0..=1.0).contains(&loss), "{row:?}");
+    }
+    for (system, mode) in &want {
+        for flood in &floods {
+            let series: Vec<_> = rows
+                .iter()
+                .filter(|r| &r["system"] == system && &r["mode"] == mode && &r["flood"] == flood)
+                .collect();
+            assert!(
+                series.len() >= 3,
+                "{system}/{mode}/{flood}: {} points",
+                series.len()
+            );
+            assert_eq!(
+                number(series[0], "flood_pps"),
+                0.0,
+                "{system}/{mode}/{flood}: the sweep starts without flood"
+            );
+            let requested: Vec<f64> = series
+                .iter()
+                .map(|r| number(r, "flood_requested_pps"))
+                .collect();
+            assert!(
+                requested.windows(2).all(|w| w[1] > w[0]),
+                "{system}/{mode}/{flood}: the requested flood must rise: {requested:?}"
+            );
+            for row in &series {
+                let loss = number(row, "victim_loss");
+                assert!((0.0..=1.0).contains(&loss), "{row:?}");
+            }
         }
     }
 }

@@ -7,14 +7,72 @@ use super::cgroup::CpuCaps;
 use super::ExperimentError;
 use crate::linux_guest::{self, LinuxGuest};
 use crate::machine::{is_failure_line, Machine, MachineConfig, Network};
-use crate::tap::{TapNamespace, GUEST_ADDRESS, HOST_ADDRESS};
+use crate::tap::{TapError, TapNamespace, GUEST_ADDRESS, HOST_ADDRESS};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The guest's MAC address (as `MachineConfig::qemu_args` gives it).
-const GUEST_MAC: &str = "52:54:00:12:34:56";
+pub const GUEST_MAC: &str = "52:54:00:12:34:56";
+
+/// A tap namespace `name` for one guest, with the host's neighbour entry for the guest made
+/// permanent (so no ARP retry timer blurs the boot-to-serving time or the first requests).
+pub fn guest_namespace(name: &str) -> Result<TapNamespace, TapError> {
+    let namespace = TapNamespace::create(name)?;
+    namespace.exec(&[
+        "ip",
+        "neigh",
+        "replace",
+        GUEST_ADDRESS,
+        "lladdr",
+        GUEST_MAC,
+        "dev",
+        &namespace.tap,
+        "nud",
+        "permanent",
+    ])?;
+    Ok(namespace)
+}
+
+/// Why a guest never answered the probe.
+#[derive(Debug)]
+pub enum NotServing {
+    /// The check reported a failure (a fault or panic line of the console).
+    Failed(String),
+    /// No echo within the limit.
+    TimedOut,
+}
+
+/// Probes the guest's UDP echo port with `probe` (a socket connected to it) every 2 ms from
+/// QEMU's start `started` until an echo of a probe comes back, at most `limit`; every 200 tries
+/// `failure` may say the guest failed. Returns the time from `started` to the first echo.
+pub fn wait_for_echo(
+    probe: &UdpSocket,
+    started: Instant,
+    limit: Duration,
+    mut failure: impl FnMut() -> Option<String>,
+) -> Result<Duration, NotServing> {
+    let _ = probe.set_read_timeout(Some(Duration::from_millis(2)));
+    let mut buffer = [0u8; 256];
+    let mut tries = 0u64;
+    while started.elapsed() < limit {
+        tries += 1;
+        // Sends fail while the tap has no carrier (QEMU not yet attached): keep probing.
+        let _ = probe.send(format!("probe {tries:<58}").as_bytes());
+        if let Ok(n) = probe.recv(&mut buffer) {
+            if buffer[..n].starts_with(b"probe ") {
+                return Ok(started.elapsed());
+            }
+        }
+        if tries.is_multiple_of(200) {
+            if let Some(line) = failure() {
+                return Err(NotServing::Failed(line));
+            }
+        }
+    }
+    Err(NotServing::TimedOut)
+}
 
 /// Which operating system.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +127,7 @@ pub struct Guest {
     pub boot_to_serving: Duration,
     caps: Option<CpuCaps>,
     machine: Machine,
-    _namespace: TapNamespace,
+    namespace: TapNamespace,
 }
 
 fn unique_name(what: &str) -> String {
@@ -94,21 +152,7 @@ impl Guest {
     ) -> Result<Self, ExperimentError> {
         let name = unique_name(system.name());
         let namespace =
-            TapNamespace::create(&name).map_err(|e| ExperimentError::Setup(e.to_string()))?;
-        namespace
-            .exec(&[
-                "ip",
-                "neigh",
-                "replace",
-                GUEST_ADDRESS,
-                "lladdr",
-                GUEST_MAC,
-                "dev",
-                &namespace.tap,
-                "nud",
-                "permanent",
-            ])
-            .map_err(|e| ExperimentError::Setup(e.to_string()))?;
+            guest_namespace(&name).map_err(|e| ExperimentError::Setup(e.to_string()))?;
         let (mut config, cmdline) = match system {
             System::Flotilla => {
                 let cmdline = format!("log=warn urpc=off {extra_cmdline}")
@@ -160,7 +204,7 @@ impl Guest {
             boot_to_serving,
             caps: None,
             machine,
-            _namespace: namespace,
+            namespace,
         })
     }
 
@@ -192,6 +236,24 @@ impl Guest {
             .collect()
     }
 
+    /// A counter of the host's tap device (`/sys/class/net/tap0/statistics/NAME`, read inside
+    /// the guest's namespace): `tx_dropped` counts frames for the guest that QEMU did not take
+    /// (its igb model stops reading the tap while every receive ring is full).
+    pub fn tap_counter(&self, name: &str) -> Option<u64> {
+        let path = format!("/sys/class/net/{}/statistics/{name}", self.namespace.tap);
+        let output = self.namespace.exec(&["cat", &path]).ok()?;
+        String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+    }
+
+    /// The monitors' failure verdicts the console printed (`monitor: core A saw core B fail at
+    /// T ms`): in an experiment every core is alive, so each is a false verdict.
+    pub fn failure_verdicts(&self) -> Vec<String> {
+        self.console()
+            .into_iter()
+            .filter(|line| line.contains(" saw core ") && line.contains(" fail"))
+            .collect()
+    }
+
     /// A failure the console reported (fault, panic), if any.
     pub fn failure(&self) -> Option<String> {
         self.console()
@@ -211,9 +273,6 @@ fn probe_socket(netns: &std::path::Path) -> Result<UdpSocket, ExperimentError> {
         socket
             .connect((GUEST_ADDRESS, 7))
             .map_err(|e| ExperimentError::Setup(format!("probe socket: {e}")))?;
-        socket
-            .set_read_timeout(Some(Duration::from_millis(5)))
-            .map_err(|e| ExperimentError::Setup(format!("probe socket: {e}")))?;
         Ok(socket)
     })
     .join()
@@ -226,33 +285,21 @@ fn wait_serving(
     limit: Duration,
     machine: &Machine,
 ) -> Result<Duration, ExperimentError> {
-    let mut buffer = [0u8; 256];
-    let mut tries = 0u64;
-    while started.elapsed() < limit {
-        tries += 1;
-        let _ = probe.send(format!("probe {tries}").as_bytes());
-        if let Ok(n) = probe.recv(&mut buffer) {
-            if buffer[..n].starts_with(b"probe ") {
-                return Ok(started.elapsed());
+    let failure = || {
+        machine
+            .console()
+            .into_iter()
+            .find(|l| is_failure_line(l) || l.contains("Kernel panic"))
+    };
+    wait_for_echo(probe, started, limit, failure).map_err(|error| {
+        let console = machine.console().join("\n");
+        ExperimentError::Guest(match error {
+            NotServing::Failed(line) => format!("boot failed: {line}\n{console}"),
+            NotServing::TimedOut => {
+                format!("no UDP echo within {limit:?} of QEMU's start; console:\n{console}")
             }
-        }
-        if tries.is_multiple_of(200) {
-            if let Some(line) = machine
-                .console()
-                .iter()
-                .find(|l| is_failure_line(l) || l.contains("Kernel panic"))
-            {
-                return Err(ExperimentError::Guest(format!(
-                    "boot failed: {line}\n{}",
-                    machine.console().join("\n")
-                )));
-            }
-        }
-    }
-    Err(ExperimentError::Guest(format!(
-        "no UDP echo within {limit:?} of QEMU's start; console:\n{}",
-        machine.console().join("\n")
-    )))
+        })
+    })
 }
 
 /// An endpoint for `--target ADDR`: the source address is the one this machine uses to reach

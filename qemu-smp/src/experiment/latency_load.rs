@@ -7,8 +7,9 @@
 //! server answers less than 80% of them); the sweep then offers fixed fractions of it, so both
 //! systems are swept from light load to past saturation.
 
+use super::configuration::DEFAULTS;
 use super::csv::{Cell, Table};
-use super::guest::{Endpoint, System};
+use super::guest::System;
 use super::plot::{self, Panel, Series};
 use super::sweep::{self, rate_text};
 use super::{Context, Experiment, ExperimentError, Figure};
@@ -28,6 +29,9 @@ const CORES: u32 = 2;
 /// throttling (up to a period minus the quota at a time) does not dominate the latencies.
 const VCPU_SHARE: f64 = 0.5;
 const FLOWS: usize = 16;
+/// The latency bound for "throughput at p99 ≤ bound" in the summary (issue 13's benchmark).
+const P99_BOUND_US: f64 = 500.0;
+
 
 fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
     let fractions: Vec<f64> = context.pick(
@@ -48,63 +52,29 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
         "capacity_probe_rps",
         "errors",
     ]);
-    let remote = context.remote()?;
-    let systems: Vec<(String, Option<System>)> = match &remote {
-        Some(_) => vec![(context.options.target_system.clone(), None)],
-        None => vec![("flotilla".into(), Some(System::Flotilla)), ("linux".into(), Some(System::Linux))],
-    };
-    context.steps((systems.len() * (2 * fractions.len() + 3)) as u64);
+    let runs = context.runs(&DEFAULTS);
+    context.steps((runs.len() * (2 * fractions.len() + 3)) as u64);
     let mut echo_series = Vec::new();
     let mut memcached_series = Vec::new();
     let mut summary = Vec::new();
-    for (index, (system_name, system)) in systems.iter().enumerate() {
-        let mut guest = None;
-        let (endpoint, queues, limit): (Endpoint, u32, Cell) = match (system, &remote) {
-            (_, Some(endpoint)) => (endpoint.clone(), context.options.target_cores, "uncapped".into()),
-            (Some(system), None) => {
-                context.step(format!("booting {system_name}"));
-                let mut booted = context.boot(*system, CORES, "")?;
-                context.cap(&mut booted, VCPU_SHARE)?;
-                let endpoint = booted.endpoint.clone();
-                guest = Some(booted);
-                (endpoint, CORES, VCPU_SHARE.into())
-            }
-            (None, None) => unreachable!("a system is booted here or reached with --target"),
-        };
+    for (index, run) in runs.iter().enumerate() {
+        let target = context.reach(run, CORES, VCPU_SHARE)?;
+        let (endpoint, queues, limit) = (&target.endpoint, target.queues, &target.limit);
+        let system_name = run.system.as_str();
         // UDP echo.
-        let ports = sweep::spread(&endpoint, sweep::ECHO_PORT, FLOWS, queues, 20_000..40_000);
+        let ports = sweep::spread(endpoint, sweep::ECHO_PORT, FLOWS, queues, 20_000..40_000);
         context.step(format!("{system_name}/udp-echo: capacity"));
-        sweep::closed_echo(&endpoint, &ports, 4, Duration::from_millis(400))?;
-        let capacity = sweep::closed_echo(&endpoint, &ports, 8, Duration::from_secs(1))?.received_per_second();
-        let mut p99s = Vec::new();
-        let mut p50s = Vec::new();
-        for fraction in &fractions {
-            let rate = (capacity * fraction).max(1.0);
-            context.step(format!("{system_name}/udp-echo: {}", rate_text(rate)));
-            let outcome = sweep::open_echo(&endpoint, &ports, rate, duration)?;
-            let achieved = outcome.received_per_second();
-            context.check_ceiling(achieved, &format!("{system_name}/udp-echo achieved"));
-            push(&mut table, system_name, "udp-echo", &outcome, achieved, &limit, rate, capacity)?;
-            if let (Some(p50), Some(p99)) = (outcome.latency.p50_us(), outcome.latency.p99_us()) {
-                p50s.push((achieved, p50));
-                p99s.push((achieved, p99));
-            }
-        }
-        // The p99 at the highest offered load at or below 80% of capacity.
-        let at = fractions.iter().rposition(|f| *f <= 0.8).unwrap_or(0);
-        summary.push(format!(
-            "{system_name}/udp-echo capacity {}, p50 {:.0} us / p99 {:.0} us at {:.0}% of it",
-            rate_text(capacity),
-            p50s.get(at).map_or(0.0, |p| p.1),
-            p99s.get(at).map_or(0.0, |p| p.1),
-            100.0 * fractions[at]
-        ));
-        echo_series.push(Series::new(format!("{system_name} p99"), index, p99s));
-        echo_series.push(Series::new(format!("{system_name} p50"), index, p50s).dashed());
+        sweep::closed_echo(endpoint, &ports, 4, Duration::from_millis(400))?;
+        let capacity = sweep::closed_echo(endpoint, &ports, 8, Duration::from_secs(1))?.received_per_second();
+        let curve = sweep_curve(context, &mut table, system_name, "udp-echo", &fractions, capacity, limit, |rate, _| {
+            sweep::open_echo(endpoint, &ports, rate, duration)
+        })?;
+        summary.push(curve.summary(system_name, "udp-echo", capacity, &fractions, ""));
+        curve.draw(&mut echo_series, system_name, index);
 
         // memcached over TCP.
         let mix = MemcachedMix::default();
-        let connection_ports = sweep::spread(&endpoint, sweep::MEMCACHED_PORT, FLOWS, queues, 40_000..50_000);
+        let connection_ports = sweep::spread(endpoint, sweep::MEMCACHED_PORT, FLOWS, queues, 40_000..50_000);
         context.step(format!("{system_name}/memcached: connecting and storing {} keys", mix.keys));
         let mut client = MemcachedTcp::connect(
             endpoint.source,
@@ -137,41 +107,33 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
             probe_rate *= 2.0;
         }
         client.settle(Duration::from_secs(10));
-        let (mut p99s, mut p50s) = (Vec::new(), Vec::new());
-        for (step, fraction) in fractions.iter().enumerate() {
-            let rate = (memcached_capacity * fraction).max(1.0);
-            context.step(format!("{system_name}/memcached: {}", rate_text(rate)));
+        let curve = sweep_curve(context, &mut table, system_name, "memcached", &fractions, memcached_capacity, limit, |rate, step| {
             let outcome = client.run(rate, Arrivals::Poisson, duration, Duration::from_millis(500), 0, 10 + step as u64);
             client.settle(Duration::from_secs(5));
-            let achieved = outcome.received_per_second();
-            context.check_ceiling(achieved, &format!("{system_name}/memcached achieved"));
-            if outcome.errors > 0 {
-                context.note(format!("{system_name}/memcached: {} error replies at {}", outcome.errors, rate_text(rate)));
+            Ok(outcome)
+        })?;
+        let probe = format!(" (probe: {hits} hits, {misses} misses)");
+        summary.push(curve.summary(system_name, "memcached", memcached_capacity, &fractions, &probe));
+        curve.draw(&mut memcached_series, system_name, index);
+        drop(client);
+        if run.configuration.is_some_and(|c| c.system == System::Flotilla) {
+            // The guest's own view of the sweep: where requests and replies were refused,
+            // retried or dropped.
+            match sweep::memcached_stats(endpoint, "stats flotilla") {
+                Ok(stats) => context.record_list("guest_counters", format!("{system_name} memcached after the sweep: {stats}")),
+                Err(e) => context.note(format!("{system_name}: stats flotilla: {e}")),
             }
-            push(&mut table, system_name, "memcached", &outcome, achieved, &limit, rate, memcached_capacity)?;
-            if let (Some(p50), Some(p99)) = (outcome.latency.p50_us(), outcome.latency.p99_us()) {
-                p50s.push((achieved, p50));
-                p99s.push((achieved, p99));
+            // Every core's counters (paths, drops by place, transport refusals) as JSON.
+            let path = context.options.out.join(format!("{}.flotilla-stats.json", context.name));
+            match sweep::http_get(endpoint, "/stats").map(|body| std::fs::write(&path, body)) {
+                Ok(Ok(())) => context.record("guest_stats_file", path.display().to_string()),
+                Ok(Err(e)) => context.note(format!("{}: {e}", path.display())),
+                Err(e) => context.note(format!("{system_name}: /stats: {e}")),
             }
         }
-        let at = fractions.iter().rposition(|f| *f <= 0.8).unwrap_or(0);
-        summary.push(format!(
-            "{system_name}/memcached capacity {}, p50 {:.0} us / p99 {:.0} us at {:.0}% of it (probe: {hits} hits, {misses} misses)",
-            rate_text(memcached_capacity),
-            p50s.get(at).map_or(0.0, |p| p.1),
-            p99s.get(at).map_or(0.0, |p| p.1),
-            100.0 * fractions[at]
-        ));
-        memcached_series.push(Series::new(format!("{system_name} p99"), index, p99s));
-        memcached_series.push(Series::new(format!("{system_name} p50"), index, p50s).dashed());
-        drop(client);
-        drop(guest);
+        context.finish(run, target);
     }
-    let limit_text = if remote.is_some() {
-        "uncapped".to_string()
-    } else {
-        format!("{CORES} cores, each vCPU capped at {:.0}% of a host core", VCPU_SHARE * 100.0)
-    };
+    let limit_text = format!("{CORES} cores, {}", context.cap_text(VCPU_SHARE));
     let panel = |title: &str, series| Panel {
         title: title.into(),
         x_label: "achieved throughput (requests/s)".into(),
@@ -192,6 +154,72 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
         table,
         summary: summary.join("; "),
     })
+}
+
+/// One system's curve of a workload: (achieved, p50) and (achieved, p99) per offered load.
+#[derive(Default)]
+struct Curve {
+    p50s: Vec<(f64, f64)>,
+    p99s: Vec<(f64, f64)>,
+}
+
+impl Curve {
+    /// The summary: capacity, the latencies at the highest load ≤ 80% of it, and the most
+    /// throughput achieved with p99 ≤ [`P99_BOUND_US`].
+    fn summary(&self, system: &str, workload: &str, capacity: f64, fractions: &[f64], extra: &str) -> String {
+        let at = fractions.iter().rposition(|f| *f <= 0.8).unwrap_or(0);
+        let bounded = self
+            .p99s
+            .iter()
+            .filter(|(_, p99)| *p99 <= P99_BOUND_US)
+            .map(|(achieved, _)| *achieved)
+            .fold(None, |best: Option<f64>, rate| Some(best.map_or(rate, |b| b.max(rate))));
+        let bounded = bounded.map_or_else(|| "none".to_string(), rate_text);
+        format!(
+            "{system}/{workload} capacity {}, p50 {:.0} us / p99 {:.0} us at {:.0}% of it, {bounded} at p99 <= {P99_BOUND_US:.0} us{extra}",
+            rate_text(capacity),
+            self.p50s.get(at).map_or(0.0, |p| p.1),
+            self.p99s.get(at).map_or(0.0, |p| p.1),
+            100.0 * fractions[at]
+        )
+    }
+
+    /// Adds the curve's p99 (solid) and p50 (dashed) series.
+    fn draw(self, series: &mut Vec<Series>, system: &str, colour: usize) {
+        series.push(Series::new(format!("{system} p99"), colour, self.p99s));
+        series.push(Series::new(format!("{system} p50"), colour, self.p50s).dashed());
+    }
+}
+
+/// Offers each fraction of `capacity` with `measure(rate, step)`, one row per load.
+#[allow(clippy::too_many_arguments)]
+fn sweep_curve(
+    context: &mut Context,
+    table: &mut Table,
+    system: &str,
+    workload: &str,
+    fractions: &[f64],
+    capacity: f64,
+    limit: &Cell,
+    mut measure: impl FnMut(f64, usize) -> Result<loadgen::Outcome, ExperimentError>,
+) -> Result<Curve, ExperimentError> {
+    let mut curve = Curve::default();
+    for (step, fraction) in fractions.iter().enumerate() {
+        let rate = (capacity * fraction).max(1.0);
+        context.step(format!("{system}/{workload}: {}", rate_text(rate)));
+        let outcome = measure(rate, step)?;
+        let achieved = outcome.received_per_second();
+        context.check_ceiling(achieved, &format!("{system}/{workload} achieved"));
+        if outcome.errors > 0 {
+            context.note(format!("{system}/{workload}: {} error replies at {}", outcome.errors, rate_text(rate)));
+        }
+        push(table, system, workload, &outcome, achieved, limit, rate, capacity)?;
+        if let (Some(p50), Some(p99)) = (outcome.latency.p50_us(), outcome.latency.p99_us()) {
+            curve.p50s.push((achieved, p50));
+            curve.p99s.push((achieved, p99));
+        }
+    }
+    Ok(curve)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -219,5 +247,5 @@ fn push(
             Cell::Number(capacity, 0),
             outcome.errors.into(),
         ])
-        .map_err(|e| ExperimentError::Columns(format!("{e:?}")))
+        .map_err(ExperimentError::from)
 }

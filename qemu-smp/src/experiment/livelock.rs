@@ -10,8 +10,9 @@
 //! vCPU thread of both guests is capped at the same share of a host core
 //! (`guest_cpu_limit`), so that the generator on this 2-core host offers many times the knee.
 
+use super::configuration::Configuration;
 use super::csv::{Cell, Table};
-use super::guest::{Endpoint, System};
+use super::guest::System;
 use super::plot::{self, Panel, Series};
 use super::sweep::{self, rate_text};
 use super::{Context, Experiment, ExperimentError, Figure};
@@ -31,12 +32,6 @@ pub const CORES: u32 = 2;
 pub const VCPU_SHARE: f64 = 0.10;
 /// UDP flows (spread over the queues by the Toeplitz hash).
 const FLOWS: usize = 16;
-
-struct Configuration {
-    system: System,
-    mode: &'static str,
-    cmdline: &'static str,
-}
 
 const CONFIGURATIONS: [Configuration; 3] = [
     Configuration {
@@ -74,88 +69,50 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
     ]);
     let mut series = Vec::new();
     let mut summary = Vec::new();
-    let remote = context.remote()?;
-    let runs: Vec<(String, String, &str)> = match &remote {
-        Some(_) => vec![(context.options.target_system.clone(), "target".into(), "")],
-        None => CONFIGURATIONS
-            .iter()
-            .map(|c| (c.system.name().to_string(), c.mode.to_string(), c.cmdline))
-            .collect(),
-    };
+    let runs = context.runs(&CONFIGURATIONS);
     context.steps((runs.len() * (rates.len() + 1)) as u64);
-    for (index, (system_name, mode, cmdline)) in runs.iter().enumerate() {
-        // Boot (or reach) the guest, cap it, warm it up.
-        let mut guest = None;
-        let (endpoint, queues, limit): (Endpoint, u32, Cell) = match &remote {
-            Some(endpoint) => (endpoint.clone(), context.options.target_cores, "uncapped".into()),
-            None => {
-                let system = CONFIGURATIONS[index].system;
-                context.step(format!("booting {system_name} ({mode})"));
-                let mut booted = context.boot(system, CORES, cmdline)?;
-                context.cap(&mut booted, VCPU_SHARE)?;
-                let endpoint = booted.endpoint.clone();
-                guest = Some(booted);
-                (endpoint, CORES, VCPU_SHARE.into())
-            }
-        };
-        let note = guest
-            .as_ref()
-            .map(|g| g.ignored_options())
-            .filter(|lines| !lines.is_empty())
-            .map(|_| format!("{cmdline} not implemented by this kernel (ignored): same as the default"))
-            .unwrap_or_default();
-        if !note.is_empty() {
-            context.note(format!("{system_name}/{mode}: {note}"));
-        }
-        let ports = sweep::spread(&endpoint, sweep::ECHO_PORT, FLOWS, queues, 20_000..40_000);
-        sweep::closed_echo(&endpoint, &ports, 4, Duration::from_millis(500))?;
+    for (index, run) in runs.iter().enumerate() {
+        let target = context.reach(run, CORES, VCPU_SHARE)?;
+        let (endpoint, queues) = (&target.endpoint, target.queues);
+        let ports = sweep::spread(endpoint, sweep::ECHO_PORT, FLOWS, queues, 20_000..40_000);
+        sweep::closed_echo(endpoint, &ports, 4, Duration::from_millis(500))?;
         let mut points = Vec::new();
         for rate in &rates {
-            context.step(format!("{system_name}/{mode}: offering {}", rate_text(*rate)));
-            let outcome = sweep::open_echo(&endpoint, &ports, *rate, duration)?;
+            context.step(format!("{}: offering {}", run.label(), rate_text(*rate)));
+            let outcome = sweep::open_echo(endpoint, &ports, *rate, duration)?;
             let (offered, delivered) = (outcome.offered_per_second(), outcome.received_per_second());
-            context.check_ceiling(delivered, &format!("{system_name}/{mode} delivered"));
-            table
-                .push(vec![
-                    system_name.as_str().into(),
-                    mode.as_str().into(),
+            context.check_ceiling(delivered, &format!("{} delivered", run.label()));
+            table.push(vec![
+                    run.system.as_str().into(),
+                    run.mode.as_str().into(),
                     Cell::Number(offered, 0),
                     Cell::Number(delivered, 0),
-                    limit.clone(),
+                    target.limit.clone(),
                     Cell::Number(*rate, 0),
                     Cell::Number(outcome.loss(), 4),
                     outcome.latency.p50_us().into(),
                     outcome.latency.p99_us().into(),
                     outcome.send_failures.into(),
-                    note.as_str().into(),
-                ])
-                .map_err(|e| ExperimentError::Columns(format!("{e:?}")))?;
+                    target.note.as_str().into(),
+                ])?;
             points.push((offered, delivered));
         }
-        if let Some(guest) = &guest {
-            if let Some(failure) = guest.failure() {
-                context.note(format!("{system_name}/{mode}: the console reported: {failure}"));
-            }
-        }
+        context.finish(run, target);
         let peak = points.iter().map(|p| p.1).fold(0.0, f64::max);
         let last = points.last().map_or(0.0, |p| p.1);
         summary.push(format!(
-            "{system_name}/{mode} peak {}, at {} offered {} ({:.0}% of peak)",
+            "{} peak {}, at {} offered {} ({:.0}% of peak)",
+            run.label(),
             rate_text(peak),
             rate_text(points.last().map_or(0.0, |p| p.0)),
             rate_text(last),
             100.0 * last / peak.max(1e-9)
         ));
-        series.push(Series::new(format!("{system_name} {mode}"), index, points));
-        drop(guest);
+        series.push(Series::new(format!("{} {}", run.system, run.mode), index, points));
     }
     let top = rates.last().copied().unwrap_or(1.0);
     series.push(Series::new("delivered = offered", 5, vec![(rates[0], rates[0]), (top, top)]).dashed());
-    let limit_text = if remote.is_some() {
-        "uncapped".to_string()
-    } else {
-        format!("each vCPU capped at {:.0}% of a host core", VCPU_SHARE * 100.0)
-    };
+    let limit_text = context.cap_text(VCPU_SHARE);
     plot::line_chart(
         &context.png_path(),
         &format!("Receive livelock: UDP echo, {CORES} cores, {FLOWS} flows, {limit_text}"),

@@ -9,6 +9,7 @@
 //! load, CPU caps, the generator's ceiling). See `docs/experiments.md`.
 
 pub mod cgroup;
+pub mod configuration;
 pub mod csv;
 pub mod guest;
 pub mod plot;
@@ -101,6 +102,15 @@ impl std::error::Error for ExperimentError {}
 impl From<loadgen::LoadError> for ExperimentError {
     fn from(e: loadgen::LoadError) -> Self {
         Self::Load(e)
+    }
+}
+
+impl From<csv::WidthError> for ExperimentError {
+    fn from(e: csv::WidthError) -> Self {
+        Self::Columns(format!(
+            "a row of {} cells in a table of {} columns",
+            e.cells, e.columns
+        ))
     }
 }
 
@@ -349,6 +359,11 @@ impl Context {
     /// Records a key/value in the provenance file.
     pub fn record(&mut self, key: &str, value: impl Into<String>) {
         self.provenance.set(key, value.into());
+    }
+
+    /// Appends a value to the list `key` of the provenance file.
+    pub fn record_list(&mut self, key: &str, value: impl Into<String>) {
+        self.provenance.push(key, value.into());
     }
 }
 

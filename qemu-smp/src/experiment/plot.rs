@@ -207,14 +207,22 @@ where
     Ok(())
 }
 
-/// Draws `panels` side by side under `title` into the PNG at `path`.
+/// Draws `panels` under `title` into the PNG at `path`: side by side, or two to a row when
+/// there are more than two.
 pub fn line_chart(path: &Path, title: &str, panels: &[Panel]) -> Result<(), PlotError> {
     ensure_font()?;
-    let width = (760 * panels.len().max(1) as u32).max(1000);
-    let root = BitMapBackend::new(path, (width, 600)).into_drawing_area();
+    let count = panels.len().max(1);
+    let (rows, columns) = if count > 2 {
+        (count.div_ceil(2), 2)
+    } else {
+        (1, count)
+    };
+    let width = (760 * columns as u32).max(1000);
+    let height = 600 + 520 * (rows as u32 - 1);
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let root = root.titled(title, ("sans-serif", 20)).map_err(plot_error)?;
-    let areas = root.split_evenly((1, panels.len().max(1)));
+    let areas = root.split_evenly((rows, columns));
     for (area, panel) in areas.iter().zip(panels) {
         draw_panel(area, panel)?;
     }
@@ -354,11 +362,21 @@ mod tests {
                 panel.clone(),
                 Panel {
                     log_y: true,
-                    ..panel
+                    ..panel.clone()
                 },
             ],
         )
         .unwrap();
+        // Four panels: two rows of two.
+        let grid = dir.join("grid.png");
+        line_chart(&grid, "four panels", &vec![panel; 4]).unwrap();
+        let size = |path: &Path| {
+            let bytes = std::fs::read(path).unwrap();
+            let word = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+            (word(16), word(20))
+        };
+        assert_eq!(size(&chart), (1520, 600));
+        assert_eq!(size(&grid), (1520, 1120));
         let map = dir.join("map.png");
         heat_map(
             &map,
@@ -368,7 +386,7 @@ mod tests {
             &[vec![None, Some(3.0)], vec![Some(1.0), None]],
         )
         .unwrap();
-        for path in [chart, map] {
+        for path in [chart, grid, map] {
             let bytes = std::fs::read(&path).unwrap();
             assert!(
                 bytes.starts_with(b"\x89PNG\r\n\x1a\n"),

@@ -5,8 +5,9 @@
 //! with the same share of a host core (the `vcpu_share` column): N vCPUs are then worth N times
 //! one, and the host keeps room for QEMU's I/O thread and the generator.
 
+use super::configuration::DEFAULTS;
 use super::csv::{Cell, Table};
-use super::guest::{Endpoint, System};
+use super::guest::Endpoint;
 use super::plot::{self, Panel, Series};
 use super::sweep::{self, rate_text};
 use super::{Context, Experiment, ExperimentError, Figure};
@@ -26,6 +27,7 @@ pub const VCPU_SHARE: f64 = 0.10;
 const FLOWS: usize = 32;
 /// Requests outstanding per flow.
 const WINDOW: u32 = 4;
+
 
 /// COST of a series: the fewest cores whose throughput reaches `best_single`.
 pub fn cost(series: &[(u32, f64)], best_single: f64) -> Option<u32> {
@@ -75,20 +77,15 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
         }
         None => {
             context.steps((2 * core_counts.len() * (1 + repeats)) as u64);
-            for system in [System::Flotilla, System::Linux] {
+            for run in context.runs(&DEFAULTS) {
                 let mut series = Vec::new();
                 for cores in &core_counts {
-                    context.step(format!("booting {} on {cores} cores", system.name()));
-                    let mut guest = context.boot(system, *cores, "")?;
-                    context.cap(&mut guest, VCPU_SHARE)?;
-                    let endpoint = guest.endpoint.clone();
-                    let rate = measure(context, &endpoint, *cores, repeats, duration, &mut table, system.name(), VCPU_SHARE.into())?;
-                    if let Some(failure) = guest.failure() {
-                        context.note(format!("{} {cores} cores: the console reported: {failure}", system.name()));
-                    }
+                    let target = context.reach(&run, *cores, VCPU_SHARE)?;
+                    let rate = measure(context, &target.endpoint, *cores, repeats, duration, &mut table, &run.system, target.limit.clone())?;
+                    context.finish(&run, target);
                     series.push((*cores, rate));
                 }
-                results.push((system.name().to_string(), series));
+                results.push((run.system.clone(), series));
             }
         }
     }
@@ -125,11 +122,7 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
         Series::new(format!("best single core ({})", rate_text(best_single)), 5, vec![(1.0, best_single), (f64::from(max_cores), best_single)])
             .dashed(),
     );
-    let cap_text = if remote.is_some() {
-        "uncapped".to_string()
-    } else {
-        format!("each vCPU capped at {:.0}% of a host core", VCPU_SHARE * 100.0)
-    };
+    let cap_text = context.cap_text(VCPU_SHARE);
     plot::line_chart(
         &context.png_path(),
         &format!("Scaling and COST: UDP echo, {FLOWS} flows x {WINDOW} outstanding, {cap_text}"),
@@ -182,7 +175,7 @@ fn measure(
             Cell::Number(rates.iter().copied().fold(0.0, f64::max), 0),
             stalls.into(),
         ])
-        .map_err(|e| ExperimentError::Columns(format!("{e:?}")))?;
+        ?;
     Ok(rate)
 }
 

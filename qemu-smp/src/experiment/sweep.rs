@@ -1,15 +1,19 @@
 //! Pieces the experiments share: flows spread over the guest's queues, one open-loop or
-//! closed-loop echo measurement, rate ladders, summaries of a series.
+//! closed-loop echo measurement, rate ladders, summaries of a series, a memcached's counters.
 
 use super::guest::Endpoint;
 use super::ExperimentError;
 use loadgen::{Arrivals, Outcome, Pace, Request, UdpLoad};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::Duration;
 
 /// UDP and TCP echo.
 pub const ECHO_PORT: u16 = 7;
 /// memcached.
 pub const MEMCACHED_PORT: u16 = 11211;
+/// HTTP (Flotilla's page and `/stats`).
+pub const HTTP_PORT: u16 = 80;
 /// A port nobody serves (the isolation experiment's flood goes there).
 pub const DISCARD_PORT: u16 = 9;
 
@@ -79,6 +83,121 @@ pub fn closed_echo(
     ))?)
 }
 
+/// Sends one `stats` command (`stats`, `stats flotilla`) to the memcached at `endpoint` on a
+/// connection of its own and returns the counters that are not zero as `name=value` words.
+pub fn memcached_stats(endpoint: &Endpoint, command: &str) -> Result<String, ExperimentError> {
+    let reply = exchange(
+        endpoint,
+        MEMCACHED_PORT,
+        format!("{command}\r\n"),
+        |reply| reply.ends_with(b"END\r\n"),
+    )?;
+    Ok(nonzero_stats(&String::from_utf8_lossy(&reply)))
+}
+
+/// `GET path` from the guest's HTTP server (port 80) on a connection of its own: the body.
+pub fn http_get(endpoint: &Endpoint, path: &str) -> Result<String, ExperimentError> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: guest\r\nConnection: close\r\n\r\n");
+    let reply = exchange(endpoint, HTTP_PORT, request, |_| false)?;
+    let text = String::from_utf8_lossy(&reply);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+        _ => Err(ExperimentError::Guest(format!(
+            "GET {}{path}: {}",
+            endpoint.at(HTTP_PORT),
+            text.lines().next().unwrap_or("no reply")
+        ))),
+    }
+}
+
+/// Where a Flotilla guest dropped frames so far, from its `/stats`: per core the turns that
+/// withheld receive or left frames in the ring at the quota, the shared FIFO's drops (the
+/// `netd.lrp=off` baseline), and for each path of `paths` its packets and its drops at its
+/// queue, its socket and on transmit (cumulative since boot).
+pub fn flotilla_drops(endpoint: &Endpoint, paths: &[&str]) -> Result<String, ExperimentError> {
+    let body = http_get(endpoint, "/stats")?;
+    let stats: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| ExperimentError::Guest(format!("/stats is not JSON: {e}")))?;
+    let number = |value: &serde_json::Value, path: &[&str]| -> u64 {
+        path.iter()
+            .try_fold(value, |v, key| v.get(key))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    let mut out = Vec::new();
+    for core in stats["cores"].as_array().into_iter().flatten() {
+        let mut text = format!(
+            "core {}: rx_withheld={} rx_quota_reached={} shared_queue_drops={}",
+            number(core, &["core"]),
+            number(core, &["rx_withheld"]),
+            number(core, &["rx_quota_reached"]),
+            number(core, &["drops", "shared_queue"])
+        );
+        for path in core["paths"].as_array().into_iter().flatten() {
+            let name = path["path"].as_str().unwrap_or("");
+            if paths.contains(&name) {
+                text += &format!(
+                    "; {name} packets={} drops queue={} socket={} transmit={}",
+                    number(path, &["packets"]),
+                    number(path, &["drops", "queue"]),
+                    number(path, &["drops", "socket"]),
+                    number(path, &["drops", "transmit"])
+                );
+            }
+        }
+        out.push(text);
+    }
+    Ok(out.join(" | "))
+}
+
+/// Sends `request` to `endpoint:port` on a TCP connection of its own (from the endpoint's
+/// namespace) and reads until `complete` says so or the server closes (3 s connect, 5 s read
+/// limits).
+fn exchange(
+    endpoint: &Endpoint,
+    port: u16,
+    request: String,
+    complete: fn(&[u8]) -> bool,
+) -> Result<Vec<u8>, ExperimentError> {
+    let target = endpoint.at(port);
+    let netns = endpoint.netns.clone();
+    std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        if let Some(path) = &netns {
+            loadgen::sys::join_network_namespace(path)?;
+        }
+        let mut stream = TcpStream::connect_timeout(&target.into(), Duration::from_secs(3))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(request.as_bytes())?;
+        let mut reply = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !complete(&reply) {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            reply.extend_from_slice(&chunk[..n]);
+        }
+        Ok(reply)
+    })
+    .join()
+    .map_err(|_| ExperimentError::Setup("the connection thread panicked".into()))?
+    .map_err(|e| ExperimentError::Guest(format!("{target}: {e}")))
+}
+
+/// `STAT name value` lines whose value is not 0, as `name=value` words.
+fn nonzero_stats(reply: &str) -> String {
+    reply
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("STAT")).then_some(())?;
+            let (name, value) = (words.next()?, words.next()?);
+            (value != "0").then(|| format!("{name}={value}"))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `points` rates from `low` to `high`, evenly spaced on a log scale.
 pub fn log_rates(low: f64, high: f64, points: usize) -> Vec<f64> {
     let points = points.max(2);
@@ -127,5 +246,12 @@ mod tests {
         assert_eq!(median(&[]), 0.0);
         assert_eq!(rate_text(31_234.0), "31.2 k/s");
         assert_eq!(rate_text(999.0), "999/s");
+    }
+
+    #[test]
+    fn stats_keep_the_counters_that_moved() {
+        let reply = "STAT remote_requests 12\r\nSTAT peer_send_failures 0\r\nSTAT version 1.6.18\r\nEND\r\n";
+        assert_eq!(nonzero_stats(reply), "remote_requests=12 version=1.6.18");
+        assert_eq!(nonzero_stats("ERROR\r\n"), "");
     }
 }

@@ -66,8 +66,7 @@ fn run(context: &mut Context) -> Result<Figure, ExperimentError> {
                 b.into(),
                 p50.map_or(Cell::Empty, Cell::from),
                 p99.map_or(Cell::Empty, Cell::from),
-            ])
-            .map_err(|e| ExperimentError::Columns(format!("{e:?}")))?;
+            ])?;
         if let (Some(p50), true) = (p50, a < cores && b < cores) {
             grid[a as usize][b as usize] = Some(p50 as f64);
             if a != b {

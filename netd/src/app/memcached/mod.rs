@@ -57,7 +57,7 @@ pub struct Memcached {
     slots: Vec<Slot>,
     clock: Option<WallClock>,
     live: u64,
-    /// Replies to other cores the channel refused as full, encoded, oldest first.
+    /// Replies to other cores the channel refused for now, encoded, oldest first.
     unsent: VecDeque<(crate::config::CoreId, Vec<u8>)>,
     unsent_bytes: usize,
 }
@@ -130,7 +130,7 @@ impl Memcached {
                 Ok(message) => peers.send(*origin, &message),
                 Err(_) => Ok(()),
             };
-            if sent == Err(PeerError::Full) {
+            if sent.is_err_and(session::is_transient) {
                 break;
             }
             if sent.is_err() {
@@ -146,7 +146,8 @@ impl Memcached {
     }
 
     /// Sends a reply to the core that asked, or keeps it for another try if the channel is full
-    /// (replies keep their order behind the ones already kept).
+    /// for now (its ring and outbox, or its bulk pool; replies keep their order behind the ones
+    /// already kept).
     fn send_reply(
         unsent: &mut VecDeque<(crate::config::CoreId, Vec<u8>)>,
         unsent_bytes: &mut usize,
@@ -165,7 +166,7 @@ impl Memcached {
             PeerError::Full
         };
         let length = message.encoded_len();
-        if refused != PeerError::Full || *unsent_bytes + length > UNSENT_LIMIT {
+        if !session::is_transient(refused) || *unsent_bytes + length > UNSENT_LIMIT {
             engine_counters.count(Stat::ReplySendFailures);
             return;
         }

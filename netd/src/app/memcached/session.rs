@@ -104,7 +104,14 @@ enum Part {
     /// Replies from several cores.
     Gather {
         sequence: u32,
+        /// Cores whose reply is awaited.
         pending: u64,
+        /// Cores the request still has to be sent to (the channel refused it for now).
+        unsent: u64,
+        /// The request every core gets.
+        operation: KvOperation,
+        /// `noreply`: nothing is awaited or answered, but every core must still get it.
+        quiet: bool,
         kind: Gathered,
         block: Box<StatsBlock>,
         deadline: u64,
@@ -126,6 +133,21 @@ enum Failure {
     Refused(PeerError),
     Timeout,
     CoreFailed,
+}
+
+/// Whether the channel refused for a moment (its ring, outbox or bulk pool is full): the
+/// message is sent again later instead of failing.
+pub fn is_transient(error: PeerError) -> bool {
+    matches!(error, PeerError::Full | PeerError::BulkExhausted)
+}
+
+/// What became of a request [`Session::issue`] was given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Issued {
+    /// Served here, sent, or answered with its error: the command is done.
+    Done,
+    /// The channel is full for now: the command must be run again later, unchanged.
+    Deferred,
 }
 
 /// Bytes a reply needs besides its value: header, status fields, a longest key.
@@ -180,6 +202,11 @@ pub struct Session {
     closing: bool,
     /// Close now (a value could not be completed).
     broken: bool,
+    /// The cross-core channel refused a request for now: when to run the same command again
+    /// (monotonic milliseconds). Until then no command is taken and the socket is not read.
+    retry_at: Option<u64>,
+    /// When the channel first refused the command now waiting (for how long to keep trying).
+    refused_since: Option<u64>,
 }
 
 impl Session {
@@ -191,7 +218,12 @@ impl Session {
     /// How many input bytes the connection takes now; 0 means "do not read the socket" (output
     /// above the bound, waiting for the budget or for other cores, closing).
     pub fn room(&self) -> usize {
-        if self.closing || self.broken || self.stalled || self.get.is_some() {
+        if self.closing
+            || self.broken
+            || self.stalled
+            || self.get.is_some()
+            || self.retry_at.is_some()
+        {
             return 0;
         }
         let unconsumed = self.input.len() - self.start;
@@ -278,11 +310,12 @@ impl Session {
                 } => Some(*retry_at),
                 _ => None,
             })
+            .chain(self.retry_at)
             .min()
     }
 
     fn congested(&self) -> bool {
-        self.queued >= HIGH_WATER || self.awaiting >= MAX_OUTSTANDING
+        self.queued >= HIGH_WATER || self.awaiting >= MAX_OUTSTANDING || self.retry_at.is_some()
     }
 
     fn next_sequence(&mut self) -> u32 {
@@ -358,6 +391,12 @@ impl Session {
     /// then commands are taken until input runs out or backpressure stops them.
     pub fn process(&mut self, env: &mut Env<'_>) {
         self.stalled = false;
+        if self.retry_at.is_some_and(|at| at <= env.now.millis) {
+            // Run the refused command (or the gather's refused sends) again.
+            self.retry_at = None;
+            self.send_gathers(env);
+            self.complete_gathers(env);
+        }
         self.advance_stream(env);
         let input = core::mem::take(&mut self.input);
         self.run_commands(&input, env);
@@ -495,13 +534,16 @@ impl Session {
             } => {
                 let total = next + bytes + 2;
                 if bytes > max_value_length(key.len(), flags) {
+                    // memcached drops the old item rather than leave it readable.
+                    if mode == StoreMode::Set
+                        && self.issue(env, key, KvOperation::Delete, &[], true, None)
+                            == Issued::Deferred
+                    {
+                        return false;
+                    }
                     env.engine.counters.count(Stat::StoreTooLarge);
                     if !noreply {
                         self.push_bytes(protocol::TOO_LARGE);
-                    }
-                    if mode == StoreMode::Set {
-                        // memcached drops the old item rather than leave it readable.
-                        self.issue(env, key, KvOperation::Delete, &[], true, None);
                     }
                     self.start += next;
                     self.swallow = bytes + 2;
@@ -526,13 +568,19 @@ impl Session {
                         exptime,
                     };
                     let expect = Some(Expect::Status { arithmetic: false });
-                    self.issue(env, key, operation, data, noreply, expect);
+                    if self.issue(env, key, operation, data, noreply, expect) == Issued::Deferred {
+                        return false;
+                    }
                 }
                 self.start += total;
             }
             Command::Delete { key, noreply } => {
                 let expect = Some(Expect::Status { arithmetic: false });
-                self.issue(env, key, KvOperation::Delete, &[], noreply, expect);
+                if self.issue(env, key, KvOperation::Delete, &[], noreply, expect)
+                    == Issued::Deferred
+                {
+                    return false;
+                }
                 self.start += next;
             }
             Command::Touch {
@@ -541,14 +589,10 @@ impl Session {
                 noreply,
             } => {
                 let expect = Some(Expect::Status { arithmetic: false });
-                self.issue(
-                    env,
-                    key,
-                    KvOperation::Touch { exptime },
-                    &[],
-                    noreply,
-                    expect,
-                );
+                let operation = KvOperation::Touch { exptime };
+                if self.issue(env, key, operation, &[], noreply, expect) == Issued::Deferred {
+                    return false;
+                }
                 self.start += next;
             }
             Command::Arithmetic {
@@ -559,7 +603,9 @@ impl Session {
             } => {
                 let expect = Some(Expect::Status { arithmetic: true });
                 let operation = KvOperation::Arithmetic { increment, delta };
-                self.issue(env, key, operation, &[], noreply, expect);
+                if self.issue(env, key, operation, &[], noreply, expect) == Issued::Deferred {
+                    return false;
+                }
                 self.start += next;
             }
             Command::FlushAll { delay, noreply } => {
@@ -643,7 +689,6 @@ impl Session {
             }
             let length = keys.iter().position(|b| *b == b' ').unwrap_or(keys.len());
             let key = &keys[..length];
-            cursor.next += length;
             let operation = KvOperation::Get {
                 cas: cursor.kind.cas,
                 touch: cursor.kind.touch,
@@ -652,7 +697,12 @@ impl Session {
             let expect = Some(Expect::Value {
                 cas: cursor.kind.cas,
             });
-            self.issue(env, key, operation, &[], false, expect);
+            if self.issue(env, key, operation, &[], false, expect) == Issued::Deferred {
+                // The same key again once the channel has room.
+                self.get = Some(cursor);
+                return false;
+            }
+            cursor.next += length;
             // Charge what the key took before the next one is admitted.
             self.recharge(env.engine);
         }
@@ -672,7 +722,7 @@ impl Session {
         value: &[u8],
         noreply: bool,
         expect: Option<Expect>,
-    ) {
+    ) -> Issued {
         let expect = if noreply { None } else { expect };
         let owner = env.engine.partition.owner(key);
         let me = env.engine.core;
@@ -692,7 +742,7 @@ impl Session {
                 let (bytes, stream) = answer(expect, &reply);
                 self.place(None, bytes, stream);
             }
-            return;
+            return Issued::Done;
         }
         let sequence = self.next_sequence();
         let request = KvRequest {
@@ -701,6 +751,7 @@ impl Session {
         };
         match env.peers.send(owner, &PeerMessage::KvRequest(request)) {
             Ok(()) => {
+                self.refused_since = None;
                 env.engine.counters.count(Stat::RemoteRequests);
                 if let Some(expect) = expect {
                     self.awaiting += 1;
@@ -711,15 +762,33 @@ impl Session {
                         deadline: env.now.millis + env.engine.settings.remote_timeout_ms,
                     });
                 }
+                Issued::Done
+            }
+            Err(error) if is_transient(error) && self.patient(env) => {
+                // Backpressure, not an error: the command stays in the input, the socket is
+                // not read, and the connection runs again in RETRY_MS.
+                env.engine.counters.count(Stat::PeerSendRetries);
+                self.retry_at = Some(env.now.millis + RETRY_MS);
+                Issued::Deferred
             }
             Err(error) => {
+                self.refused_since = None;
                 env.engine.counters.count(Stat::PeerSendFailures);
                 if let Some(expect) = expect {
                     let (bytes, _) = failed(expect, Failure::Refused(error));
                     self.place(None, bytes, None);
                 }
+                Issued::Done
             }
         }
+    }
+
+    /// Whether a command the channel keeps refusing is still worth trying again: for as long
+    /// as a remote reply may take ([`Settings::remote_timeout_ms`](super::Settings)), counted
+    /// from its first refusal (recorded here).
+    fn patient(&mut self, env: &Env<'_>) -> bool {
+        let since = *self.refused_since.get_or_insert(env.now.millis);
+        env.now.millis - since < env.engine.settings.remote_timeout_ms
     }
 
     /// `flush_all`, `stats`, `stats reset`: this core at once, every other living core by
@@ -745,36 +814,90 @@ impl Session {
         } else {
             env.engine.serve(&local, env.now);
         }
-        let sequence = self.next_sequence();
-        let mut pending = 0u64;
-        let mut others = env.engine.partition.live() & !(1u64 << me);
-        while others != 0 {
-            let core = others.trailing_zeros() as CoreId;
-            others &= others - 1;
-            let request = KvRequest { sequence, ..local };
-            match env.peers.send(core, &PeerMessage::KvRequest(request)) {
-                Ok(()) => {
-                    env.engine.counters.count(Stat::RemoteRequests);
-                    if !noreply {
-                        pending |= 1 << core;
-                    }
-                }
-                Err(_) => env.engine.counters.count(Stat::PeerSendFailures),
-            }
-        }
-        if noreply {
-            return;
-        }
         let part = Part::Gather {
-            sequence,
-            pending,
+            sequence: self.next_sequence(),
+            pending: 0,
+            unsent: env.engine.partition.live() & !(1u64 << me),
+            operation,
+            quiet: noreply,
             kind,
             block,
             deadline: env.now.millis + env.engine.settings.remote_timeout_ms,
         };
         self.awaiting += 1;
         self.parts.push_back(part);
+        self.send_gathers(env);
         self.complete_gathers(env);
+    }
+
+    /// Sends every gather's request to the cores it has not reached yet. A core whose channel
+    /// is full for now is tried again in [`RETRY_MS`] (no new command is taken meanwhile, so
+    /// that nothing this connection sends later overtakes it), for as long as a remote reply
+    /// may take.
+    fn send_gathers(&mut self, env: &mut Env<'_>) {
+        let (me, port, ticket) = (env.engine.core, env.engine.settings.port, env.ticket);
+        let (mut deferred, mut sent_any) = (false, false);
+        for index in 0..self.parts.len() {
+            let Some(Part::Gather {
+                sequence,
+                unsent,
+                operation,
+                quiet,
+                ..
+            }) = self.parts.get(index)
+            else {
+                continue;
+            };
+            let (sequence, operation, quiet) = (*sequence, *operation, *quiet);
+            let mut cores = *unsent;
+            while cores != 0 {
+                let core = cores.trailing_zeros() as CoreId;
+                cores &= cores - 1;
+                let request = KvRequest {
+                    service: port,
+                    operation,
+                    noreply: quiet,
+                    origin: me,
+                    ticket,
+                    sequence,
+                    key: &[],
+                    value: &[],
+                };
+                let sent = env.peers.send(core, &PeerMessage::KvRequest(request));
+                let keep = match sent {
+                    Ok(()) => {
+                        env.engine.counters.count(Stat::RemoteRequests);
+                        false
+                    }
+                    Err(error) if is_transient(error) && self.patient(env) => {
+                        env.engine.counters.count(Stat::PeerSendRetries);
+                        true
+                    }
+                    Err(_) => {
+                        env.engine.counters.count(Stat::PeerSendFailures);
+                        false
+                    }
+                };
+                deferred |= keep;
+                sent_any |= !keep;
+                if let Some(Part::Gather {
+                    pending, unsent, ..
+                }) = self.parts.get_mut(index)
+                {
+                    if !keep {
+                        *unsent &= !(1u64 << core);
+                    }
+                    if sent.is_ok() && !quiet {
+                        *pending |= 1u64 << core;
+                    }
+                }
+            }
+        }
+        if deferred {
+            self.retry_at = Some(env.now.millis + RETRY_MS);
+        } else if sent_any {
+            self.refused_since = None;
+        }
     }
 
     /// Replaces every finished gather with its answer.
@@ -782,18 +905,24 @@ impl Session {
         let mut index = 0;
         while index < self.parts.len() {
             let done = match &self.parts[index] {
-                Part::Gather { pending, .. } => *pending == 0,
+                Part::Gather {
+                    pending, unsent, ..
+                } => *pending == 0 && *unsent == 0,
                 _ => false,
             };
             if !done {
                 index += 1;
                 continue;
             }
-            let Some(Part::Gather { kind, block, .. }) = self.parts.get(index) else {
+            let Some(Part::Gather {
+                kind, block, quiet, ..
+            }) = self.parts.get(index)
+            else {
                 unreachable!()
             };
             let mut out = Vec::new();
             match kind {
+                _ if *quiet => {}
                 Gathered::Stats(StatsRequest::Flotilla) => stats::format_flotilla(&mut out, block),
                 Gathered::Stats(_) => {
                     stats::format_general(&mut out, block, &env.engine.facts(env.now))
@@ -893,10 +1022,15 @@ impl Session {
                     }
                 }
                 Err(error) => {
-                    env.engine.counters.count(Stat::PeerSendFailures);
                     let since = refused_since.map_or(env.now.millis, |(since, _)| since);
                     let patient = env.now.millis - since < env.engine.settings.remote_timeout_ms;
-                    if error == PeerError::Full && patient {
+                    let retry = is_transient(error) && patient;
+                    env.engine.counters.count(if retry {
+                        Stat::PeerSendRetries
+                    } else {
+                        Stat::PeerSendFailures
+                    });
+                    if retry {
                         // Tried again a little later (the caller wakes at `next_deadline`).
                         if let Some(Part::Stream { refused_since, .. }) = self.parts.get_mut(index)
                         {
@@ -1008,9 +1142,13 @@ impl Session {
         });
         let mut changed = false;
         for part in self.parts.iter_mut() {
-            if let Part::Gather { pending, .. } = part {
-                if *pending & dead != 0 {
+            if let Part::Gather {
+                pending, unsent, ..
+            } = part
+            {
+                if (*pending | *unsent) & dead != 0 {
                     *pending &= !dead;
+                    *unsent &= !dead;
                     changed = true;
                 }
             }
@@ -1062,9 +1200,13 @@ impl Session {
                     return;
                 }
                 Part::Gather {
-                    pending, deadline, ..
+                    pending,
+                    unsent,
+                    deadline,
+                    ..
                 } if failure == Failure::Timeout && *deadline <= env.now.millis => {
                     *pending = 0;
+                    *unsent = 0;
                 }
                 _ => {}
             }
@@ -1732,12 +1874,108 @@ mod tests {
         mesh.env_run(|session, env| session.expire(env));
         assert_eq!(mesh.text(""), "SERVER_ERROR owner core did not answer\r\n");
         mesh.silent = 0;
+        // A channel that stays full for as long as a reply may take: the command is answered
+        // with the error then (and the get after it, tried afresh, too).
         mesh.refuse = true;
         assert_eq!(
             mesh.text(&format!("set {key} 0 0 1\r\nx\r\nget {key}\r\n")),
-            "SERVER_ERROR owner core busy\r\nEND\r\n"
+            ""
         );
+        let timeout = Settings::default().remote_timeout_ms;
+        let start = mesh.now.millis;
+        while mesh.now.millis < start + 2 * timeout + 10 {
+            mesh.now.millis = mesh
+                .session
+                .next_deadline()
+                .expect("a retry")
+                .max(mesh.now.millis);
+            let out = mesh.text("");
+            if !out.is_empty() {
+                assert_eq!(out, "SERVER_ERROR owner core busy\r\n");
+                assert_eq!(
+                    mesh.now.millis,
+                    start + timeout,
+                    "given up after the timeout"
+                );
+                break;
+            }
+        }
+        mesh.now.millis = mesh.session.next_deadline().expect("the get's retry");
+        mesh.now.millis += timeout;
+        assert_eq!(mesh.text(""), "END\r\n");
         assert_eq!(mesh.engines[0].snapshot().get(Stat::PeerSendFailures), 2);
+        assert!(mesh.engines[0].snapshot().get(Stat::PeerSendRetries) >= timeout);
+    }
+
+    #[test]
+    fn a_full_channel_holds_the_connection_back_and_every_command_is_retried() {
+        let mut mesh = Mesh::new();
+        let keys: Vec<String> = (0..CORES).map(|core| key_of(core, 9)).collect();
+        assert_eq!(
+            mesh.text(&format!("set {} 0 0 2\r\nv3\r\n", keys[3])),
+            "STORED\r\n"
+        );
+        mesh.refuse = true;
+        let mut request = String::new();
+        for key in &keys {
+            request += &format!("set {key} 1 0 2\r\nok\r\n");
+        }
+        request += &format!(
+            "get {} {} {}\r\nincr {} 1\r\nflush_all noreply\r\nmn\r\n",
+            keys[1], keys[0], keys[2], keys[3]
+        );
+        // Key 0 is this core's: stored at once; key 1 is refused, and everything after it waits
+        // in order, without an error and without reading the socket further.
+        let mut out = mesh.text(&request);
+        assert_eq!(out, "STORED\r\n");
+        assert_eq!(
+            mesh.session.room(),
+            0,
+            "the connection is not read while it waits"
+        );
+        let retry = mesh.session.next_deadline().expect("a retry deadline");
+        assert_eq!(retry, mesh.now.millis + RETRY_MS);
+        // Still full at the retry: still waiting, a new deadline.
+        mesh.now.millis = retry;
+        assert_eq!(mesh.text(""), "");
+        assert_eq!(mesh.session.next_deadline(), Some(retry + RETRY_MS));
+        // Room again: everything is answered in request order, nothing failed.
+        mesh.refuse = false;
+        mesh.now.millis = retry + RETRY_MS;
+        out += &mesh.text("");
+        assert_eq!(
+            out,
+            format!(
+                "STORED\r\nSTORED\r\nSTORED\r\nSTORED\r\n\
+                 VALUE {} 1 2\r\nok\r\nVALUE {} 1 2\r\nok\r\nVALUE {} 1 2\r\nok\r\nEND\r\n\
+                 CLIENT_ERROR cannot increment or decrement non-numeric value\r\nMN\r\n",
+                keys[1], keys[0], keys[2]
+            )
+        );
+        let counters = mesh.engines[0].snapshot();
+        assert_eq!(counters.get(Stat::PeerSendFailures), 0);
+        assert_eq!(counters.get(Stat::PeerSendRetries), 2);
+        // The quiet flush_all reached every core although the channel refused it at first.
+        for engine in &mesh.engines {
+            assert_eq!(engine.snapshot().get(Stat::CurrItems), 0);
+        }
+    }
+
+    #[test]
+    fn a_gather_refused_by_the_channel_is_sent_again() {
+        let mut mesh = Mesh::new();
+        mesh.refuse = true;
+        assert_eq!(mesh.text("flush_all\r\nversion\r\n"), "");
+        mesh.refuse = false;
+        mesh.now.millis = mesh.session.next_deadline().expect("a retry deadline");
+        assert_eq!(mesh.text(""), "OK\r\nVERSION 1.6.18-flotilla\r\n");
+        for engine in &mesh.engines[1..] {
+            assert_eq!(
+                engine.snapshot().get(Stat::CmdFlush),
+                1,
+                "every core flushed"
+            );
+        }
     }
 
     #[test]

@@ -88,8 +88,12 @@ pub enum Stat {
     RemoteRequests,
     /// Flotilla: requests served for other cores.
     ServedForPeers,
-    /// Flotilla: requests or replies the cross-core channel refused.
+    /// Flotilla: requests or replies the cross-core channel refused for good (they were answered
+    /// with an error, or dropped).
     PeerSendFailures,
+    /// Flotilla: requests the cross-core channel refused for now (full): the command waited,
+    /// the connection was not read, and it was sent again later.
+    PeerSendRetries,
     /// Flotilla: remote requests that got no answer in time.
     RemoteTimeouts,
     /// Flotilla: remote requests lost to a failed core.
@@ -286,6 +290,7 @@ pub fn format_flotilla(out: &mut Vec<u8>, block: &StatsBlock) {
         ("remote_requests", Stat::RemoteRequests),
         ("served_for_peers", Stat::ServedForPeers),
         ("peer_send_failures", Stat::PeerSendFailures),
+        ("peer_send_retries", Stat::PeerSendRetries),
         ("reply_send_failures", Stat::ReplySendFailures),
         ("replies_queued", Stat::RepliesQueued),
         ("remote_timeouts", Stat::RemoteTimeouts),
