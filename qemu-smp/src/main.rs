@@ -519,10 +519,17 @@ fn run_tests() -> ExitCode {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let steps: [(&str, Vec<&str>, Option<&str>); 2] = [
         // One test at a time: QEMU tests each run several guest cores on this host's few cores,
-        // and two at once starve each other's guests (timeouts, false failure verdicts).
+        // and two at once starve each other's guests (timeouts, false failure verdicts). Every
+        // test binary runs even after one fails, so a run reports every failure.
         (
             "host and QEMU tests",
-            vec!["test", "--workspace", "--", "--test-threads=1"],
+            vec![
+                "test",
+                "--workspace",
+                "--no-fail-fast",
+                "--",
+                "--test-threads=1",
+            ],
             None,
         ),
         (
