@@ -9,7 +9,7 @@ use crate::app::memcached::session::{Env, Session};
 use crate::app::AppContext;
 use crate::config::{parse_command_line, parse_memcached_memory, parse_options, CoreId, NetConfig};
 use crate::peers::{KvOperation, PeerError, PeerMessage, Peers};
-use crate::stats::{CoreCounters, OwnCore, StatsView};
+use crate::stats::{CoreCounters, MemoryCounters, OwnCore, StatsView};
 use crate::transport::TransportCounters;
 use smoltcp::time::Instant;
 
@@ -339,6 +339,7 @@ pub fn http_requests(data: &[u8]) {
                 current: None,
                 after: &[],
                 transport: &transport,
+                memory: MemoryCounters::default(),
             },
         },
         stats_wanted: &mut stats_wanted,

@@ -3,7 +3,7 @@
 
 use crate::config::NetConfig;
 use crate::peers::PeerMessage;
-use crate::stats::{write_json, CoreCounters, CoreStats, OwnCore, StatsView};
+use crate::stats::{write_json, CoreCounters, CoreStats, MemoryCounters, OwnCore, StatsView};
 use crate::transport::TransportCounters;
 
 extern crate alloc;
@@ -53,6 +53,7 @@ pub fn stats_snapshot(data: &[u8]) {
             current: None,
             after: &[],
             transport: &transport,
+            memory: MemoryCounters::default(),
         },
     };
     let mut json = String::new();

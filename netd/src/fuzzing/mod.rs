@@ -172,6 +172,7 @@ pub fn classify(data: &[u8]) {
             tx_checksum_ipv4: flags & 32 != 0,
             tx_checksum_udp: flags & 64 != 0,
             tx_checksum_tcp: false,
+            tx_tcp_segmentation: false,
         };
         let reply = answer_in_place(
             &mut frame,
@@ -237,6 +238,7 @@ pub fn fastpath(data: &[u8]) {
         tx_checksum_ipv4: flags & 2 != 0,
         tx_checksum_udp: flags & 4 != 0,
         tx_checksum_tcp: false,
+        tx_tcp_segmentation: false,
     };
     let reply = answer_in_place(
         &mut frame,
