@@ -142,7 +142,9 @@ pub struct TcpOptions {
     /// bounds its window (default 256 KiB: window scaling by 3).
     pub max_buffer_kb: u32,
     /// `netd.tcp_backlog=N`: most half-open connections (SYN received, handshake not done) per
-    /// port per core; a SYN beyond it evicts the oldest.
+    /// port per core; a SYN beyond it evicts the oldest if that one has waited
+    /// [`crate::runner::tcp::SYN_EVICTION_AGE`], and is dropped unanswered otherwise (the
+    /// client retransmits it).
     pub backlog: u32,
     /// `netd.tcp_idle_s=S`: a connection that makes no progress (no data received, none of ours
     /// acknowledged) for S seconds is reset and freed; 0 never.
@@ -161,7 +163,7 @@ impl Default for TcpOptions {
             max_connections: 4096,
             memory_mb: None,
             max_buffer_kb: 256,
-            backlog: 256,
+            backlog: 1024,
             idle_seconds: 300,
             keepalive_seconds: 60,
             coalesce_us: 500,

@@ -424,7 +424,7 @@ fn write_core(core: &CoreStats, out: &mut String) {
                 ",\"tcp\":{{\"connections\":{},\"half_open\":{},\"most_connections\":{},\"ready\":{},\
                  \"refused_limit\":{},\"refused_memory\":{},\"backlog_evictions\":{},\
                  \"half_open_timeouts\":{},\"idle_timeouts\":{},\"stray_segments\":{},\
-                 \"handed_over\":{}}}}}",
+                 \"handed_over\":{},\"syn_drops\":{}}}}}",
                 t.connections,
                 t.half_open,
                 t.most_connections,
@@ -436,6 +436,7 @@ fn write_core(core: &CoreStats, out: &mut String) {
                 t.idle_timeouts,
                 t.stray_segments,
                 t.handed_over,
+                t.syn_drops,
             );
         }
     }

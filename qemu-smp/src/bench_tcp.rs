@@ -77,6 +77,9 @@ pub struct WrkRun {
     pub p99: Duration,
     /// Socket errors (connect, read, write, timeout) and non-2xx responses.
     pub errors: u64,
+    /// The errors by kind as wrk printed them (`connect 0, read 12, write 3, timeout 1`, then
+    /// non-2xx responses if any); empty when there were none.
+    pub error_kinds: String,
     /// What wrk printed, when it could not be read.
     pub note: String,
 }
@@ -375,9 +378,14 @@ fn parse_wrk(text: &str) -> WrkRun {
                     .iter()
                     .filter_map(|word| word.trim_end_matches(',').parse::<u64>().ok())
                     .sum::<u64>();
+                run.error_kinds = rest.join(" ");
             }
             ["Non-2xx", "or", "3xx", "responses:", count] => {
-                run.errors += count.parse::<u64>().unwrap_or(0)
+                run.errors += count.parse::<u64>().unwrap_or(0);
+                if !run.error_kinds.is_empty() {
+                    run.error_kinds.push_str(", ");
+                }
+                run.error_kinds.push_str(&format!("non-2xx {count}"));
             }
             _ => {}
         }
@@ -500,11 +508,16 @@ fn round(system: &System, settings: &Settings, figures: &mut Figures) -> Result<
         std::thread::sleep(Duration::from_secs(2));
         let run = wrk(&system.namespace, connections, settings.wrk_time);
         eprintln!(
-            "bench tcp: {}: wrk -c{connections}: {:.0} requests/s, p99 {:.1} ms, {} errors {}",
+            "bench tcp: {}: wrk -c{connections}: {:.0} requests/s, p99 {:.1} ms, {} errors{} {}",
             system.name,
             run.requests_per_second,
             run.p99.as_secs_f64() * 1e3,
             run.errors,
+            if run.error_kinds.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", run.error_kinds)
+            },
             run.note
         );
         match figures.wrk.iter_mut().find(|(c, _)| *c == connections) {
@@ -695,6 +708,7 @@ mod tests {
         assert_eq!(run.requests_per_second, 21250.5);
         assert_eq!(run.p99, Duration::from_millis(1200));
         assert_eq!(run.errors, 16);
+        assert_eq!(run.error_kinds, "connect 0, read 12, write 3, timeout 1");
         assert!(run.note.is_empty());
         assert_eq!(parse_wrk_duration("850.00us"), Duration::from_micros(850));
         assert!(!parse_wrk("wrk: command not found").note.is_empty());

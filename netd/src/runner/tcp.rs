@@ -46,6 +46,14 @@ const VISITS_PER_SERVICE: usize = 256;
 /// A half-open connection whose handshake does not complete within this is freed.
 pub const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// At a full backlog, a new SYN evicts the oldest half-open connection only if that one has
+/// waited this long (one initial retransmission timeout, RFC 6298 §2.1: its client has had time
+/// to answer our SYN-ACK); otherwise the SYN is dropped unanswered and its client retransmits it.
+/// A burst of real clients larger than the backlog is thus served a backlog at a time instead of
+/// having handshakes evicted while their ACKs are on the way; a SYN flood still cannot hold a
+/// slot longer than this against new SYNs.
+pub const SYN_EVICTION_AGE: Duration = Duration::from_secs(1);
+
 /// A data segment this long or longer counts as bulk traffic (receive moderation,
 /// `netd.rx_hold_us`, and egress coalescing, `netd.tcp_coalesce_us`): request/response traffic
 /// of small messages is never held.
@@ -64,8 +72,11 @@ pub(crate) struct TcpEvents {
     pub(crate) refused_limit: u64,
     /// SYNs refused with a reset because the budget or the heap could not hold the connection.
     pub(crate) refused_memory: u64,
-    /// Half-open connections dropped to make room for a new SYN (a full backlog).
+    /// Half-open connections dropped to make room for a new SYN (a full backlog whose oldest
+    /// handshake had waited [`SYN_EVICTION_AGE`]).
     pub(crate) backlog_evictions: u64,
+    /// SYNs dropped unanswered at a full backlog of younger handshakes (the client retransmits).
+    pub(crate) syn_drops: u64,
     /// Half-open connections that did not complete their handshake in time.
     pub(crate) half_open_timeouts: u64,
     /// Connections reset after `netd.tcp_idle_s` without progress.
@@ -85,6 +96,7 @@ impl TcpEvents {
         self.refused_limit += other.refused_limit;
         self.refused_memory += other.refused_memory;
         self.backlog_evictions += other.backlog_evictions;
+        self.syn_drops += other.syn_drops;
         self.half_open_timeouts += other.half_open_timeouts;
         self.idle_timeouts += other.idle_timeouts;
         self.stray_segments += other.stray_segments;
@@ -118,11 +130,13 @@ pub struct TcpCounters {
     pub stray_segments: u64,
     /// Segments handed to the core owning their flow.
     pub handed_over: u64,
+    /// SYNs dropped at a full backlog of handshakes younger than [`SYN_EVICTION_AGE`].
+    pub syn_drops: u64,
 }
 
 impl TcpCounters {
     /// Number of [`Self::scalars`].
-    pub const SCALARS: usize = 11;
+    pub const SCALARS: usize = 12;
 
     /// The counters in declaration order (the snapshot encoding's order).
     pub fn scalars(&self) -> [u64; Self::SCALARS] {
@@ -138,6 +152,7 @@ impl TcpCounters {
             self.idle_timeouts,
             self.stray_segments,
             self.handed_over,
+            self.syn_drops,
         ]
     }
 
@@ -155,6 +170,7 @@ impl TcpCounters {
             self.idle_timeouts,
             self.stray_segments,
             self.handed_over,
+            self.syn_drops,
         ] = *values;
     }
 
@@ -167,6 +183,7 @@ impl TcpCounters {
         self.idle_timeouts = events.idle_timeouts;
         self.stray_segments = events.stray_segments;
         self.handed_over = events.handed_over;
+        self.syn_drops = events.syn_drops;
         self
     }
 }
@@ -306,9 +323,15 @@ impl TcpRunner {
     /// answered with a reset.
     fn accept(&mut self, cx: &mut RunContext<'_>, frame: QueuedFrame, segment: Segment) -> Reply {
         if self.table.half_open() >= self.timers.backlog {
-            if let Some(oldest) = self.table.oldest_half_open() {
-                cx.notes.tcp.backlog_evictions += 1;
-                self.free(cx, oldest);
+            match self.table.oldest_half_open() {
+                Some((oldest, created)) if cx.now >= created + SYN_EVICTION_AGE => {
+                    cx.notes.tcp.backlog_evictions += 1;
+                    self.free(cx, oldest);
+                }
+                _ => {
+                    cx.notes.tcp.syn_drops += 1;
+                    return Reply::Nothing;
+                }
             }
         }
         // Under a SYN flood (the backlog half full) new connections get the smallest buffers.

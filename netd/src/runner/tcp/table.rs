@@ -397,8 +397,8 @@ impl Table {
         });
     }
 
-    /// The oldest half-open connection.
-    pub(crate) fn oldest_half_open(&mut self) -> Option<ConnectionId> {
+    /// The oldest half-open connection, and when it was made.
+    pub(crate) fn oldest_half_open(&mut self) -> Option<(ConnectionId, Instant)> {
         while let Some((id, created)) = self.half_open.front().copied() {
             let still = self
                 .slots
@@ -406,7 +406,7 @@ impl Table {
                 .and_then(Option::as_ref)
                 .is_some_and(|c| c.phase == Phase::HalfOpen && c.created == created);
             if still {
-                return Some(id);
+                return Some((id, created));
             }
             self.half_open.pop_front();
         }
@@ -559,6 +559,6 @@ mod tests {
         table.remove(a);
         table.schedule(b, None);
         assert_eq!(table.next_timer(), None);
-        assert_eq!(table.oldest_half_open(), Some(b));
+        assert_eq!(table.oldest_half_open().map(|(id, _)| id), Some(b));
     }
 }
