@@ -107,10 +107,13 @@ for port, s in connections.items():
         s.close()
 "#;
 
-/// memcached over many connections with pymemcache: argv = guest, then one `PORT:KEY,KEY,...`
-/// per connection. Connection `PORT` is bound to that source port. Prints `mc PORT ok` or
-/// `mc PORT FAIL why`, then `mc cross ok` once every connection read every other's keys.
-pub const MEMCACHED_CLIENT: &str = r#"
+/// The start of both pymemcache clients' scripts (this one's [`MEMCACHED_CLIENT`] and the
+/// memcached test's own): the imports, and `BoundSockets`, pymemcache's socket module with
+/// every socket bound to one source port (so that RSS puts the connection on a known core).
+#[macro_export]
+macro_rules! pymemcache_bound_sockets {
+    () => {
+        r#"
 import socket as std_socket, sys, time
 from pymemcache.client.base import Client
 
@@ -125,7 +128,16 @@ class BoundSockets:
         s.setsockopt(std_socket.SOL_SOCKET, std_socket.SO_REUSEADDR, 1)
         s.bind(('10.0.2.2', self.port))
         return s
+"#
+    };
+}
 
+/// memcached over many connections with pymemcache: argv = guest, then one `PORT:KEY,KEY,...`
+/// per connection. Connection `PORT` is bound to that source port. Prints `mc PORT ok` or
+/// `mc PORT FAIL why`, then `mc cross ok` once every connection read every other's keys.
+pub const MEMCACHED_CLIENT: &str = concat!(
+    pymemcache_bound_sockets!(),
+    r#"
 guest = sys.argv[1]
 plan = []
 for item in sys.argv[2:]:
@@ -185,7 +197,8 @@ for c in clients.values():
     c.close()
 if wrong == 0:
     print('mc cross ok', flush=True)
-"#;
+"#
+);
 
 /// One run of a client script: its output, that output as text, and how many of its lines
 /// reported success.

@@ -18,6 +18,7 @@
 //! Every loop is bounded in count and time; all traffic stays inside the test's namespace.
 
 use drivers::rss::{self, FlowTuple, DEFAULT_KEY};
+use flotilla_tests::stats::{path_field, stats_json, sum};
 use flotilla_tests::*;
 use qemu_smp::tap::{TapNamespace, GUEST_ADDRESS};
 use std::fs::File;
@@ -49,13 +50,7 @@ fn in_namespace<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send +
 fn boot(what: &str, cmdline: &str) -> (TapNamespace, Machine) {
     require_root();
     require_program("ip", "iproute2");
-    let namespace = TapNamespace::create(&unique_namespace(what)).unwrap_or_else(|e| panic!("{e}"));
-    let mut config = MachineConfig::kernel(image(), u32::from(CORES), cmdline);
-    config.network = Network::Tap {
-        namespace: namespace.name.clone(),
-        tap: namespace.tap.clone(),
-    };
-    let machine = boot_with_network(&config, CORES);
+    let (namespace, machine) = boot_on_tap(what, CORES, cmdline);
     // The link comes up shortly after the stacks: wait until an echo connection works.
     let name = namespace.name.clone();
     let up = in_namespace(&name, || {
@@ -82,17 +77,9 @@ fn stats_until(
     namespace: &TapNamespace,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let url = format!("http://{GUEST_ADDRESS}/stats");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let output = run_bounded(
-            namespace
-                .command("curl")
-                .args(["-sS", "--max-time", "10", &url]),
-            Duration::from_secs(20),
-        );
-        let doc: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|e| panic!("/stats is not JSON ({e}): {}", text(&output)));
+        let doc = stats_json(namespace);
         if ready(&doc) || Instant::now() >= deadline {
             return doc;
         }
@@ -108,26 +95,6 @@ fn stats(namespace: &TapNamespace) -> serde_json::Value {
     stats_until(namespace, |doc| {
         (0..usize::from(CORES)).all(|c| uptime(doc, c) > before[c])
     })
-}
-
-/// Sums `pick` over every core of a `/stats` document.
-fn sum(stats: &serde_json::Value, pick: impl Fn(&serde_json::Value) -> Option<u64>) -> u64 {
-    stats["cores"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(pick)
-        .sum()
-}
-
-/// A path's field on one core.
-fn path_field(core: &serde_json::Value, path: &str, field: &str) -> Option<u64> {
-    core["paths"]
-        .as_array()?
-        .iter()
-        .find(|p| p["path"] == path)?
-        .pointer(field)?
-        .as_u64()
 }
 
 fn assert_no_failure(machine: &Machine) {
