@@ -46,6 +46,17 @@ fn in_namespace<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send +
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
+/// A new IPv4 TCP socket, for options `TcpStream` does not set before connecting.
+fn stream_socket() -> std::os::fd::OwnedFd {
+    nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::empty(),
+        None,
+    )
+    .unwrap()
+}
+
 /// Boots 4 cores with `cmdline` on a tap device in a fresh namespace.
 fn boot(what: &str, cmdline: &str) -> (TapNamespace, Machine) {
     require_root();
@@ -241,13 +252,7 @@ fn closed_ports_fragments_and_a_client_that_never_reads() {
     // (its requests wait unread), other clients are served, and after 5 s without progress it
     // is reset.
     let greedy = in_namespace(&name, || {
-        let socket = nix::sys::socket::socket(
-            nix::sys::socket::AddressFamily::Inet,
-            nix::sys::socket::SockType::Stream,
-            nix::sys::socket::SockFlag::empty(),
-            None,
-        )
-        .unwrap();
+        let socket = stream_socket();
         nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &4096).unwrap();
         let address = nix::sys::socket::SockaddrIn::new(10, 0, 2, 15, 80);
         nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&socket), &address).unwrap();
@@ -459,13 +464,7 @@ fn an_established_connection_keeps_echoing_across_a_flow_group_move() {
     let name = namespace.name.clone();
     let echoing = std::thread::spawn(move || {
         in_namespace(&name, move || {
-            let socket = nix::sys::socket::socket(
-                nix::sys::socket::AddressFamily::Inet,
-                nix::sys::socket::SockType::Stream,
-                nix::sys::socket::SockFlag::empty(),
-                None,
-            )
-            .unwrap();
+            let socket = stream_socket();
             nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReuseAddr, &true)
                 .unwrap();
             let local = nix::sys::socket::SockaddrIn::new(10, 0, 2, 2, port);
