@@ -33,8 +33,8 @@
 //!   FIFO the victim also loses more than the ring explains). The figures (capacity, offered,
 //!   taken, drops by place, victim loss and round trip) are printed.
 //!
-//! Needs root (namespaces, cgroups), `ip`, `ping`, `curl` and Python 3; every loop is bounded in
-//! count and time; all traffic stays in the test's namespace. `FLOTILLA_TEST_KERNEL=/path` boots
+//! Needs root (namespaces, cgroups), `ip`, `ping` and `curl` (`/stats` is read as JSON in Rust);
+//! every loop is bounded in count and time; all traffic stays in the test's namespace. `FLOTILLA_TEST_KERNEL=/path` boots
 //! that image instead of building the workspace's; `FLOTILLA_OVERLOAD_CMDLINE` replaces the
 //! kernel command line of the pass/fail test.
 
