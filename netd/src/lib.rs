@@ -11,6 +11,28 @@
 
 extern crate alloc;
 
+/// Implements `SCALARS`, `scalars` and `set_scalars` for a struct of `u64` counters from one
+/// list of its fields, in the order of the snapshot encoding (`stats::CoreStats::encode`): a
+/// counter added to the struct is added at the end of its list.
+macro_rules! scalar_counters {
+    ($type:ty { $($field:ident),+ $(,)? }) => {
+        impl $type {
+            /// Number of [`Self::scalars`].
+            pub const SCALARS: usize = [$(stringify!($field)),+].len();
+
+            /// The counters as numbers, in the snapshot encoding's order.
+            pub fn scalars(&self) -> [u64; Self::SCALARS] {
+                [$(self.$field),+]
+            }
+
+            /// Sets the counters from numbers in [`Self::scalars`] order.
+            pub fn set_scalars(&mut self, values: &[u64; Self::SCALARS]) {
+                [$(self.$field),+] = *values;
+            }
+        }
+    };
+}
+
 pub mod app;
 pub mod classify;
 pub mod config;

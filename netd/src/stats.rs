@@ -115,42 +115,18 @@ pub struct MemoryCounters {
     pub tcp_state_per_connection: u64,
 }
 
-impl MemoryCounters {
-    /// Number of [`Self::scalars`].
-    pub const SCALARS: usize = 10;
-
-    /// The counters in declaration order (the snapshot encoding's order).
-    pub fn scalars(&self) -> [u64; Self::SCALARS] {
-        [
-            self.heap_size,
-            self.heap_used,
-            self.heap_high_water,
-            self.tcp_budget,
-            self.tcp_used,
-            self.tcp_high_water,
-            self.tcp_connections,
-            self.tcp_most_connections,
-            self.tcp_max_connections,
-            self.tcp_state_per_connection,
-        ]
-    }
-
-    /// Sets the counters from numbers in [`Self::scalars`] order.
-    pub fn set_scalars(&mut self, values: &[u64; Self::SCALARS]) {
-        [
-            self.heap_size,
-            self.heap_used,
-            self.heap_high_water,
-            self.tcp_budget,
-            self.tcp_used,
-            self.tcp_high_water,
-            self.tcp_connections,
-            self.tcp_most_connections,
-            self.tcp_max_connections,
-            self.tcp_state_per_connection,
-        ] = *values;
-    }
-}
+scalar_counters!(MemoryCounters {
+    heap_size,
+    heap_used,
+    heap_high_water,
+    tcp_budget,
+    tcp_used,
+    tcp_high_water,
+    tcp_connections,
+    tcp_most_connections,
+    tcp_max_connections,
+    tcp_state_per_connection,
+});
 
 /// One path's counters in a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -483,133 +459,58 @@ pub fn write_json(host: &NetConfig, view: &StatsView<'_>, out: &mut String) {
     out.push_str("]}");
 }
 
-impl CoreCounters {
-    /// Number of [`Self::scalars`].
-    pub const SCALARS: usize = 29;
+// The core-wide counters, drops by reason apart (they are a section of their own).
+scalar_counters!(CoreCounters {
+    rx_frames,
+    rx_bytes,
+    tx_frames,
+    tx_bytes,
+    forwarded_out,
+    forwarded_in,
+    neighbours_sent,
+    neighbours_installed,
+    polls,
+    no_buffer,
+    shared_queue_drops,
+    peer_unroutable,
+    rx_withheld,
+    rx_quota_reached,
+    nic_rx_no_descriptor,
+    nic_rx_missed,
+    nic_rx_errors,
+    cycles_unclassified,
+    cycles_idle,
+    cycles_total,
+    longest_turn_cycles,
+    icmp_limited,
+    fragments,
+    reassembled,
+    reassembly_timeouts,
+    reassembly_evictions,
+    reassembly_overlaps,
+    reassembly_too_large,
+    rx_holds,
+});
 
-    /// The core-wide (drops by reason apart) counters as numbers, in declaration order (rx_frames, rx_bytes, tx_frames, tx_bytes, forwarded_out, forwarded_in, neighbours_sent, neighbours_installed, polls, no_buffer, shared_queue_drops, peer_unroutable, rx_withheld, rx_quota_reached, nic_rx_no_descriptor, nic_rx_missed, nic_rx_errors, cycles_unclassified, cycles_idle, cycles_total, longest_turn_cycles, icmp_limited, fragments, reassembled, reassembly_timeouts, reassembly_evictions, reassembly_overlaps, reassembly_too_large, rx_holds): the order
-    /// of the snapshot encoding. A counter added to the struct is added at the end here.
-    pub fn scalars(&self) -> [u64; Self::SCALARS] {
-        [
-            self.rx_frames,
-            self.rx_bytes,
-            self.tx_frames,
-            self.tx_bytes,
-            self.forwarded_out,
-            self.forwarded_in,
-            self.neighbours_sent,
-            self.neighbours_installed,
-            self.polls,
-            self.no_buffer,
-            self.shared_queue_drops,
-            self.peer_unroutable,
-            self.rx_withheld,
-            self.rx_quota_reached,
-            self.nic_rx_no_descriptor,
-            self.nic_rx_missed,
-            self.nic_rx_errors,
-            self.cycles_unclassified,
-            self.cycles_idle,
-            self.cycles_total,
-            self.longest_turn_cycles,
-            self.icmp_limited,
-            self.fragments,
-            self.reassembled,
-            self.reassembly_timeouts,
-            self.reassembly_evictions,
-            self.reassembly_overlaps,
-            self.reassembly_too_large,
-            self.rx_holds,
-        ]
-    }
-
-    /// Sets the counters from numbers in [`Self::scalars`] order.
-    pub fn set_scalars(&mut self, values: &[u64; Self::SCALARS]) {
-        [
-            self.rx_frames,
-            self.rx_bytes,
-            self.tx_frames,
-            self.tx_bytes,
-            self.forwarded_out,
-            self.forwarded_in,
-            self.neighbours_sent,
-            self.neighbours_installed,
-            self.polls,
-            self.no_buffer,
-            self.shared_queue_drops,
-            self.peer_unroutable,
-            self.rx_withheld,
-            self.rx_quota_reached,
-            self.nic_rx_no_descriptor,
-            self.nic_rx_missed,
-            self.nic_rx_errors,
-            self.cycles_unclassified,
-            self.cycles_idle,
-            self.cycles_total,
-            self.longest_turn_cycles,
-            self.icmp_limited,
-            self.fragments,
-            self.reassembled,
-            self.reassembly_timeouts,
-            self.reassembly_evictions,
-            self.reassembly_overlaps,
-            self.reassembly_too_large,
-            self.rx_holds,
-        ] = *values;
-    }
-}
-
-impl PathCounters {
-    /// Number of [`Self::scalars`].
-    pub const SCALARS: usize = 17;
-
-    /// The path's counters as numbers, in declaration order (packets, bytes, queue_drops, socket_drops, forwarded_in, tx_packets, tx_bytes, tx_drops, cycles, cycles_receive, cycles_run, cycles_transmit, runs, turns_deferred, queue_high_water, peer_messages, connections): the order
-    /// of the snapshot encoding. A counter added to the struct is added at the end here.
-    pub fn scalars(&self) -> [u64; Self::SCALARS] {
-        [
-            self.packets,
-            self.bytes,
-            self.queue_drops,
-            self.socket_drops,
-            self.forwarded_in,
-            self.tx_packets,
-            self.tx_bytes,
-            self.tx_drops,
-            self.cycles,
-            self.cycles_receive,
-            self.cycles_run,
-            self.cycles_transmit,
-            self.runs,
-            self.turns_deferred,
-            self.queue_high_water,
-            self.peer_messages,
-            self.connections,
-        ]
-    }
-
-    /// Sets the counters from numbers in [`Self::scalars`] order.
-    pub fn set_scalars(&mut self, values: &[u64; Self::SCALARS]) {
-        [
-            self.packets,
-            self.bytes,
-            self.queue_drops,
-            self.socket_drops,
-            self.forwarded_in,
-            self.tx_packets,
-            self.tx_bytes,
-            self.tx_drops,
-            self.cycles,
-            self.cycles_receive,
-            self.cycles_run,
-            self.cycles_transmit,
-            self.runs,
-            self.turns_deferred,
-            self.queue_high_water,
-            self.peer_messages,
-            self.connections,
-        ] = *values;
-    }
-}
+scalar_counters!(PathCounters {
+    packets,
+    bytes,
+    queue_drops,
+    socket_drops,
+    forwarded_in,
+    tx_packets,
+    tx_bytes,
+    tx_drops,
+    cycles,
+    cycles_receive,
+    cycles_run,
+    cycles_transmit,
+    runs,
+    turns_deferred,
+    queue_high_water,
+    peer_messages,
+    connections,
+});
 
 /// Version of the snapshot encoding [`CoreStats::encode`] writes.
 pub const SNAPSHOT_VERSION: u16 = 2;

@@ -1,10 +1,10 @@
 //! Real clients the tap tests run inside their namespace (Python on std sockets, pymemcache),
-//! and `/stats` fetched with curl and summarised per core.
+//! run and their reports counted.
 
 use crate::*;
 use qemu_smp::tap::{TapNamespace, GUEST_ADDRESS};
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 /// Parses `key=value` words of a line into a map.
@@ -107,10 +107,13 @@ for port, s in connections.items():
         s.close()
 "#;
 
-/// memcached over many connections with pymemcache: argv = guest, then one `PORT:KEY,KEY,...`
-/// per connection. Connection `PORT` is bound to that source port. Prints `mc PORT ok` or
-/// `mc PORT FAIL why`, then `mc cross ok` once every connection read every other's keys.
-pub const MEMCACHED_CLIENT: &str = r#"
+/// The start of both pymemcache clients' scripts (this one's [`MEMCACHED_CLIENT`] and the
+/// memcached test's own): the imports, and `BoundSockets`, pymemcache's socket module with
+/// every socket bound to one source port (so that RSS puts the connection on a known core).
+#[macro_export]
+macro_rules! pymemcache_bound_sockets {
+    () => {
+        r#"
 import socket as std_socket, sys, time
 from pymemcache.client.base import Client
 
@@ -125,7 +128,16 @@ class BoundSockets:
         s.setsockopt(std_socket.SOL_SOCKET, std_socket.SO_REUSEADDR, 1)
         s.bind(('10.0.2.2', self.port))
         return s
+"#
+    };
+}
 
+/// memcached over many connections with pymemcache: argv = guest, then one `PORT:KEY,KEY,...`
+/// per connection. Connection `PORT` is bound to that source port. Prints `mc PORT ok` or
+/// `mc PORT FAIL why`, then `mc cross ok` once every connection read every other's keys.
+pub const MEMCACHED_CLIENT: &str = concat!(
+    pymemcache_bound_sockets!(),
+    r#"
 guest = sys.argv[1]
 plan = []
 for item in sys.argv[2:]:
@@ -185,66 +197,147 @@ for c in clients.values():
     c.close()
 if wrong == 0:
     print('mc cross ok', flush=True)
-"#;
+"#
+);
 
-/// Reads `/stats` JSON from stdin; prints one `core=K key=value...` line per core (exit 1 if the
-/// JSON does not parse or has no cores).
-pub const STATS_SUMMARY: &str = r#"
-import json, sys
-doc = json.load(sys.stdin)
-cores = doc['cores']
-if not cores:
-    sys.exit('no cores in /stats')
-for c in cores:
-    paths = {p['path']: p for p in c['paths']}
-    def path(name, field):
-        return paths.get(name, {}).get(field, 0)
-    print('core=%d paths=%d rx_frames=%d tx_frames=%d forwarded_out=%d forwarded_in=%d drops=%d '
-          'icmp_packets=%d udp7_packets=%d tcp7_connections=%d tcp80_connections=%d '
-          'tcp11211_connections=%d tcp11211_peer_messages=%d' % (
-        c['core'], len(c['paths']), c['rx_frames'], c['tx_frames'], c['forwarded_out'], c['forwarded_in'],
-        sum(c['drops'].values()), path('icmp', 'packets'), path('udp:7', 'packets'),
-        path('tcp:7', 'connections'), path('tcp:80', 'connections'),
-        path('tcp:11211', 'connections'), path('tcp:11211', 'peer_messages')))
-"#;
+/// One run of a client script: its output, that output as text, and how many of its lines
+/// reported success.
+pub struct ClientRun {
+    /// The client's exit status, stdout and stderr.
+    pub output: Output,
+    /// stdout and stderr as text ([`text`]).
+    pub report: String,
+    /// Lines that start with the client's prefix and end with its success suffix.
+    pub ok: usize,
+}
 
-/// Fetches `/stats` with curl inside the namespace and summarises it (one map per core).
-pub fn fetch_stats(
+/// Runs `python -c script arguments...` in `namespace` (killed after `limit`) and counts the
+/// lines of its report that start with `prefix` and end with `suffix`.
+pub fn run_client(
     namespace: &TapNamespace,
     python: &str,
-) -> Result<Vec<BTreeMap<String, String>>, String> {
-    let url = format!("http://{GUEST_ADDRESS}/stats");
-    let body = run_bounded(
+    script: &str,
+    arguments: &[String],
+    limit: Duration,
+    (prefix, suffix): (&str, &str),
+) -> ClientRun {
+    let output = run_bounded(
         namespace
-            .command("curl")
-            .args(["-sS", "--max-time", "10", &url]),
-        Duration::from_secs(20),
+            .command(python)
+            .args(["-c", script])
+            .args(arguments),
+        limit,
     );
-    if !body.status.success() {
-        return Err(format!("curl {url} failed: {}", text(&body)));
-    }
-    let mut parse = Command::new(python);
-    parse.args(["-c", STATS_SUMMARY]).stdin(Stdio::piped());
-    let mut child = parse
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("python: {e}"))?;
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("piped");
-        stdin.write_all(&body.stdout).map_err(|e| e.to_string())?;
-    }
-    let summary = child.wait_with_output().map_err(|e| e.to_string())?;
-    if !summary.status.success() {
-        return Err(format!(
-            "/stats is not the expected JSON ({}):\n{}",
-            text(&summary),
-            String::from_utf8_lossy(&body.stdout)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&summary.stdout)
+    let report = text(&output);
+    let ok = report
         .lines()
-        .map(fields)
-        .collect())
+        .filter(|l| l.starts_with(prefix) && l.ends_with(suffix))
+        .count();
+    ClientRun { output, report, ok }
+}
+
+/// The source ports of `flows` (port, queue), comma-separated.
+fn port_list(flows: &[(u16, u16)]) -> String {
+    flows
+        .iter()
+        .map(|(port, _)| port.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// [`UDP_ECHO_CLIENT`] over `flows` (port, queue), `per_flow` datagrams each; `ok` counts the
+/// flows echoed in full.
+pub fn udp_echo(
+    namespace: &TapNamespace,
+    python: &str,
+    flows: &[(u16, u16)],
+    per_flow: u32,
+    limit: Duration,
+) -> ClientRun {
+    let arguments = [
+        GUEST_ADDRESS.to_string(),
+        port_list(flows),
+        per_flow.to_string(),
+    ];
+    let suffix = format!(" {per_flow}/{per_flow}");
+    run_client(
+        namespace,
+        python,
+        UDP_ECHO_CLIENT,
+        &arguments,
+        limit,
+        ("udp ", &suffix),
+    )
+}
+
+/// [`TCP_ECHO_CLIENT`] over `flows` (port, queue); `ok` counts the connections echoed and
+/// closed.
+pub fn tcp_echo(
+    namespace: &TapNamespace,
+    python: &str,
+    flows: &[(u16, u16)],
+    limit: Duration,
+) -> ClientRun {
+    let arguments = [GUEST_ADDRESS.to_string(), port_list(flows)];
+    run_client(
+        namespace,
+        python,
+        TCP_ECHO_CLIENT,
+        &arguments,
+        limit,
+        ("tcp ", " ok"),
+    )
+}
+
+/// [`MEMCACHED_CLIENT`] with `plan` (one `PORT:KEY,KEY,...` per connection, see
+/// [`memcached_plan`]); `ok` counts the `mc ... ok` lines (one per connection, and `mc cross
+/// ok`).
+pub fn memcached(
+    namespace: &TapNamespace,
+    python: &str,
+    plan: &[String],
+    limit: Duration,
+) -> ClientRun {
+    let mut arguments = vec![GUEST_ADDRESS.to_string()];
+    arguments.extend(plan.iter().cloned());
+    run_client(
+        namespace,
+        python,
+        MEMCACHED_CLIENT,
+        &arguments,
+        limit,
+        ("mc ", " ok"),
+    )
+}
+
+/// A [`MEMCACHED_CLIENT`] plan: for connection `index` of `flows` (port, queue), `per_owner`
+/// keys owned by each of `cores` cores (the server's own partition function), the keys named
+/// `key(index, owner, candidate)` for the first candidates that land on that owner.
+pub fn memcached_plan(
+    flows: &[(u16, u16)],
+    cores: u16,
+    per_owner: usize,
+    key: impl Fn(usize, u16, u32) -> String,
+) -> Vec<String> {
+    flows
+        .iter()
+        .enumerate()
+        .map(|(index, (port, _))| {
+            let mut keys = Vec::new();
+            for owner in 0..cores {
+                let mut candidate = 0u32;
+                let mut taken = 0;
+                while taken < per_owner {
+                    let name = key(index, owner, candidate);
+                    if netd::app::memcached::key_owner(name.as_bytes(), cores) == owner {
+                        keys.push(name);
+                        taken += 1;
+                    }
+                    candidate += 1;
+                    assert!(candidate < 10_000, "no key for owner {owner}");
+                }
+            }
+            format!("{port}:{}", keys.join(","))
+        })
+        .collect()
 }

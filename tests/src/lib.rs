@@ -3,11 +3,14 @@
 #![forbid(unsafe_code)]
 
 pub mod clients;
+pub mod stats;
 pub mod wire;
 
 use drivers::nic::QueueId;
 use drivers::rss::{self, FlowTuple, RedirectionTable, DEFAULT_KEY};
+use qemu_smp::tap::{TapNamespace, GUEST_ADDRESS};
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -328,4 +331,102 @@ pub fn ports_by_queue(
         .flat_map(|i| (0..queues).map(move |q| (q, i)))
         .map(|(q, i)| (found[q][i], q as u16))
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers of the tap tests (a machine on a tap device in a network namespace the test creates)
+// ---------------------------------------------------------------------------------------------
+
+/// The configuration of `cores` cores booting `image()` with `cmdline`, networked through the
+/// tap device of `namespace`.
+pub fn tap_config(namespace: &TapNamespace, cores: u16, cmdline: &str) -> MachineConfig {
+    let mut config = MachineConfig::kernel(image(), u32::from(cores), cmdline);
+    config.network = Network::Tap {
+        namespace: namespace.name.clone(),
+        tap: namespace.tap.clone(),
+    };
+    config
+}
+
+/// Creates a fresh namespace (named after `what`, see [`unique_namespace`]) with a tap device,
+/// boots `cores` cores with `cmdline` on it and waits until every network stack is up
+/// ([`boot_with_network`]).
+pub fn boot_on_tap(what: &str, cores: u16, cmdline: &str) -> (TapNamespace, Machine) {
+    let namespace = TapNamespace::create(&unique_namespace(what)).unwrap_or_else(|e| panic!("{e}"));
+    let machine = boot_with_network(&tap_config(&namespace, cores, cmdline), cores);
+    (namespace, machine)
+}
+
+/// Pings the guest from `namespace` (`ping -c COUNT -W WAIT`) until a round is answered in full
+/// (exit status 0 and ` 0% packet loss`), at most `rounds` rounds; returns whether one was and
+/// the last round's output.
+pub fn ping_until_answered(
+    namespace: &TapNamespace,
+    count: u32,
+    wait_seconds: u32,
+    rounds: u32,
+) -> (bool, Output) {
+    let mut last = None;
+    for _ in 0..rounds {
+        let output = run_bounded(
+            namespace.command("ping").args([
+                "-c",
+                &count.to_string(),
+                "-W",
+                &wait_seconds.to_string(),
+                GUEST_ADDRESS,
+            ]),
+            Duration::from_secs(30),
+        );
+        if output.status.success() && text(&output).contains(" 0% packet loss") {
+            return (true, output);
+        }
+        last = Some(output);
+    }
+    (false, last.expect("at least one round of ping"))
+}
+
+/// Asserts that no console line reports a fault or a panic ([`is_failure_line`]); the message
+/// is `a fault or panic{when}:` and the whole console.
+pub fn assert_no_fault(console: &[String], when: &str) {
+    assert!(
+        console.iter().all(|line| !is_failure_line(line)),
+        "a fault or panic{when}:\n{}",
+        console.join("\n")
+    );
+}
+
+/// Asserts that no monitor declared a core failed (no `saw core K fail` line); the message is
+/// `a core was declared failed{when}:` and those lines.
+pub fn assert_no_core_declared_failed(console: &[String], when: &str) {
+    let failures: Vec<&String> = console
+        .iter()
+        .filter(|line| line.contains("saw core") && line.contains("fail"))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "a core was declared failed{when}: {failures:?}"
+    );
+}
+
+/// The pid of the QEMU process living in namespace `name` (found by its network namespace),
+/// looked for for at most 5 s.
+pub fn qemu_in_namespace(name: &str) -> u32 {
+    let inode = std::fs::metadata(format!("/run/netns/{name}"))
+        .expect("namespace file")
+        .ino();
+    for _ in 0..100 {
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let net = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
+            if comm.starts_with("qemu-system") && net.ok() == Some(inode) {
+                return pid;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no QEMU process found in namespace {name}");
 }

@@ -27,8 +27,9 @@
 
 use drivers::rss;
 use flotilla_tests::clients::*;
+use flotilla_tests::stats::fetch_stats;
 use flotilla_tests::*;
-use qemu_smp::tap::{TapNamespace, GUEST_ADDRESS};
+use qemu_smp::tap::GUEST_ADDRESS;
 use std::time::{Duration, Instant};
 
 const CORES: u16 = 4;
@@ -45,59 +46,6 @@ fn at_ms(line: &str) -> u64 {
         .unwrap_or_else(|| panic!("no time in {line:?}"))
 }
 
-/// Boots 4 cores on a tap in a fresh namespace with `cmdline`.
-fn boot_on_tap(cmdline: &str, what: &str) -> (TapNamespace, Machine) {
-    let namespace = TapNamespace::create(&unique_namespace(what)).unwrap_or_else(|e| panic!("{e}"));
-    let mut config = MachineConfig::kernel(image(), u32::from(CORES), cmdline);
-    config.network = Network::Tap {
-        namespace: namespace.name.clone(),
-        tap: namespace.tap.clone(),
-    };
-    let machine = boot_with_network(&config, CORES);
-    (namespace, machine)
-}
-
-/// Pings the guest until a round of `count` is answered in full (at most `rounds` rounds);
-/// returns whether one was.
-fn ping_until_answered(namespace: &TapNamespace, count: u32, rounds: u32) -> bool {
-    for _ in 0..rounds {
-        let output = run_bounded(
-            namespace
-                .command("ping")
-                .args(["-c", &count.to_string(), "-W", "1", GUEST_ADDRESS]),
-            Duration::from_secs(30),
-        );
-        if output.status.success() && text(&output).contains(" 0% packet loss") {
-            return true;
-        }
-    }
-    false
-}
-
-/// Two keys per core for each of `connections` connections, found by the server's partition
-/// function over every core (a failed core's keys are re-homed by the guest).
-fn memcached_plan(ports: &[(u16, u16)]) -> Vec<String> {
-    ports
-        .iter()
-        .enumerate()
-        .map(|(index, (port, _))| {
-            let mut keys = Vec::new();
-            for owner in 0..CORES {
-                let mut candidate = 0u32;
-                while keys.len() < 2 * usize::from(owner + 1) {
-                    let key = format!("failover{index}-owner{owner}-k{candidate}");
-                    if netd::app::memcached::key_owner(key.as_bytes(), CORES) == owner {
-                        keys.push(key);
-                    }
-                    candidate += 1;
-                    assert!(candidate < 10_000, "no key for owner {owner}");
-                }
-            }
-            format!("{port}:{}", keys.join(","))
-        })
-        .collect()
-}
-
 #[test]
 fn core_0_hangs_and_the_survivors_serve_every_protocol() {
     require_root();
@@ -107,10 +55,10 @@ fn core_0_hangs_and_the_survivors_serve_every_protocol() {
     let python = python_with("pymemcache");
     let cmdline =
         format!("urpc=off monitor.heartbeat_ms={HEARTBEAT_MS} monitor.miss={MISSED} hang=0@6000");
-    let (namespace, mut machine) = boot_on_tap(&cmdline, "core0-hang");
+    let (namespace, mut machine) = boot_on_tap("core0-hang", CORES, &cmdline);
     // Served before the hang (the host learns the guest's MAC through queue 0 on core 0).
     assert!(
-        ping_until_answered(&namespace, 1, 60),
+        ping_until_answered(&namespace, 1, 1, 60).0,
         "no ping before the hang:\n{}",
         console_tail(&machine, 40)
     );
@@ -164,7 +112,7 @@ fn core_0_hangs_and_the_survivors_serve_every_protocol() {
     );
     let flushed_at = Instant::now();
     assert!(
-        ping_until_answered(&namespace, 1, 5),
+        ping_until_answered(&namespace, 1, 1, 5).0,
         "no ping after core 0 hung (a fresh ARP through queue 0):\n{}",
         console_tail(&machine, 40)
     );
@@ -181,85 +129,56 @@ fn core_0_hangs_and_the_survivors_serve_every_protocol() {
         text(&shown)
     );
     assert!(
-        ping_until_answered(&namespace, 3, 3),
+        ping_until_answered(&namespace, 3, 1, 3).0,
         "ping -c 3 after the takeover"
     );
 
     // UDP echo: 32 flows, 8 on each queue of the boot table (core 0's flows now elsewhere).
     let table = rss::default_table(CORES);
     let udp_flows = ports_by_queue(&table, 7, 8, 20000..=24999);
-    let ports: Vec<String> = udp_flows.iter().map(|(p, _)| p.to_string()).collect();
-    let output = run_bounded(
-        namespace.command(&python).args([
-            "-c",
-            UDP_ECHO_CLIENT,
-            GUEST_ADDRESS,
-            &ports.join(","),
-            "4",
-        ]),
-        Duration::from_secs(120),
-    );
-    let report = text(&output);
-    let complete = report
-        .lines()
-        .filter(|l| l.starts_with("udp ") && l.ends_with(" 4/4"))
-        .count();
+    let udp = udp_echo(&namespace, &python, &udp_flows, 4, Duration::from_secs(120));
     assert!(
-        output.status.success() && complete == udp_flows.len(),
-        "UDP echo after the takeover: {complete} of {} flows fully echoed:\n{report}\nconsole:\n{}",
+        udp.output.status.success() && udp.ok == udp_flows.len(),
+        "UDP echo after the takeover: {} of {} flows fully echoed:\n{}\nconsole:\n{}",
+        udp.ok,
         udp_flows.len(),
+        udp.report,
         console_tail(&machine, 40)
     );
 
     // TCP echo: 16 new connections, 4 on each queue of the boot table.
     let tcp_flows = ports_by_queue(&table, 7, 4, 25000..=29999);
-    let ports: Vec<String> = tcp_flows.iter().map(|(p, _)| p.to_string()).collect();
-    let output = run_bounded(
-        namespace
-            .command(&python)
-            .args(["-c", TCP_ECHO_CLIENT, GUEST_ADDRESS, &ports.join(",")]),
-        Duration::from_secs(150),
-    );
-    let report = text(&output);
-    let ok = report
-        .lines()
-        .filter(|l| l.starts_with("tcp ") && l.ends_with(" ok"))
-        .count();
+    let tcp = tcp_echo(&namespace, &python, &tcp_flows, Duration::from_secs(150));
     assert!(
-        output.status.success() && ok == tcp_flows.len(),
-        "TCP echo after the takeover: {ok} of {} connections:\n{report}\nconsole:\n{}",
+        tcp.output.status.success() && tcp.ok == tcp_flows.len(),
+        "TCP echo after the takeover: {} of {} connections:\n{}\nconsole:\n{}",
+        tcp.ok,
         tcp_flows.len(),
+        tcp.report,
         console_tail(&machine, 40)
     );
 
-    // memcached: 8 connections, keys of every core of the boot layout.
+    // memcached: 8 connections, keys of every core of the boot layout (two per core, found by
+    // the server's partition function over every core: a failed core's keys are re-homed by the
+    // guest).
     let memcached_flows = ports_by_queue(&table, 11211, 2, 30000..=32767);
-    let mut arguments = vec![
-        "-c".to_string(),
-        MEMCACHED_CLIENT.to_string(),
-        GUEST_ADDRESS.to_string(),
-    ];
-    arguments.extend(memcached_plan(&memcached_flows));
-    let output = run_bounded(
-        namespace.command(&python).args(&arguments),
-        Duration::from_secs(180),
-    );
-    let report = text(&output);
-    let ok = report
-        .lines()
-        .filter(|l| l.starts_with("mc ") && l.ends_with(" ok"))
-        .count();
+    let plan = memcached_plan(&memcached_flows, CORES, 2, |index, owner, candidate| {
+        format!("failover{index}-owner{owner}-k{candidate}")
+    });
+    let mc = memcached(&namespace, &python, &plan, Duration::from_secs(180));
     assert!(
-        output.status.success() && ok == memcached_flows.len() + 1,
-        "memcached after the takeover: {ok} ok lines, want {}:\n{report}\nconsole:\n{}",
+        mc.output.status.success() && mc.ok == memcached_flows.len() + 1,
+        "memcached after the takeover: {} ok lines, want {}:\n{}\nconsole:\n{}",
+        mc.ok,
         memcached_flows.len() + 1,
+        mc.report,
         console_tail(&machine, 40)
     );
 
     // /stats: the live cores only (bounded wait for a gathering without core 0).
     let deadline = Instant::now() + Duration::from_secs(30);
     let listed = loop {
-        let ids: Vec<u64> = fetch_stats(&namespace, &python)
+        let ids: Vec<u64> = fetch_stats(&namespace)
             .unwrap_or_else(|e| panic!("{e}"))
             .iter()
             .map(|core| number(core, "core"))
@@ -271,11 +190,7 @@ fn core_0_hangs_and_the_survivors_serve_every_protocol() {
     };
     assert_eq!(listed, [1, 2, 3], "/stats after core 0 failed");
     let console = machine.console();
-    assert!(
-        console.iter().all(|line| !is_failure_line(line)),
-        "a fault or panic:\n{}",
-        console.join("\n")
-    );
+    assert_no_fault(&console, "");
     let failures: Vec<&String> = console
         .iter()
         .filter(|line| line.contains("saw core") && !line.contains("saw core 0 fail"))
@@ -417,9 +332,9 @@ fn a_core_hang_during_memcached_and_http_load_leaves_no_request_hanging() {
     // Core 0 hangs 8 s after it came online: during the load, which starts once ping works.
     let cmdline =
         format!("urpc=off monitor.heartbeat_ms={HEARTBEAT_MS} monitor.miss={MISSED} hang=0@8000");
-    let (namespace, mut machine) = boot_on_tap(&cmdline, "hang-under-load");
+    let (namespace, mut machine) = boot_on_tap("hang-under-load", CORES, &cmdline);
     assert!(
-        ping_until_answered(&namespace, 1, 60),
+        ping_until_answered(&namespace, 1, 1, 60).0,
         "no ping before the load:\n{}",
         console_tail(&machine, 40)
     );
@@ -537,11 +452,7 @@ fn a_core_hang_during_memcached_and_http_load_leaves_no_request_hanging() {
         saw_failed_owner || report.contains("'END'"),
         "no request met the failed core's keys:\n{report}"
     );
-    assert!(
-        console.iter().all(|line| !is_failure_line(line)),
-        "a fault or panic:\n{}",
-        console.join("\n")
-    );
+    assert_no_fault(&console, "");
     drop(machine);
     drop(namespace);
 }

@@ -22,6 +22,7 @@
 //! Every loop is bounded in count and time; tap traffic stays inside the test's namespace; the
 //! reference memcached listens on a loopback address only and is killed by its PID.
 
+use flotilla_tests::clients::run_client;
 use flotilla_tests::*;
 use netd::app::memcached::conformance::{self, Step};
 use netd::app::memcached::key_owner;
@@ -342,22 +343,9 @@ fn the_wall_clock_comes_from_the_rtc_without_time() {
 /// pymemcache over many connections, each bound to a source port so that RSS puts it on a known
 /// core. argv: guest, then per connection `PORT:QUEUE:SMALL_KEYS:LOCAL_BIG_KEY:REMOTE_BIG_KEY`
 /// (keys comma-separated). Prints `mc PORT ok` or `mc PORT FAIL why` per connection and phase.
-const PYMEMCACHE_CLIENT: &str = r#"
-import socket as std_socket, sys, time
-from pymemcache.client.base import Client
-
-class BoundSockets:
-    """pymemcache's socket module, with every socket bound to one source port."""
-    def __init__(self, port):
-        self.port = port
-    def __getattr__(self, name):
-        return getattr(std_socket, name)
-    def socket(self, *args, **kwargs):
-        s = std_socket.socket(*args, **kwargs)
-        s.setsockopt(std_socket.SOL_SOCKET, std_socket.SO_REUSEADDR, 1)
-        s.bind(('10.0.2.2', self.port))
-        return s
-
+const PYMEMCACHE_CLIENT: &str = concat!(
+    flotilla_tests::pymemcache_bound_sockets!(),
+    r#"
 PATTERN = bytes(range(256)) * 4200
 def value(length, seed):
     start = seed % 256
@@ -455,7 +443,8 @@ except Exception as e:
     print('mc stats FAIL %r' % e, flush=True)
 for c in clients.values():
     c.quit()
-"#;
+"#
+);
 
 /// Keys owned by each core, for connection `index`.
 fn keys_for(index: usize, per_owner: usize) -> Vec<String> {
@@ -488,26 +477,10 @@ fn owned_key(prefix: &str, owner: u16) -> String {
 fn boot_on_tap(what: &str) -> (TapNamespace, Machine) {
     require_root();
     require_program("ip", "iproute2");
-    let namespace = TapNamespace::create(&unique_namespace(&format!("memcached-{what}")))
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut config = MachineConfig::kernel(image(), u32::from(CORES), "urpc=off");
-    config.network = Network::Tap {
-        namespace: namespace.name.clone(),
-        tap: namespace.tap.clone(),
-    };
-    let machine = boot_with_network(&config, CORES);
+    let (namespace, machine) =
+        flotilla_tests::boot_on_tap(&format!("memcached-{what}"), CORES, "urpc=off");
     // The link comes up shortly after the stacks.
-    for _ in 0..20 {
-        let ping = run_bounded(
-            namespace
-                .command("ping")
-                .args(["-c", "1", "-W", "2", GUEST_ADDRESS]),
-            Duration::from_secs(10),
-        );
-        if ping.status.success() {
-            break;
-        }
-    }
+    ping_until_answered(&namespace, 1, 2, 20);
     (namespace, machine)
 }
 
@@ -577,26 +550,23 @@ fn real_clients_on_every_core() {
             big_keys[other]
         ));
     }
-    let mut arguments = vec![
-        "-c".to_string(),
-        PYMEMCACHE_CLIENT.to_string(),
-        GUEST_ADDRESS.to_string(),
-    ];
+    let mut arguments = vec![GUEST_ADDRESS.to_string()];
     arguments.extend(plan);
-    let output = run_bounded(
-        namespace.command(&python).args(&arguments),
+    let mc = run_client(
+        &namespace,
+        &python,
+        PYMEMCACHE_CLIENT,
+        &arguments,
         Duration::from_secs(600),
+        ("mc ", " ok"),
     );
-    let report = text(&output);
-    let ok = report
-        .lines()
-        .filter(|l| l.starts_with("mc ") && l.ends_with(" ok"))
-        .count();
     assert!(
-        output.status.success() && ok == 2 * flows.len() + 1,
-        "pymemcache over {} connections: {ok} ok lines, want {}:\n{report}\nconsole:\n{}",
+        mc.output.status.success() && mc.ok == 2 * flows.len() + 1,
+        "pymemcache over {} connections: {} ok lines, want {}:\n{}\nconsole:\n{}",
         flows.len(),
+        mc.ok,
         2 * flows.len() + 1,
+        mc.report,
         console_tail(&machine, 30)
     );
 

@@ -21,9 +21,10 @@
 
 use drivers::rss::{self, FlowTuple, DEFAULT_KEY};
 use flotilla_tests::clients::*;
+use flotilla_tests::stats::fetch_stats;
 use flotilla_tests::wire::*;
 use flotilla_tests::*;
-use qemu_smp::tap::{TapNamespace, GUEST_ADDRESS};
+use qemu_smp::tap::GUEST_ADDRESS;
 use std::time::{Duration, Instant};
 
 const CORES: u16 = 4;
@@ -36,35 +37,12 @@ fn tap_clients_are_served_on_every_core() {
     require_program("curl", "curl");
     require_program("nc", "netcat-openbsd");
     let python = python_with("pymemcache");
-    let image = image();
-
-    let namespace =
-        TapNamespace::create(&unique_namespace("tap")).unwrap_or_else(|e| panic!("{e}"));
-    let mut config = MachineConfig::kernel(image, u32::from(CORES), "urpc=off");
-    config.network = Network::Tap {
-        namespace: namespace.name.clone(),
-        tap: namespace.tap.clone(),
-    };
-    let machine = boot_with_network(&config, CORES);
+    let (namespace, machine) = boot_on_tap("tap", CORES, "urpc=off");
 
     // ping: the link comes up shortly after the stacks; try a few rounds, then the real check.
-    let mut ping = None;
-    for _ in 0..10 {
-        let output = run_bounded(
-            namespace
-                .command("ping")
-                .args(["-c", "3", "-W", "2", GUEST_ADDRESS]),
-            Duration::from_secs(20),
-        );
-        let ok = output.status.success() && text(&output).contains(" 0% packet loss");
-        ping = Some(output);
-        if ok {
-            break;
-        }
-    }
-    let ping = ping.expect("ping ran");
+    let (answered, ping) = ping_until_answered(&namespace, 3, 2, 10);
     assert!(
-        ping.status.success() && text(&ping).contains(" 0% packet loss"),
+        answered,
         "ping -c 3 -W 2 {GUEST_ADDRESS}:\n{}\nconsole:\n{}",
         text(&ping),
         console_tail(&machine, 40)
@@ -73,47 +51,25 @@ fn tap_clients_are_served_on_every_core() {
     // UDP echo: 32 flows, 8 per queue, 4 datagrams each (18 to 1400 bytes).
     let table = rss::default_table(CORES);
     let udp_flows = ports_by_queue(&table, 7, 8, 20000..=24999);
-    let ports: Vec<String> = udp_flows.iter().map(|(p, _)| p.to_string()).collect();
-    let output = run_bounded(
-        namespace.command(&python).args([
-            "-c",
-            UDP_ECHO_CLIENT,
-            GUEST_ADDRESS,
-            &ports.join(","),
-            "4",
-        ]),
-        Duration::from_secs(90),
-    );
-    let report = text(&output);
-    let complete = report
-        .lines()
-        .filter(|l| l.starts_with("udp ") && l.ends_with(" 4/4"))
-        .count();
+    let udp = udp_echo(&namespace, &python, &udp_flows, 4, Duration::from_secs(90));
     assert!(
-        output.status.success() && complete == udp_flows.len(),
-        "UDP echo: {complete} of {} flows fully echoed:\n{report}\nflows (port, queue): {udp_flows:?}\nconsole:\n{}",
+        udp.output.status.success() && udp.ok == udp_flows.len(),
+        "UDP echo: {} of {} flows fully echoed:\n{}\nflows (port, queue): {udp_flows:?}\nconsole:\n{}",
+        udp.ok,
         udp_flows.len(),
+        udp.report,
         console_tail(&machine, 40)
     );
 
     // TCP echo: 32 concurrent connections, 8 per queue.
     let tcp_flows = ports_by_queue(&table, 7, 8, 25000..=29999);
-    let ports: Vec<String> = tcp_flows.iter().map(|(p, _)| p.to_string()).collect();
-    let output = run_bounded(
-        namespace
-            .command(&python)
-            .args(["-c", TCP_ECHO_CLIENT, GUEST_ADDRESS, &ports.join(",")]),
-        Duration::from_secs(120),
-    );
-    let report = text(&output);
-    let ok = report
-        .lines()
-        .filter(|l| l.starts_with("tcp ") && l.ends_with(" ok"))
-        .count();
+    let tcp = tcp_echo(&namespace, &python, &tcp_flows, Duration::from_secs(120));
     assert!(
-        output.status.success() && ok == tcp_flows.len(),
-        "TCP echo: {ok} of {} connections echoed and closed:\n{report}\nflows (port, queue): {tcp_flows:?}\nconsole:\n{}",
+        tcp.output.status.success() && tcp.ok == tcp_flows.len(),
+        "TCP echo: {} of {} connections echoed and closed:\n{}\nflows (port, queue): {tcp_flows:?}\nconsole:\n{}",
+        tcp.ok,
         tcp_flows.len(),
+        tcp.report,
         console_tail(&machine, 40)
     );
 
@@ -149,50 +105,23 @@ fn tap_clients_are_served_on_every_core() {
             && page_text.contains("</html>"),
         "curl {url}:\n{page_text}"
     );
-    let first = fetch_stats(&namespace, &python).unwrap_or_else(|e| panic!("{e}"));
+    let first = fetch_stats(&namespace).unwrap_or_else(|e| panic!("{e}"));
     assert!(!first.is_empty());
 
     // memcached: 16 connections, 4 per queue, each with keys owned by every core.
     let memcached_flows = ports_by_queue(&table, 11211, 4, 30000..=32767);
-    let mut plan = Vec::new();
-    for (index, (port, _)) in memcached_flows.iter().enumerate() {
-        let mut keys = Vec::new();
-        for owner in 0..CORES {
-            // Two keys per owner core, found by the server's own partition function.
-            let mut candidate = 0u32;
-            let mut taken = 0;
-            while taken < 2 {
-                let key = format!("conn{index}-owner{owner}-k{candidate}");
-                if netd::app::memcached::key_owner(key.as_bytes(), CORES) == owner {
-                    keys.push(key);
-                    taken += 1;
-                }
-                candidate += 1;
-                assert!(candidate < 10_000, "no key for owner {owner}");
-            }
-        }
-        plan.push(format!("{port}:{}", keys.join(",")));
-    }
-    let mut arguments = vec![
-        "-c".to_string(),
-        MEMCACHED_CLIENT.to_string(),
-        GUEST_ADDRESS.to_string(),
-    ];
-    arguments.extend(plan);
-    let output = run_bounded(
-        namespace.command(&python).args(&arguments),
-        Duration::from_secs(180),
-    );
-    let report = text(&output);
-    let ok = report
-        .lines()
-        .filter(|l| l.starts_with("mc ") && l.ends_with(" ok"))
-        .count();
+    // Two keys per owner core, found by the server's own partition function.
+    let plan = memcached_plan(&memcached_flows, CORES, 2, |index, owner, candidate| {
+        format!("conn{index}-owner{owner}-k{candidate}")
+    });
+    let mc = memcached(&namespace, &python, &plan, Duration::from_secs(180));
     assert!(
-        output.status.success() && ok == memcached_flows.len() + 1,
-        "memcached (pymemcache, {} connections): {ok} ok lines, want {}:\n{report}\nconsole:\n{}",
+        mc.output.status.success() && mc.ok == memcached_flows.len() + 1,
+        "memcached (pymemcache, {} connections): {} ok lines, want {}:\n{}\nconsole:\n{}",
         memcached_flows.len(),
+        mc.ok,
         memcached_flows.len() + 1,
+        mc.report,
         console_tail(&machine, 40)
     );
 
@@ -215,7 +144,7 @@ fn tap_clients_are_served_on_every_core() {
     let mut last = Vec::new();
     loop {
         problems = Vec::new();
-        match fetch_stats(&namespace, &python) {
+        match fetch_stats(&namespace) {
             Err(e) => problems.push(e),
             Ok(cores) => {
                 let ids: Vec<u64> = cores.iter().map(|c| number(c, "core")).collect();

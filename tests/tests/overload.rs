@@ -33,13 +33,13 @@
 //!   FIFO the victim also loses more than the ring explains). The figures (capacity, offered,
 //!   taken, drops by place, victim loss and round trip) are printed.
 //!
-//! Needs root (namespaces, cgroups), `ip`, `ping`, `curl` and Python 3; every loop is bounded in
-//! count and time; all traffic stays in the test's namespace. `FLOTILLA_TEST_KERNEL=/path` boots
+//! Needs root (namespaces, cgroups), `ip`, `ping` and `curl` (`/stats` is read as JSON in Rust);
+//! every loop is bounded in count and time; all traffic stays in the test's namespace. `FLOTILLA_TEST_KERNEL=/path` boots
 //! that image instead of building the workspace's; `FLOTILLA_OVERLOAD_CMDLINE` replaces the
 //! kernel command line of the pass/fail test.
 
-use drivers::nic::QueueId;
-use drivers::rss::{self, FlowTuple, DEFAULT_KEY};
+use drivers::rss;
+use flotilla_tests::stats::{self, try_stats_json_with, u64_at};
 use flotilla_tests::*;
 use loadgen::{Pace, Request, UdpLoad};
 use qemu_smp::experiment::cgroup::CpuCaps;
@@ -47,7 +47,6 @@ use qemu_smp::tap::{TapNamespace, GUEST_ADDRESS, HOST_ADDRESS};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -66,52 +65,14 @@ const VCPU_SHARE: f64 = 0.25;
 /// period).
 const QUOTA_US: u32 = 5_000;
 
-fn image() -> PathBuf {
-    std::env::var_os("FLOTILLA_TEST_KERNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(kernel)
-}
-
-fn require_root() {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .unwrap_or("?");
-    assert_eq!(
-        uid, "0",
-        "this test creates a network namespace, a tap device and a cgroup: run it as root (effective uid is {uid})"
-    );
-}
-
-/// Source ports from `range` whose flows to `port` the NIC steers to each queue, `per_queue`
-/// each, as (port, queue).
+/// Source ports from `range` whose flows to `port` the NIC steers to each queue of the default
+/// table, `per_queue` each, as (port, queue).
 fn ports_by_queue(
     port: u16,
     per_queue: usize,
     range: std::ops::RangeInclusive<u16>,
 ) -> Vec<(u16, u16)> {
-    let table = rss::default_table(CORES);
-    let mut out = Vec::new();
-    for queue in 0..CORES {
-        let mut found = 0;
-        for source in range.clone() {
-            let tuple = FlowTuple::V4 {
-                source: HOST_ADDRESS.parse::<Ipv4Addr>().unwrap().octets(),
-                destination: GUEST_ADDRESS.parse::<Ipv4Addr>().unwrap().octets(),
-                ports: Some((source, port)),
-            };
-            if rss::queue_of(&table, tuple.hash(&DEFAULT_KEY)) == QueueId(queue) {
-                out.push((source, queue));
-                found += 1;
-                if found == per_queue {
-                    break;
-                }
-            }
-        }
-    }
-    out
+    flotilla_tests::ports_by_queue(&rss::default_table(CORES), port, per_queue, range)
 }
 
 /// Joins the network namespace `name` (this thread only).
@@ -167,27 +128,6 @@ impl Drop for CpuCap {
     }
 }
 
-/// The pid of the QEMU process living in namespace `name` (found by its network namespace).
-fn qemu_in_namespace(name: &str) -> u32 {
-    let inode = std::fs::metadata(format!("/run/netns/{name}"))
-        .expect("namespace file")
-        .ino();
-    for _ in 0..100 {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let net = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
-            if comm.starts_with("qemu-system") && net.ok() == Some(inode) {
-                return pid;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no QEMU process found in namespace {name}");
-}
-
 /// The tap device's counters from the host side (`ip -s link`): what the host sent towards the
 /// guest and dropped because QEMU did not take it.
 fn tap_counters(namespace: &TapNamespace) -> (u64, u64) {
@@ -223,76 +163,35 @@ struct CoreView {
     tcp_drops: u64,
 }
 
-/// Summarises one core's entry of the `/stats` JSON (Python's json module does the parsing).
-const STATS_SUMMARY: &str = r#"
-import json, sys
-core = int(sys.argv[1])
-stats = json.load(sys.stdin)
-entry = [c for c in stats["cores"] if c["core"] == core][0]
-paths = {p["path"]: p for p in entry["paths"]}
-empty = {"packets": 0, "drops": {"queue": 0, "socket": 0}}
-echo, icmp, tcp = (paths.get(name, empty) for name in ("udp:7", "icmp", "tcp:7"))
-print(entry["rx_frames"], entry["rx_withheld"], entry["longest_turn_cycles"],
-      echo["packets"], echo["drops"]["queue"],
-      icmp["packets"], icmp["drops"]["queue"] + icmp["drops"]["socket"],
-      tcp["drops"]["queue"] + tcp["drops"]["socket"])
-"#;
-
+/// One core's view in `/stats`, fetched over a connection from `local_port`.
 fn core_view(namespace: &TapNamespace, core: u16, local_port: u16) -> CoreView {
-    let url = format!("http://{GUEST_ADDRESS}/stats");
-    let output = namespace
-        .command("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "20",
-            "--local-port",
-            &local_port.to_string(),
-            &url,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("curl");
-    assert!(
-        output.status.success(),
-        "curl {url}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let mut python = Command::new("python3")
-        .args(["-c", STATS_SUMMARY, &core.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    python
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(&output.stdout)
-        .unwrap();
-    let summary = python.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&summary.stdout);
-    let numbers: Vec<u64> = text
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
-        .collect();
-    assert_eq!(
-        numbers.len(),
-        8,
-        "/stats summary for core {core}: {text} {}\n{}",
-        String::from_utf8_lossy(&summary.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    );
+    let port = local_port.to_string();
+    let doc = try_stats_json_with(
+        namespace,
+        &["--max-time", "20", "--local-port", &port],
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let entry = stats::cores(&doc)
+        .iter()
+        .find(|c| c["core"] == core)
+        .unwrap_or_else(|| panic!("/stats has no entry for core {core}: {doc}"));
+    // A path the core does not list yet has served and dropped nothing.
+    let on_path = |name: &str, pointers: &[&str]| -> u64 {
+        stats::path(entry, name).map_or(0, |path| {
+            pointers.iter().map(|pointer| u64_at(path, pointer)).sum()
+        })
+    };
+    let both_drops = ["/drops/queue", "/drops/socket"];
     CoreView {
-        rx_frames: numbers[0],
-        rx_withheld: numbers[1],
-        longest_turn_cycles: numbers[2],
-        echo_packets: numbers[3],
-        echo_queue_drops: numbers[4],
-        icmp_packets: numbers[5],
-        icmp_drops: numbers[6],
-        tcp_drops: numbers[7],
+        rx_frames: u64_at(entry, "/rx_frames"),
+        rx_withheld: u64_at(entry, "/rx_withheld"),
+        longest_turn_cycles: u64_at(entry, "/longest_turn_cycles"),
+        echo_packets: on_path("udp:7", &["/packets"]),
+        echo_queue_drops: on_path("udp:7", &["/drops/queue"]),
+        icmp_packets: on_path("icmp", &["/packets"]),
+        icmp_drops: on_path("icmp", &both_drops),
+        tcp_drops: on_path("tcp:7", &both_drops),
     }
 }
 
@@ -346,11 +245,7 @@ fn a_flood_leaves_a_victim_flow_tcp_and_heartbeats_alone() {
     let name = unique_namespace("overload");
     let namespace = TapNamespace::create(&name).unwrap_or_else(|e| panic!("{e}"));
     let cmdline = std::env::var("FLOTILLA_OVERLOAD_CMDLINE").unwrap_or_else(|_| "urpc=off".into());
-    let mut config = MachineConfig::kernel(image(), u32::from(CORES), &cmdline);
-    config.network = Network::Tap {
-        namespace: namespace.name.clone(),
-        tap: namespace.tap.clone(),
-    };
+    let mut config = tap_config(&namespace, CORES, &cmdline);
     config.extra_args = vec!["-name".into(), "flotilla-overload,debug-threads=on".into()];
     let machine = boot_with_network(&config, CORES);
     let caps = CpuCaps::per_vcpu(
@@ -485,19 +380,8 @@ fn a_flood_leaves_a_victim_flow_tcp_and_heartbeats_alone() {
     );
 
     // No core was declared failed: heartbeats kept flowing through the flood.
-    let failures: Vec<&String> = console
-        .iter()
-        .filter(|line| line.contains("saw core") && line.contains("fail"))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "a monitor declared a core failed under the flood: {failures:?}"
-    );
-    assert!(
-        console.iter().all(|line| !is_failure_line(line)),
-        "the console reported a failure:\n{}",
-        console.join("\n")
-    );
+    assert_no_core_declared_failed(&console, " under the flood");
+    assert_no_fault(&console, " under the flood");
     // The flood overloaded its path: the excess was dropped at the path's queue, and counted.
     assert!(
         flood.offered_per_second() >= 2.0 * capacity,
@@ -554,11 +438,7 @@ fn connect_echo() -> Result<TcpStream, String> {
 fn echo_flood(cmdline: &str, rate: u64, duration: Duration) -> (f64, f64, u64) {
     let name = format!("flotilla-test-netd-{}-livelock", std::process::id());
     let namespace = TapNamespace::create(&name).unwrap_or_else(|e| panic!("{e}"));
-    let mut config = MachineConfig::kernel(image(), u32::from(CORES), cmdline);
-    config.network = Network::Tap {
-        namespace: namespace.name.clone(),
-        tap: namespace.tap.clone(),
-    };
+    let config = tap_config(&namespace, CORES, cmdline);
     let machine = Machine::start(&config, false).unwrap_or_else(|e| panic!("{e}"));
     let cap = CpuCap::create(&format!("{name}-cap"), QUOTA_US);
     cap.add_process(qemu_in_namespace(&namespace.name));

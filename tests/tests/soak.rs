@@ -23,15 +23,13 @@
 
 use drivers::rss;
 use flotilla_tests::clients::*;
+use flotilla_tests::stats::{self, try_stats_json};
 use flotilla_tests::*;
 use loadgen::{Pace, UdpLoad};
 use qemu_smp::experiment::cgroup::CpuCaps;
 use qemu_smp::tap::{TapNamespace, GUEST_ADDRESS, HOST_ADDRESS};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::unix::fs::MetadataExt;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CORES: u16 = 2;
@@ -43,15 +41,6 @@ const SOAK: Duration = Duration::from_secs(60);
 const OVERLOAD: f64 = 4.0;
 /// Most the heap's high-water mark may grow over the soak, per core.
 const HEAP_SLACK: u64 = 256 << 10;
-
-/// Reads `/stats` JSON from stdin; prints `core=K used=U high_water=H bytes=B tcp_used=T
-/// tcp_high_water=W` per core.
-const HEAP_SUMMARY: &str = r#"
-import json, sys
-for c in json.load(sys.stdin)['cores']:
-    h = c['memory']
-    print('core=%d used=%d high_water=%d bytes=%d tcp_used=%d tcp_high_water=%d' % (c['core'], h['heap_used'], h['heap_high_water'], h['heap_size'], h['tcp_used'], h['tcp_high_water']))
-"#;
 
 /// One core's heap as `/stats` shows it, with the part TCP's budget accounts for.
 #[derive(Clone, Copy, Debug)]
@@ -65,78 +54,42 @@ struct Heap {
     tcp_high_water: u64,
 }
 
+/// One core's heap from its `/stats` entry, if the entry has every field.
+fn heap_of(core: &serde_json::Value) -> Option<(u64, Heap)> {
+    let memory = &core["memory"];
+    let field = |name: &str| memory[name].as_u64();
+    Some((
+        core["core"].as_u64()?,
+        Heap {
+            used: field("heap_used")?,
+            high_water: field("heap_high_water")?,
+            bytes: field("heap_size")?,
+            tcp_used: field("tcp_used")?,
+            tcp_high_water: field("tcp_high_water")?,
+        },
+    ))
+}
+
 /// Every core's heap as `/stats` shows it.
 fn heaps(namespace: &TapNamespace) -> BTreeMap<u64, Heap> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let url = format!("http://{GUEST_ADDRESS}/stats");
-        let body = run_bounded(
-            namespace
-                .command("curl")
-                .args(["-sS", "--max-time", "10", &url]),
-            Duration::from_secs(20),
-        );
-        let mut child = Command::new("python3")
-            .args(["-c", HEAP_SUMMARY])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(&body.stdout)
-            .expect("write");
-        let summary = child.wait_with_output().expect("python3");
-        let mut out = BTreeMap::new();
-        for line in String::from_utf8_lossy(&summary.stdout).lines() {
-            let map = fields(line);
-            out.insert(
-                number(&map, "core"),
-                Heap {
-                    used: number(&map, "used"),
-                    high_water: number(&map, "high_water"),
-                    bytes: number(&map, "bytes"),
-                    tcp_used: number(&map, "tcp_used"),
-                    tcp_high_water: number(&map, "tcp_high_water"),
-                },
-            );
-        }
+        let (out, shown) = match try_stats_json(namespace) {
+            Ok(doc) => {
+                let out: BTreeMap<u64, Heap> =
+                    stats::cores(&doc).iter().filter_map(heap_of).collect();
+                (out, doc.to_string())
+            }
+            Err(error) => (BTreeMap::new(), error),
+        };
         // Other cores' entries come from the latest gathering: wait until both report a heap.
         let complete = out.len() == usize::from(CORES) && out.values().all(|heap| heap.bytes > 0);
         if complete || Instant::now() >= deadline {
-            assert!(
-                complete,
-                "/stats without every core's heap: {}",
-                text(&summary)
-            );
+            assert!(complete, "/stats without every core's heap: {shown}");
             return out;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-}
-
-/// The pid of the QEMU process living in namespace `name` (found by its network namespace).
-fn qemu_in_namespace(name: &str) -> u32 {
-    let inode = std::fs::metadata(format!("/run/netns/{name}"))
-        .expect("namespace file")
-        .ino();
-    for _ in 0..100 {
-        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            let net = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| m.ino());
-            if comm.starts_with("qemu-system") && net.ok() == Some(inode) {
-                return pid;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no QEMU process found in namespace {name}");
 }
 
 #[test]
@@ -147,11 +100,7 @@ fn a_minute_at_four_times_capacity_leaves_memory_flat_and_service_answering() {
     let python = python_with("pymemcache");
     let namespace =
         TapNamespace::create(&unique_namespace("soak")).unwrap_or_else(|e| panic!("{e}"));
-    let mut config = MachineConfig::kernel(image(), u32::from(CORES), "urpc=off");
-    config.network = Network::Tap {
-        namespace: namespace.name.clone(),
-        tap: namespace.tap.clone(),
-    };
+    let mut config = tap_config(&namespace, CORES, "urpc=off");
     config.extra_args = vec!["-name".into(), "flotilla-soak,debug-threads=on".into()];
     let machine = boot_with_network(&config, CORES);
     let caps = CpuCaps::per_vcpu(
@@ -160,16 +109,7 @@ fn a_minute_at_four_times_capacity_leaves_memory_flat_and_service_answering() {
         &format!("soak-{}", std::process::id()),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let ready = (0..60).any(|_| {
-        run_bounded(
-            namespace
-                .command("ping")
-                .args(["-c", "1", "-W", "1", GUEST_ADDRESS]),
-            Duration::from_secs(10),
-        )
-        .status
-        .success()
-    });
+    let (ready, _) = ping_until_answered(&namespace, 1, 1, 60);
     assert!(ready, "no ping:\n{}", console_tail(&machine, 40));
 
     let source: Ipv4Addr = HOST_ADDRESS.parse().expect("address");
@@ -234,92 +174,37 @@ fn a_minute_at_four_times_capacity_leaves_memory_flat_and_service_answering() {
     // Service on every protocol after the soak.
     let table = rss::default_table(CORES);
     let udp_flows = ports_by_queue(&table, 7, 4, 20000..=24999);
-    let flows: Vec<String> = udp_flows.iter().map(|(p, _)| p.to_string()).collect();
-    let output = run_bounded(
-        namespace.command(&python).args([
-            "-c",
-            UDP_ECHO_CLIENT,
-            GUEST_ADDRESS,
-            &flows.join(","),
-            "4",
-        ]),
-        Duration::from_secs(120),
-    );
-    let complete = text(&output)
-        .lines()
-        .filter(|l| l.starts_with("udp ") && l.ends_with(" 4/4"))
-        .count();
+    let udp = udp_echo(&namespace, &python, &udp_flows, 4, Duration::from_secs(120));
     assert_eq!(
-        complete,
+        udp.ok,
         udp_flows.len(),
         "UDP echo after the soak:\n{}",
-        text(&output)
+        udp.report
     );
     let tcp_flows = ports_by_queue(&table, 7, 2, 25000..=29999);
-    let flows: Vec<String> = tcp_flows.iter().map(|(p, _)| p.to_string()).collect();
-    let output = run_bounded(
-        namespace
-            .command(&python)
-            .args(["-c", TCP_ECHO_CLIENT, GUEST_ADDRESS, &flows.join(",")]),
-        Duration::from_secs(120),
-    );
-    let ok = text(&output)
-        .lines()
-        .filter(|l| l.starts_with("tcp ") && l.ends_with(" ok"))
-        .count();
+    let tcp = tcp_echo(&namespace, &python, &tcp_flows, Duration::from_secs(120));
     assert_eq!(
-        ok,
+        tcp.ok,
         tcp_flows.len(),
         "TCP echo after the soak:\n{}",
-        text(&output)
+        tcp.report
     );
     let memcached_flows = ports_by_queue(&table, 11211, 1, 30000..=32767);
-    let mut arguments = vec![
-        "-c".to_string(),
-        MEMCACHED_CLIENT.to_string(),
-        GUEST_ADDRESS.to_string(),
-    ];
-    for (index, (port, _)) in memcached_flows.iter().enumerate() {
-        let keys: Vec<String> = (0..CORES)
-            .map(|owner| {
-                (0u32..)
-                    .map(|n| format!("soak{index}-{owner}-{n}"))
-                    .find(|key| netd::app::memcached::key_owner(key.as_bytes(), CORES) == owner)
-                    .expect("a key")
-            })
-            .collect();
-        arguments.push(format!("{port}:{}", keys.join(",")));
-    }
-    let output = run_bounded(
-        namespace.command(&python).args(&arguments),
-        Duration::from_secs(120),
-    );
-    let ok = text(&output)
-        .lines()
-        .filter(|l| l.starts_with("mc ") && l.ends_with(" ok"))
-        .count();
+    let plan = memcached_plan(&memcached_flows, CORES, 1, |index, owner, n| {
+        format!("soak{index}-{owner}-{n}")
+    });
+    let mc = memcached(&namespace, &python, &plan, Duration::from_secs(120));
     assert_eq!(
-        ok,
+        mc.ok,
         memcached_flows.len() + 1,
         "memcached after the soak:\n{}",
-        text(&output)
+        mc.report
     );
     drop(caps);
 
     let console = machine.console();
-    assert!(
-        console.iter().all(|line| !is_failure_line(line)),
-        "a fault or panic:\n{}",
-        console.join("\n")
-    );
-    let failures: Vec<&String> = console
-        .iter()
-        .filter(|line| line.contains("saw core") && line.contains("fail"))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "a core was declared failed under the soak: {failures:?}"
-    );
+    assert_no_fault(&console, "");
+    assert_no_core_declared_failed(&console, " under the soak");
     // The `/stats` request itself is a TCP connection with its buffers (half a megabyte at the
     // default netd.tcp_buffer_kb), on whichever core RSS gives it: growth that TCP's budget
     // accounts for (bounded by netd.tcp_mem, with its own counters) is not a leak.

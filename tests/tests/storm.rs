@@ -21,11 +21,10 @@
 
 use drivers::rss;
 use flotilla_tests::clients::*;
+use flotilla_tests::stats::{self, stats_json, u64_at};
 use flotilla_tests::*;
 use qemu_smp::tap::{TapNamespace, GUEST_ADDRESS};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CORES: u16 = 4;
@@ -208,63 +207,27 @@ for name, count in counts.items():
 print('sent %d refused %d seconds %.2f' % (sent, refused, time.monotonic() - started), flush=True)
 "#;
 
-/// Reads `/stats` JSON from stdin; prints `core=K rx_frames=N` per core, then `drop REASON N`
-/// summed over the cores: the classifier's reasons, and the fragments' datagrams the reassembly
-/// path discarded (`reassembly_timeouts`, `_evictions`, `_overlaps`, `_too_large`).
-const DROPS_SUMMARY: &str = r#"
-import json, sys
-doc = json.load(sys.stdin)
-totals = {}
-for c in doc['cores']:
-    print('core=%d rx_frames=%d' % (c['core'], c['rx_frames']))
-    for reason, count in c['drops'].items():
-        totals[reason] = totals.get(reason, 0) + count
-    for reason in ('timeouts', 'evictions', 'overlaps', 'too_large'):
-        key = 'reassembly_' + reason
-        totals[key] = totals.get(key, 0) + c['reassembly'][reason]
-for reason, count in sorted(totals.items()):
-    print('drop %s %d' % (reason, count))
-"#;
-
-/// Per-core frames taken and drops by reason, from `/stats`.
+/// Per-core frames taken and drops by reason, from `/stats`: the classifier's reasons, and the
+/// fragments' datagrams the reassembly path discarded (`reassembly_timeouts`, `_evictions`,
+/// `_overlaps`, `_too_large`), each summed over the cores.
 fn drops(namespace: &TapNamespace) -> (BTreeMap<u64, u64>, BTreeMap<String, u64>) {
-    let url = format!("http://{GUEST_ADDRESS}/stats");
-    let body = run_bounded(
-        namespace
-            .command("curl")
-            .args(["-sS", "--max-time", "10", &url]),
-        Duration::from_secs(20),
-    );
-    assert!(body.status.success(), "curl {url}: {}", text(&body));
-    let mut child = Command::new("python3")
-        .args(["-c", DROPS_SUMMARY])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(&body.stdout)
-        .expect("write /stats");
-    let summary = child.wait_with_output().expect("python3");
-    assert!(
-        summary.status.success(),
-        "/stats summary: {}\n{}",
-        text(&summary),
-        String::from_utf8_lossy(&body.stdout)
-    );
+    let doc = stats_json(namespace);
     let mut frames = BTreeMap::new();
     let mut reasons = BTreeMap::new();
-    for line in String::from_utf8_lossy(&summary.stdout).lines() {
-        if let Some(rest) = line.strip_prefix("drop ") {
-            let (reason, count) = rest.split_once(' ').expect("drop REASON N");
-            reasons.insert(reason.to_string(), count.parse().expect("a count"));
-        } else {
-            let map = fields(line);
-            frames.insert(number(&map, "core"), number(&map, "rx_frames"));
+    for core in stats::cores(&doc) {
+        frames.insert(u64_at(core, "/core"), u64_at(core, "/rx_frames"));
+        let drops = core["drops"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no drops in /stats: {core}"));
+        for (reason, count) in drops {
+            let count = count
+                .as_u64()
+                .unwrap_or_else(|| panic!("drop count {reason} is not a number: {core}"));
+            *reasons.entry(reason.clone()).or_insert(0) += count;
+        }
+        for reason in ["timeouts", "evictions", "overlaps", "too_large"] {
+            *reasons.entry(format!("reassembly_{reason}")).or_insert(0) +=
+                u64_at(core, &format!("/reassembly/{reason}"));
         }
     }
     (frames, reasons)
@@ -289,24 +252,9 @@ fn a_storm_of_malformed_frames_is_dropped_and_counted_and_every_protocol_is_serv
     require_program("ping", "iputils-ping");
     require_program("curl", "curl");
     let python = python_with("pymemcache");
-    let namespace =
-        TapNamespace::create(&unique_namespace("storm")).unwrap_or_else(|e| panic!("{e}"));
-    let mut config = MachineConfig::kernel(image(), u32::from(CORES), "urpc=off");
-    config.network = Network::Tap {
-        namespace: namespace.name.clone(),
-        tap: namespace.tap.clone(),
-    };
-    let machine = boot_with_network(&config, CORES);
-    let ping = |count: &str| {
-        run_bounded(
-            namespace
-                .command("ping")
-                .args(["-c", count, "-W", "1", GUEST_ADDRESS]),
-            Duration::from_secs(30),
-        )
-    };
+    let (namespace, machine) = boot_on_tap("storm", CORES, "urpc=off");
     assert!(
-        (0..60).any(|_| ping("1").status.success()),
+        ping_until_answered(&namespace, 1, 1, 60).0,
         "no ping before the storm:\n{}",
         console_tail(&machine, 40)
     );
@@ -345,54 +293,30 @@ fn a_storm_of_malformed_frames_is_dropped_and_counted_and_every_protocol_is_serv
         Duration::from_secs(10),
     );
     assert!(flushed.status.success(), "{}", text(&flushed));
-    let answered = ping("3");
+    let (answered, ping) = ping_until_answered(&namespace, 3, 1, 1);
     assert!(
-        answered.status.success() && text(&answered).contains(" 0% packet loss"),
+        answered,
         "ping after the storm:\n{}\nconsole:\n{}",
-        text(&answered),
+        text(&ping),
         console_tail(&machine, 40)
     );
     let table = rss::default_table(CORES);
     let udp_flows = ports_by_queue(&table, 7, 8, 20000..=24999);
-    let ports: Vec<String> = udp_flows.iter().map(|(p, _)| p.to_string()).collect();
-    let output = run_bounded(
-        namespace.command(&python).args([
-            "-c",
-            UDP_ECHO_CLIENT,
-            GUEST_ADDRESS,
-            &ports.join(","),
-            "4",
-        ]),
-        Duration::from_secs(120),
-    );
-    let complete = text(&output)
-        .lines()
-        .filter(|l| l.starts_with("udp ") && l.ends_with(" 4/4"))
-        .count();
+    let udp = udp_echo(&namespace, &python, &udp_flows, 4, Duration::from_secs(120));
     assert_eq!(
-        complete,
+        udp.ok,
         udp_flows.len(),
         "UDP echo after the storm:\n{}\nconsole:\n{}",
-        text(&output),
+        udp.report,
         console_tail(&machine, 40)
     );
     let tcp_flows = ports_by_queue(&table, 7, 4, 25000..=29999);
-    let ports: Vec<String> = tcp_flows.iter().map(|(p, _)| p.to_string()).collect();
-    let output = run_bounded(
-        namespace
-            .command(&python)
-            .args(["-c", TCP_ECHO_CLIENT, GUEST_ADDRESS, &ports.join(",")]),
-        Duration::from_secs(150),
-    );
-    let ok = text(&output)
-        .lines()
-        .filter(|l| l.starts_with("tcp ") && l.ends_with(" ok"))
-        .count();
+    let tcp = tcp_echo(&namespace, &python, &tcp_flows, Duration::from_secs(150));
     assert_eq!(
-        ok,
+        tcp.ok,
         tcp_flows.len(),
         "TCP echo after the storm:\n{}\nconsole:\n{}",
-        text(&output),
+        tcp.report,
         console_tail(&machine, 40)
     );
     let url = format!("http://{GUEST_ADDRESS}/");
@@ -408,54 +332,23 @@ fn a_storm_of_malformed_frames_is_dropped_and_counted_and_every_protocol_is_serv
         text(&page)
     );
     let memcached_flows = ports_by_queue(&table, 11211, 1, 30000..=32767);
-    let mut arguments = vec![
-        "-c".to_string(),
-        MEMCACHED_CLIENT.to_string(),
-        GUEST_ADDRESS.to_string(),
-    ];
-    for (index, (port, _)) in memcached_flows.iter().enumerate() {
-        let keys: Vec<String> = (0..CORES)
-            .map(|owner| {
-                (0u32..)
-                    .map(|n| format!("storm{index}-{owner}-{n}"))
-                    .find(|key| netd::app::memcached::key_owner(key.as_bytes(), CORES) == owner)
-                    .expect("a key")
-            })
-            .collect();
-        arguments.push(format!("{port}:{}", keys.join(",")));
-    }
-    let output = run_bounded(
-        namespace.command(&python).args(&arguments),
-        Duration::from_secs(120),
-    );
-    let ok = text(&output)
-        .lines()
-        .filter(|l| l.starts_with("mc ") && l.ends_with(" ok"))
-        .count();
+    let plan = memcached_plan(&memcached_flows, CORES, 1, |index, owner, n| {
+        format!("storm{index}-{owner}-{n}")
+    });
+    let mc = memcached(&namespace, &python, &plan, Duration::from_secs(120));
     assert_eq!(
-        ok,
+        mc.ok,
         memcached_flows.len() + 1,
         "memcached after the storm:\n{}\nconsole:\n{}",
-        text(&output),
+        mc.report,
         console_tail(&machine, 40)
     );
 
     // Counted: every queue took storm frames, every reason the storm aims at was counted.
     let (frames_after, drops_after) = drops_of_every_core(&namespace);
     let console = machine.console();
-    assert!(
-        console.iter().all(|line| !is_failure_line(line)),
-        "a fault or panic under the storm:\n{}",
-        console.join("\n")
-    );
-    let failures: Vec<&String> = console
-        .iter()
-        .filter(|line| line.contains("saw core") && line.contains("fail"))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "a core was declared failed: {failures:?}"
-    );
+    assert_no_fault(&console, " under the storm");
+    assert_no_core_declared_failed(&console, "");
     let taken: BTreeMap<u64, u64> = frames_after
         .iter()
         .map(|(core, after)| (*core, after - frames_before.get(core).copied().unwrap_or(0)))

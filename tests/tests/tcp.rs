@@ -18,6 +18,7 @@
 //! Every loop is bounded in count and time; all traffic stays inside the test's namespace.
 
 use drivers::rss::{self, FlowTuple, DEFAULT_KEY};
+use flotilla_tests::stats::{path_field, stats_json, sum};
 use flotilla_tests::*;
 use qemu_smp::tap::{TapNamespace, GUEST_ADDRESS};
 use std::fs::File;
@@ -45,17 +46,22 @@ fn in_namespace<T: Send + 'static>(name: &str, work: impl FnOnce() -> T + Send +
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
+/// A new IPv4 TCP socket, for options `TcpStream` does not set before connecting.
+fn stream_socket() -> std::os::fd::OwnedFd {
+    nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::empty(),
+        None,
+    )
+    .unwrap()
+}
+
 /// Boots 4 cores with `cmdline` on a tap device in a fresh namespace.
 fn boot(what: &str, cmdline: &str) -> (TapNamespace, Machine) {
     require_root();
     require_program("ip", "iproute2");
-    let namespace = TapNamespace::create(&unique_namespace(what)).unwrap_or_else(|e| panic!("{e}"));
-    let mut config = MachineConfig::kernel(image(), u32::from(CORES), cmdline);
-    config.network = Network::Tap {
-        namespace: namespace.name.clone(),
-        tap: namespace.tap.clone(),
-    };
-    let machine = boot_with_network(&config, CORES);
+    let (namespace, machine) = boot_on_tap(what, CORES, cmdline);
     // The link comes up shortly after the stacks: wait until an echo connection works.
     let name = namespace.name.clone();
     let up = in_namespace(&name, || {
@@ -82,17 +88,9 @@ fn stats_until(
     namespace: &TapNamespace,
     ready: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let url = format!("http://{GUEST_ADDRESS}/stats");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let output = run_bounded(
-            namespace
-                .command("curl")
-                .args(["-sS", "--max-time", "10", &url]),
-            Duration::from_secs(20),
-        );
-        let doc: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|e| panic!("/stats is not JSON ({e}): {}", text(&output)));
+        let doc = stats_json(namespace);
         if ready(&doc) || Instant::now() >= deadline {
             return doc;
         }
@@ -108,26 +106,6 @@ fn stats(namespace: &TapNamespace) -> serde_json::Value {
     stats_until(namespace, |doc| {
         (0..usize::from(CORES)).all(|c| uptime(doc, c) > before[c])
     })
-}
-
-/// Sums `pick` over every core of a `/stats` document.
-fn sum(stats: &serde_json::Value, pick: impl Fn(&serde_json::Value) -> Option<u64>) -> u64 {
-    stats["cores"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(pick)
-        .sum()
-}
-
-/// A path's field on one core.
-fn path_field(core: &serde_json::Value, path: &str, field: &str) -> Option<u64> {
-    core["paths"]
-        .as_array()?
-        .iter()
-        .find(|p| p["path"] == path)?
-        .pointer(field)?
-        .as_u64()
 }
 
 fn assert_no_failure(machine: &Machine) {
@@ -274,13 +252,7 @@ fn closed_ports_fragments_and_a_client_that_never_reads() {
     // (its requests wait unread), other clients are served, and after 5 s without progress it
     // is reset.
     let greedy = in_namespace(&name, || {
-        let socket = nix::sys::socket::socket(
-            nix::sys::socket::AddressFamily::Inet,
-            nix::sys::socket::SockType::Stream,
-            nix::sys::socket::SockFlag::empty(),
-            None,
-        )
-        .unwrap();
+        let socket = stream_socket();
         nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RcvBuf, &4096).unwrap();
         let address = nix::sys::socket::SockaddrIn::new(10, 0, 2, 15, 80);
         nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&socket), &address).unwrap();
@@ -492,13 +464,7 @@ fn an_established_connection_keeps_echoing_across_a_flow_group_move() {
     let name = namespace.name.clone();
     let echoing = std::thread::spawn(move || {
         in_namespace(&name, move || {
-            let socket = nix::sys::socket::socket(
-                nix::sys::socket::AddressFamily::Inet,
-                nix::sys::socket::SockType::Stream,
-                nix::sys::socket::SockFlag::empty(),
-                None,
-            )
-            .unwrap();
+            let socket = stream_socket();
             nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::ReuseAddr, &true)
                 .unwrap();
             let local = nix::sys::socket::SockaddrIn::new(10, 0, 2, 2, port);

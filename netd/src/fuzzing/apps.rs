@@ -126,12 +126,7 @@ pub fn memcached_session(data: &[u8]) {
                 let bytes = input.bytes(length);
                 let taken = session.receive(bytes);
                 assert!(taken <= bytes.len());
-                let mut env = Env {
-                    engine: &mut engines[0],
-                    peers: &mut channels,
-                    now,
-                    ticket,
-                };
+                let mut env = on_core_0(&mut engines, &mut channels, now, ticket);
                 session.process(&mut env);
             }
             3 => {
@@ -139,12 +134,7 @@ pub fn memcached_session(data: &[u8]) {
                 let available = session.output();
                 let count = wanted.min(available.len());
                 session.sent(count);
-                let mut env = Env {
-                    engine: &mut engines[0],
-                    peers: &mut channels,
-                    now,
-                    ticket,
-                };
+                let mut env = on_core_0(&mut engines, &mut channels, now, ticket);
                 session.process(&mut env);
             }
             4 => {
@@ -165,12 +155,7 @@ pub fn memcached_session(data: &[u8]) {
                 for engine in &mut engines {
                     engine.tick(now);
                 }
-                let mut env = Env {
-                    engine: &mut engines[0],
-                    peers: &mut channels,
-                    now,
-                    ticket,
-                };
+                let mut env = on_core_0(&mut engines, &mut channels, now, ticket);
                 session.expire(&mut env);
                 session.process(&mut env);
             }
@@ -181,12 +166,7 @@ pub fn memcached_session(data: &[u8]) {
                     for engine in &mut engines {
                         engine.set_live(live);
                     }
-                    let mut env = Env {
-                        engine: &mut engines[0],
-                        peers: &mut channels,
-                        now,
-                        ticket,
-                    };
+                    let mut env = on_core_0(&mut engines, &mut channels, now, ticket);
                     session.lost_cores(dead, &mut env);
                     session.process(&mut env);
                 }
@@ -196,39 +176,18 @@ pub fn memcached_session(data: &[u8]) {
                 1 => channels.refuse = Some(PeerError::Full),
                 2 => channels.refuse = Some(PeerError::BulkExhausted),
                 _ => {
-                    let mut env = Env {
-                        engine: &mut engines[0],
-                        peers: &mut channels,
-                        now,
-                        ticket,
-                    };
-                    session.close(&mut env);
-                    session = Session::new();
-                    ticket += 1;
+                    reopen(&mut session, &mut engines, &mut channels, now, &mut ticket);
                 }
             },
         }
         if session.wants_close() {
-            let mut env = Env {
-                engine: &mut engines[0],
-                peers: &mut channels,
-                now,
-                ticket,
-            };
-            session.close(&mut env);
-            session = Session::new();
-            ticket += 1;
+            reopen(&mut session, &mut engines, &mut channels, now, &mut ticket);
         }
     }
     // The connection closes; every channel drains (their requests served, replies dropped or
     // answered); then no connection holds budget.
     channels.refuse = None;
-    let mut env = Env {
-        engine: &mut engines[0],
-        peers: &mut channels,
-        now,
-        ticket,
-    };
+    let mut env = on_core_0(&mut engines, &mut channels, now, ticket);
     session.close(&mut env);
     // Replies still on their way find no connection (the glue forgets a closed slot).
     let ticket = ticket + 1;
@@ -262,6 +221,35 @@ pub fn memcached_session(data: &[u8]) {
     }
 }
 
+/// Core 0's environment (the connection's core): its engine, the channels, the time and the
+/// connection's ticket.
+fn on_core_0<'a>(
+    engines: &'a mut [Engine],
+    channels: &'a mut Channels,
+    now: Now,
+    ticket: u32,
+) -> Env<'a> {
+    Env {
+        engine: &mut engines[0],
+        peers: channels,
+        now,
+        ticket,
+    }
+}
+
+/// Closes the connection and opens a new one in its place (with the next ticket).
+fn reopen(
+    session: &mut Session,
+    engines: &mut [Engine],
+    channels: &mut Channels,
+    now: Now,
+    ticket: &mut u32,
+) {
+    session.close(&mut on_core_0(engines, channels, now, *ticket));
+    *session = Session::new();
+    *ticket += 1;
+}
+
 /// Delivers the next message queued for `core`, as the kernel and [`crate::app::memcached`]
 /// would: a request is served by that core's engine and the reply queued back; a reply reaches
 /// the connection (core 0). Returns whether a message moved.
@@ -290,12 +278,7 @@ fn deliver(
             }
         }
         PeerMessage::KvReply(reply) if core == 0 && reply.ticket == ticket => {
-            let mut env = Env {
-                engine: &mut engines[0],
-                peers: channels,
-                now,
-                ticket,
-            };
+            let mut env = on_core_0(engines, channels, now, ticket);
             session.on_reply(&reply, &mut env);
             session.process(&mut env);
         }

@@ -134,46 +134,22 @@ pub struct TcpCounters {
     pub syn_drops: u64,
 }
 
+scalar_counters!(TcpCounters {
+    connections,
+    half_open,
+    most_connections,
+    ready,
+    refused_limit,
+    refused_memory,
+    backlog_evictions,
+    half_open_timeouts,
+    idle_timeouts,
+    stray_segments,
+    handed_over,
+    syn_drops,
+});
+
 impl TcpCounters {
-    /// Number of [`Self::scalars`].
-    pub const SCALARS: usize = 12;
-
-    /// The counters in declaration order (the snapshot encoding's order).
-    pub fn scalars(&self) -> [u64; Self::SCALARS] {
-        [
-            self.connections,
-            self.half_open,
-            self.most_connections,
-            self.ready,
-            self.refused_limit,
-            self.refused_memory,
-            self.backlog_evictions,
-            self.half_open_timeouts,
-            self.idle_timeouts,
-            self.stray_segments,
-            self.handed_over,
-            self.syn_drops,
-        ]
-    }
-
-    /// Sets the counters from numbers in [`Self::scalars`] order.
-    pub fn set_scalars(&mut self, values: &[u64; Self::SCALARS]) {
-        [
-            self.connections,
-            self.half_open,
-            self.most_connections,
-            self.ready,
-            self.refused_limit,
-            self.refused_memory,
-            self.backlog_evictions,
-            self.half_open_timeouts,
-            self.idle_timeouts,
-            self.stray_segments,
-            self.handed_over,
-            self.syn_drops,
-        ] = *values;
-    }
-
     /// The table's gauges with the run events counted so far.
     pub(crate) fn with_events(mut self, events: &TcpEvents) -> Self {
         self.refused_limit = events.refused_limit;

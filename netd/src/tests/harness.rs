@@ -424,6 +424,16 @@ impl Cluster {
         *self.cores[core].net.path(key).unwrap().counters()
     }
 
+    /// The TCP counters of the stream path on `port` of `core` (panics if there is none).
+    pub(crate) fn tcp_counters(&self, core: usize, port: u16) -> crate::runner::tcp::TcpCounters {
+        self.cores[core]
+            .net
+            .path(PathKey::Tcp(port))
+            .unwrap()
+            .tcp()
+            .unwrap()
+    }
+
     pub(crate) fn drops(&self, reason: DropReason) -> u64 {
         self.cores
             .iter()

@@ -98,12 +98,7 @@ fn a_segment_that_fits_no_connection_is_reset() {
     let reset = segments_to_client(&cluster);
     assert_eq!(reset.len(), 1);
     assert!(reset[0].rst && reset[0].sequence == 4242);
-    let tcp = cluster.cores[0]
-        .net
-        .path(PathKey::Tcp(7))
-        .unwrap()
-        .tcp()
-        .unwrap();
+    let tcp = cluster.tcp_counters(0, 7);
     assert_eq!((tcp.stray_segments, tcp.connections), (1, 0));
     // A reset for no connection: nothing back, not counted as stray.
     cluster.wire.clear();
@@ -391,12 +386,7 @@ fn many_connections_are_served_and_a_run_visits_only_those_with_work() {
         (20..=80).contains(&visits),
         "{visits} visits for 20 round trips among 600 connections"
     );
-    let tcp = cluster.cores[0]
-        .net
-        .path(PathKey::Tcp(7))
-        .unwrap()
-        .tcp()
-        .unwrap();
+    let tcp = cluster.tcp_counters(0, 7);
     assert_eq!((tcp.connections, tcp.most_connections), (600, 600));
     // Churn: close every other connection, open as many new ones; the table keeps count.
     for (n, handle) in handles.iter().step_by(2).enumerate() {
@@ -428,12 +418,7 @@ fn connections_beyond_the_limit_are_refused_with_a_reset() {
         tcp::State::Closed,
         "refused at once by a reset"
     );
-    let tcp = cluster.cores[0]
-        .net
-        .path(PathKey::Tcp(7))
-        .unwrap()
-        .tcp()
-        .unwrap();
+    let tcp = cluster.tcp_counters(0, 7);
     assert_eq!((tcp.refused_limit, tcp.connections), (1, 5));
 }
 
@@ -448,12 +433,7 @@ fn a_small_budget_refuses_with_resets_and_never_panics() {
         cluster.inject(&tcp_syn(20000 + port, 7));
     }
     cluster.settle();
-    let tcp = cluster.cores[0]
-        .net
-        .path(PathKey::Tcp(7))
-        .unwrap()
-        .tcp()
-        .unwrap();
+    let tcp = cluster.tcp_counters(0, 7);
     assert_eq!(tcp.refused_limit + tcp.backlog_evictions, 50);
     let memory = cluster.cores[0].net.memory();
     assert!(memory.tcp_high_water <= memory.tcp_budget);
@@ -471,8 +451,7 @@ fn a_syn_flood_is_bounded_by_the_backlog_and_real_clients_still_connect() {
         }
     }
     cluster.settle();
-    let path = cluster.cores[0].net.path(PathKey::Tcp(7)).unwrap();
-    let tcp = path.tcp().unwrap();
+    let tcp = cluster.tcp_counters(0, 7);
     assert_eq!(tcp.half_open, 16);
     // Within a second of the first, every SYN past the backlog is dropped, none evicted.
     assert_eq!((tcp.backlog_evictions, tcp.syn_drops), (0, 400 - 16));
@@ -498,21 +477,11 @@ fn a_syn_flood_is_bounded_by_the_backlog_and_real_clients_still_connect() {
         cluster.inject(&tcp_syn(11000 + port, 7));
     }
     cluster.settle();
-    let tcp = cluster.cores[0]
-        .net
-        .path(PathKey::Tcp(7))
-        .unwrap()
-        .tcp()
-        .unwrap();
+    let tcp = cluster.tcp_counters(0, 7);
     assert_eq!(tcp.half_open, 8);
     cluster.now += crate::runner::tcp::HALF_OPEN_TIMEOUT;
     cluster.settle();
-    let tcp = cluster.cores[0]
-        .net
-        .path(PathKey::Tcp(7))
-        .unwrap()
-        .tcp()
-        .unwrap();
+    let tcp = cluster.tcp_counters(0, 7);
     assert_eq!((tcp.half_open, tcp.half_open_timeouts), (0, 8));
 }
 
@@ -598,12 +567,7 @@ fn an_idle_connection_is_reset_after_the_idle_timeout() {
         client.sockets.get::<tcp::Socket>(handles[0]).state(),
         tcp::State::Established
     );
-    let tcp = cluster.cores[0]
-        .net
-        .path(PathKey::Tcp(7))
-        .unwrap()
-        .tcp()
-        .unwrap();
+    let tcp = cluster.tcp_counters(0, 7);
     assert_eq!((tcp.idle_timeouts, tcp.connections), (1, 1));
 }
 
@@ -624,9 +588,8 @@ fn keep_alive_drops_a_peer_that_went_silent() {
         cluster.wire.clear();
     }
     assert!(probes >= 3, "{probes} keep-alive probes");
-    let path = cluster.cores[0].net.path(PathKey::Tcp(7)).unwrap();
     assert_eq!(
-        path.tcp().unwrap().connections,
+        cluster.tcp_counters(0, 7).connections,
         0,
         "dropped after four intervals"
     );
@@ -668,12 +631,7 @@ fn a_client_that_never_reads_is_throttled_and_timed_out_while_others_are_served(
         cluster.now += Duration::from_secs(1);
         let _ = client.exchange(&mut cluster, 2, |_| false);
     }
-    let tcp = cluster.cores[0]
-        .net
-        .path(PathKey::Tcp(80))
-        .unwrap()
-        .tcp()
-        .unwrap();
+    let tcp = cluster.tcp_counters(0, 80);
     assert_eq!(tcp.idle_timeouts, 1);
     assert_eq!(
         client.sockets.get::<tcp::Socket>(greedy).state(),
@@ -716,14 +674,7 @@ fn an_established_connection_keeps_echoing_across_a_flow_group_move() {
         let text = format!("after the move, round {round}\n");
         assert!(round_trip(&mut cluster, &mut client, &text), "{text}");
     }
-    fn tcp(cluster: &Cluster, core: usize) -> crate::runner::tcp::TcpCounters {
-        cluster.cores[core]
-            .net
-            .path(PathKey::Tcp(7))
-            .unwrap()
-            .tcp()
-            .unwrap()
-    }
+    let tcp = |cluster: &Cluster, core: usize| cluster.tcp_counters(core, 7);
     assert!(tcp(&cluster, 2).handed_over >= 5);
     assert_eq!(tcp(&cluster, 1).connections, 1);
     assert_eq!(tcp(&cluster, 2).connections, 0);
