@@ -14,8 +14,7 @@
 //!   request's own connection, half a megabyte of buffers on whichever core serves it) is bounded
 //!   by `netd.tcp_mem` and left out. No core may be declared failed meanwhile (heartbeats ran
 //!   through the overload), and afterwards UDP echo on every queue, TCP echo, HTTP and memcached
-//!   must answer. Prints the
-//!   capacity, what was offered and echoed, and the heap figures.
+//!   must answer. Prints the capacity, what was offered and echoed, and the heap figures.
 //!
 //! Needs root (namespaces, cgroups), `ip`, `curl` and Debian's `python3-pymemcache`. Every loop
 //! is bounded in count and time; all traffic stays inside the test's namespace.
