@@ -28,9 +28,6 @@ use crate::machine::{is_failure_line, Machine, MachineConfig, MachineError, Netw
 use crate::tap::{TapError, TapNamespace, GUEST_ADDRESS};
 use crate::{BuildError, DependencyError};
 
-/// The guest's MAC address (as `MachineConfig::qemu_args` gives it).
-const GUEST_MAC: &str = "52:54:00:12:34:56";
-
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -192,20 +189,7 @@ struct System {
 impl System {
     fn boot(name: &'static str, mut config: MachineConfig) -> Result<Self, BenchError> {
         let namespace_name = format!("flotilla-bench-tcp-{}-{name}", std::process::id());
-        let namespace = TapNamespace::create(&namespace_name).map_err(BenchError::Namespace)?;
-        namespace
-            .exec(&[
-                "ip",
-                "neigh",
-                "replace",
-                GUEST_ADDRESS,
-                "lladdr",
-                GUEST_MAC,
-                "dev",
-                &namespace.tap,
-                "nud",
-                "permanent",
-            ])
+        let namespace = crate::experiment::guest::guest_namespace(&namespace_name)
             .map_err(BenchError::Namespace)?;
         config.network = Network::Tap {
             namespace: namespace.name.clone(),
