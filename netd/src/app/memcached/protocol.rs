@@ -157,36 +157,10 @@ fn is_c_space(byte: u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
 }
 
-/// C's `strtoull(text, &end, 10)`: `Some((value, end))`, or `None` when no digit was read or the
-/// magnitude overflows (`ERANGE`). A minus sign negates modulo 2^64, as C does.
-fn strtoull(text: &[u8]) -> Option<(u64, usize)> {
-    let mut at = text.iter().take_while(|byte| is_c_space(**byte)).count();
-    let mut negative = false;
-    if let Some(sign @ (b'+' | b'-')) = text.get(at) {
-        negative = *sign == b'-';
-        at += 1;
-    }
-    let digits = text[at..]
-        .iter()
-        .take_while(|byte| byte.is_ascii_digit())
-        .count();
-    if digits == 0 {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for byte in &text[at..at + digits] {
-        value = value.checked_mul(10)?.checked_add(u64::from(byte - b'0'))?;
-    }
-    let value = if negative {
-        value.wrapping_neg()
-    } else {
-        value
-    };
-    Some((value, at + digits))
-}
-
-/// C's `strtol(text, &end, 10)` with a 64-bit `long`: `None` for no digits or out of range.
-fn strtol(text: &[u8]) -> Option<(i64, usize)> {
+/// The part C's `strtoull` and `strtol` share: leading white space, an optional sign, decimal
+/// digits. `Some((negative, magnitude, end))`, or `None` when no digit was read or the magnitude
+/// does not fit 64 bits.
+fn scan_decimal(text: &[u8]) -> Option<(bool, u64, usize)> {
     let mut at = text.iter().take_while(|byte| is_c_space(**byte)).count();
     let mut negative = false;
     if let Some(sign @ (b'+' | b'-')) = text.get(at) {
@@ -206,6 +180,24 @@ fn strtol(text: &[u8]) -> Option<(i64, usize)> {
             .checked_mul(10)?
             .checked_add(u64::from(byte - b'0'))?;
     }
+    Some((negative, magnitude, at + digits))
+}
+
+/// C's `strtoull(text, &end, 10)`: `Some((value, end))`, or `None` when no digit was read or the
+/// magnitude overflows (`ERANGE`). A minus sign negates modulo 2^64, as C does.
+fn strtoull(text: &[u8]) -> Option<(u64, usize)> {
+    let (negative, magnitude, end) = scan_decimal(text)?;
+    let value = if negative {
+        magnitude.wrapping_neg()
+    } else {
+        magnitude
+    };
+    Some((value, end))
+}
+
+/// C's `strtol(text, &end, 10)` with a 64-bit `long`: `None` for no digits or out of range.
+fn strtol(text: &[u8]) -> Option<(i64, usize)> {
+    let (negative, magnitude, end) = scan_decimal(text)?;
     let value = if negative {
         if magnitude > 1 << 63 {
             return None;
@@ -214,7 +206,7 @@ fn strtol(text: &[u8]) -> Option<(i64, usize)> {
     } else {
         i64::try_from(magnitude).ok()?
     };
-    Some((value, at + digits))
+    Some((value, end))
 }
 
 /// The end of a number must be the end of the text or white space.
