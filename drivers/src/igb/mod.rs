@@ -353,6 +353,24 @@ fn queue_registers(index: usize, queues: u16, msix_vectors: u16) -> QueueRegiste
     }
 }
 
+/// Waits (bounded: 100 reads 10 µs apart) until queue `index`'s control register `register`
+/// (RXDCTL or TXDCTL) reads back ENABLE as `enabled`: a queue being disabled finishes what it was
+/// doing first (§4.5.8, §7.1.4), and one being enabled is not usable before.
+fn wait_queue_enable<R: RegisterAccess, D: Delay>(
+    r: &R,
+    delay: &mut D,
+    register: usize,
+    index: usize,
+    enabled: bool,
+) -> Result<(), IgbError> {
+    let want = if enabled { regs::QUEUE_ENABLE } else { 0 };
+    if poll(r, delay, register, regs::QUEUE_ENABLE, want, 100, 10) {
+        Ok(())
+    } else {
+        Err(IgbError::QueueEnableTimeout(QueueId(index as u16)))
+    }
+}
+
 /// §4.5.8: one RX ring over `region` (queue disabled while its registers change, then enabled).
 fn program_rx_ring<R: RegisterAccess, D: Delay>(
     r: &R,
@@ -365,17 +383,7 @@ fn program_rx_ring<R: RegisterAccess, D: Delay>(
     r.write32(regs::rxdctl(index), 0);
     // §4.5.8 / §7.1.4: a queue being disabled finishes what it was doing first; wait until
     // ENABLE reads back clear before its ring changes under it.
-    if !poll(
-        r,
-        delay,
-        regs::rxdctl(index),
-        regs::QUEUE_ENABLE,
-        0,
-        100,
-        10,
-    ) {
-        return Err(IgbError::QueueEnableTimeout(QueueId(index as u16)));
-    }
+    wait_queue_enable(r, delay, regs::rxdctl(index), index, false)?;
     r.write32(regs::rdbal(index), base as u32);
     r.write32(regs::rdbah(index), (base >> 32) as u32);
     r.write32(regs::rdlen(index), 16 * u32::from(config.ring_size));
@@ -393,19 +401,7 @@ fn program_rx_ring<R: RegisterAccess, D: Delay>(
         regs::rxdctl(index),
         regs::QUEUE_ENABLE | 8 | 8 << 8 | 4 << 16,
     );
-    if poll(
-        r,
-        delay,
-        regs::rxdctl(index),
-        regs::QUEUE_ENABLE,
-        regs::QUEUE_ENABLE,
-        100,
-        10,
-    ) {
-        Ok(())
-    } else {
-        Err(IgbError::QueueEnableTimeout(QueueId(index as u16)))
-    }
+    wait_queue_enable(r, delay, regs::rxdctl(index), index, true)
 }
 
 /// §4.5.9: one TX ring over `region` (queue disabled while its registers change, then enabled).
@@ -418,17 +414,7 @@ fn program_tx_ring<R: RegisterAccess, D: Delay>(
 ) -> Result<(), IgbError> {
     let base = region.tx_ring_physical();
     r.write32(regs::txdctl(index), 0);
-    if !poll(
-        r,
-        delay,
-        regs::txdctl(index),
-        regs::QUEUE_ENABLE,
-        0,
-        100,
-        10,
-    ) {
-        return Err(IgbError::QueueEnableTimeout(QueueId(index as u16)));
-    }
+    wait_queue_enable(r, delay, regs::txdctl(index), index, false)?;
     r.write32(regs::tdbal(index), base as u32);
     r.write32(regs::tdbah(index), (base >> 32) as u32);
     r.write32(regs::tdlen(index), 16 * u32::from(config.ring_size));
@@ -438,19 +424,7 @@ fn program_tx_ring<R: RegisterAccess, D: Delay>(
         regs::txdctl(index),
         regs::QUEUE_ENABLE | 8 | 1 << 8 | 1 << 16,
     );
-    if poll(
-        r,
-        delay,
-        regs::txdctl(index),
-        regs::QUEUE_ENABLE,
-        regs::QUEUE_ENABLE,
-        100,
-        10,
-    ) {
-        Ok(())
-    } else {
-        Err(IgbError::QueueEnableTimeout(QueueId(index as u16)))
-    }
+    wait_queue_enable(r, delay, regs::txdctl(index), index, true)
 }
 
 /// The control side of an 82576 that [`init`] already brought up, built over the same register
